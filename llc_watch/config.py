@@ -103,10 +103,11 @@ class RunConfig:
 
     @classmethod
     def from_preset(cls, name: str) -> "RunConfig":
-        from .presets import PRESETS
-        if name not in PRESETS:
-            raise ConfigError(f"unknown preset {name!r}; presets: {', '.join(sorted(PRESETS))}")
-        return cls.from_dict(PRESETS[name]["config"])
+        from .presets import all_presets
+        presets = all_presets()
+        if name not in presets:
+            raise ConfigError(f"unknown preset {name!r}; presets: {', '.join(sorted(presets))}")
+        return cls.from_dict(presets[name]["config"])
 
     def with_overrides(self, overrides: list[str]) -> "RunConfig":
         """Apply `section.key=value` strings (values parsed as TOML literals, else strings)."""

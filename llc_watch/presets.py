@@ -20,7 +20,7 @@ PRESETS: dict[str, dict] = {
         "config": {
             "task": {"name": "addition", "settings": {"n_bits": 4}},
             "model": {"n_layers": 1, "d_model": 32, "n_heads": 4, "d_mlp": 64},
-            "train": {"steps": 300, "batch_size": 64, "lr": 3e-3, "eval_size": 256},
+            "train": {"steps": 600, "batch_size": 64, "lr": 3e-3, "eval_size": 256},
             "checkpoints": {"n_log": 8, "n_linear": 6},
         },
     },
@@ -36,3 +36,12 @@ PRESETS: dict[str, dict] = {
         },
     },
 }
+
+
+def all_presets() -> dict[str, dict]:
+    """The core presets plus the task suite's (one per task)."""
+    try:  # TEMP until the task suite lands
+        from .tasks.presets_suite import SUITE_PRESETS
+    except ModuleNotFoundError:
+        SUITE_PRESETS = {}
+    return {**SUITE_PRESETS, **PRESETS}
