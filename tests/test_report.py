@@ -1,0 +1,76 @@
+"""The HTML report: self-contained, complete, honest about what is missing, and it renders in Chromium."""
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from llc_watch.report import write_report
+from llc_watch.stages import MissingAnalysisError
+from tests.synthetic_tables import write_synthetic_run
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    run = write_synthetic_run(tmp_path_factory.mktemp("runs") / "synth")
+    path = write_report(run)
+    return run, path, path.read_text()
+
+
+def test_report_is_one_self_contained_file(report):
+    run, path, text = report
+    assert path == run / "report.html"
+    assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
+    # nothing fetched from anywhere: every src is inline data, no links, imports or url()
+    srcs = re.findall(r'\bsrc="([^"]*)"', text)
+    assert len(srcs) >= 4 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    for pattern in (r"<link\b", r"<script\b", r"@import", r"url\(", r"https?://", r"<iframe\b"):
+        assert not re.search(pattern, text), pattern
+
+
+def test_report_holds_stages_hyperparameters_and_warnings(report):
+    _, _, text = report
+    for needle in ("Stage map", "llc_trend", "features_formed", "quiet",           # stage table
+                   "train.lr", "model.d_model", "task.name",                     # config.json
+                   "epsilon", "nbeta",                                           # LLC settings
+                   "LLC checkpoints are invalid", "2 of 4 chains failed",        # diagnostics
+                   "Calibration sweep", "Probes",
+                   "feature carry forms at step"):                               # the timeline
+        assert needle in text, needle
+    assert 'class="quiet"' in text
+
+
+def test_report_names_the_commands_for_missing_tables(tmp_path):
+    run = write_synthetic_run(tmp_path / "early", tables=("metrics",))
+    text = write_report(run, out_path=tmp_path / "r.html").read_text()
+    for cmd in ("llc-watch llc", "llc-watch probe", "llc-watch ablate"):
+        assert cmd in text
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MissingAnalysisError, match="llc-watch llc"):
+        write_report(tmp_path / "empty")
+
+
+_CHECK = ('<script>window.addEventListener("load",()=>{const d=document.createElement("pre");'
+          'd.id="llcw-check";d.textContent="IMG"+"CHECK "+JSON.stringify([...document.images].map('
+          'i=>[i.complete,i.naturalWidth,i.naturalHeight]));document.body.appendChild(d);});</script>')
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install -y chromium); "
+                                             "CI installs it")
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    """Load the report (plus a probe script added to a copy) and check every figure decoded."""
+    _, _, text = report
+    page = tmp_path / "page.html"
+    page.write_text(text.replace("</body>", _CHECK + "</body>"))
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom", page.as_uri()]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    m = re.search(r"IMGCHECK (\[.*?\]\])", r.stdout)
+    assert m, f"no marker in chromium's DOM (rc {r.returncode}): {r.stderr[-1500:]}"
+    imgs = json.loads(m.group(1))
+    assert len(imgs) == text.count("<img ") >= 4
+    assert all(complete and w > 100 and h > 100 for complete, w, h in imgs), imgs
