@@ -1,0 +1,117 @@
+"""Probes: planted features are recovered, shuffled labels are not, controls and the driver work."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from llc_watch.probes import (add_step0_control, binary_metrics, categorical_metrics, compute_probes,
+                              fit_logistic, fit_multinomial, fit_ridge, numeric_metrics, probe_job,
+                              quiet_or_loud, resolve_settings)
+
+
+def planted(n=1200, d=16, seed=0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    X = scale * torch.randn(1, n, d, generator=g)
+    w = torch.randn(d, generator=g)
+    return X, w, torch.arange(n) < int(0.75 * n)
+
+
+def test_binary_probe_recovers_planted_feature_and_not_shuffled():
+    X, w, train = planted()
+    y = (X[0] @ w > 0).float()
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(1))
+    y_shuf = torch.where(train, y[perm], y)  # shuffled train labels, true test labels
+    Y = torch.stack([y, y_shuf])[None]       # [G=1, F=2, N]
+    fit = fit_logistic(X, Y, train)
+    m = binary_metrics(fit.logits(X), Y, ~train)
+    assert m["accuracy"][0, 0] > 0.95 and m["balanced_accuracy"][0, 0] > 0.95
+    assert abs(float(m["accuracy"][0, 1]) - 0.5) < 0.1      # chance on the shuffled control
+    cos = torch.nn.functional.cosine_similarity(fit.w[0, 0], w, dim=0)
+    assert cos > 0.9                                         # the planted direction itself
+
+
+def test_logistic_matches_sklearn_on_raw_activations():
+    from sklearn.linear_model import LogisticRegression
+    X, w, train = planted(n=600, d=8, scale=0.1)            # small activations: the penalty matters
+    y = (X[0] @ w + 0.05 * torch.randn(600, generator=torch.Generator().manual_seed(2)) > 0).float()
+    fit = fit_logistic(X, y[None, None], train, C=1.0)
+    sk = LogisticRegression(C=1.0, tol=1e-8, max_iter=5000).fit(X[0, train].double().numpy(), y[train].numpy())
+    np.testing.assert_allclose(fit.w[0, 0].numpy(), sk.coef_[0], rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(float(fit.b[0, 0]), sk.intercept_[0], rtol=2e-3, atol=2e-3)
+
+
+def test_multinomial_and_ridge_recover_planted_features():
+    X, w, train = planted(n=1500, d=12)
+    W = torch.randn(12, 4, generator=torch.Generator().manual_seed(3))
+    cls = (X[0] @ W).argmax(-1).float()
+    fit = fit_multinomial(X, cls[None, None], train, n_classes=4, max_iter=200)
+    assert categorical_metrics(fit.logits(X), cls[None, None], ~train)["accuracy"][0, 0] > 0.9
+    target = X[0] @ w + 0.1 * torch.randn(1500, generator=torch.Generator().manual_seed(4))
+    r = fit_ridge(X, target[None, None], train)
+    assert numeric_metrics(r.logits(X), target[None, None], ~train)["r2"][0, 0] > 0.98
+
+
+def test_nan_labels_are_left_out():
+    X, w, train = planted()
+    y = (X[0] @ w > 0).float()
+    y_nan = y.clone()
+    y_nan[::3] = float("nan")
+    fit = fit_logistic(X, y_nan[None, None], train)
+    assert torch.isfinite(fit.w).all()
+    assert binary_metrics(fit.logits(X), y_nan[None, None], ~train)["accuracy"][0, 0] > 0.93
+
+
+def test_settings_errors_name_the_setting():
+    with pytest.raises(ValueError, match="n_trian"):
+        resolve_settings({"n_trian": 3})
+
+
+SMALL = {"n_train": 512, "n_test": 256, "features": ["carry_in", "a_bit"]}
+
+
+def test_carry_probed_above_step0_on_trained_checkpoint(tiny_run):
+    ckpts = tiny_run.checkpoints()
+    rows = {c.step: pd.DataFrame(probe_job(c, SMALL)) for c in (ckpts[0], ckpts[-1])}
+
+    def best(df):  # best probe over sites, averaged over the carry's positions
+        d = df[(df.feature == "carry_in") & (df.control == "probe") & (df.measure == "balanced_accuracy")]
+        return d.groupby("position").value.max().mean()
+    first, last = best(rows[ckpts[0].step]), best(rows[ckpts[-1].step])
+    assert last > 0.95 and last - first > 0.15, (first, last)
+    last_df = rows[ckpts[-1].step]
+    sel = last_df[(last_df.feature == "carry_in") & (last_df.measure == "selectivity")]
+    assert sel.value.max() > 0.3                             # the shuffled control stays low
+    assert set(last_df.control) == {"probe", "shuffled", "majority"}
+    assert {"step", "feature", "layer", "site", "position", "measure", "value", "control"} <= set(last_df.columns)
+
+
+def test_compute_probes_table_controls_and_rerun_skips(tiny_run, monkeypatch):
+    import llc_watch.probes as P
+    steps = [c.step for c in tiny_run.checkpoints()][-1:]
+    df = compute_probes(tiny_run.dir, SMALL, checkpoints=steps, progress=False)
+    assert (tiny_run.dir / "probes.csv").is_file() and (tiny_run.dir / "probes_quiet.csv").is_file()
+    assert set(df.step) == {0, steps[0]}                     # step 0 always comes along
+    assert {"probe", "shuffled", "majority", "step0"} <= set(df.control)
+    assert df.layer.dtype.kind == "i" and df.site.str.startswith("blocks.").all()
+    calls = []
+    monkeypatch.setattr(P, "fit_checkpoint_probes", lambda *a, **k: calls.append(1))
+    again = compute_probes(tiny_run.dir, SMALL, checkpoints=steps, progress=False)
+    assert calls == [] and len(again) == len(df)             # nothing refitted
+
+
+def test_step0_control_and_quiet_or_loud_on_a_synthetic_table():
+    rows = []
+    for step, val_q, val_l in [(0, .5, .5), (10, .95, .6), (100, .97, .7), (1000, .99, .98)]:
+        for feat, v in (("quiet_feat", val_q), ("loud_feat", val_l)):
+            rows.append(dict(step=step, feature=feat, layer=0, site="blocks.0.hook_resid_post", position=3,
+                             measure="balanced_accuracy", value=v, control="probe"))
+    df = add_step0_control(pd.DataFrame(rows))
+    s0 = df[(df.control == "step0") & (df.step == 1000) & (df.feature == "loud_feat")]
+    assert float(s0.value.iloc[0]) == 0.5
+    metrics = pd.DataFrame([dict(step=s, measure="test_acc", value=a) for s, a in
+                            [(0, 0), (10, 0), (100, 0.1), (1000, 1.0)]] +
+                           [dict(step=s, measure="test_loss", value=l) for s, l in
+                            [(0, 1.6), (10, .7), (100, .65), (1000, .01)]])
+    q = quiet_or_loud(df, metrics, threshold=0.9).set_index("feature")
+    assert q.loc["quiet_feat", "status"] == "quiet" and q.loc["quiet_feat", "feature_step"] == 10
+    assert q.loc["loud_feat", "status"] == "loud" and q.loc["loud_feat", "drop_step"] == 1000
