@@ -226,8 +226,7 @@ def compute_ablations(run_dir: str | Path, settings: dict | None = None, checkpo
                                  run.dir / "results" / "ablations", executor, desc="ablations", progress=progress)
     df = report.table()
     atomic_write_csv(run.dir / "ablations.csv", df)
-    if report.failures:
-        raise RuntimeError(f"ablations: {report.summary()}\nFinished checkpoints are saved; rerun to retry the rest.")
+    report.raise_if_failed("ablations")
     return df
 
 

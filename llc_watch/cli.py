@@ -30,8 +30,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .checkpoints import CheckpointError
     from .config import ConfigError
     from .model import ModelConfigError
+    from .executors import ExecutorConfigError, MissingEngineError
+    from .llc import CalibrationError, LLCError, SamplerError
+    from .stages import MissingAnalysisError
     from .tasks import TaskConfigError
-    return (UserError, ConfigError, CheckpointError, TaskConfigError, ModelConfigError)
+    return (UserError, ConfigError, CheckpointError, TaskConfigError, ModelConfigError, MissingAnalysisError,
+            ExecutorConfigError, MissingEngineError, CalibrationError, LLCError, SamplerError)
 
 
 # --- subcommands ---------------------------------------------------------------------------------
@@ -127,11 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "fn", None):
         parser.print_help()
         return EXIT_USAGE
+    from .jobs import JobsFailed
     try:
         return args.fn(args) or 0
     except _user_errors() as e:
         print(f"llc-watch {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except JobsFailed as e:
+        print(f"llc-watch {args.command}: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"llc-watch {args.command}: interrupted; finished work is kept, rerun to continue",
               file=sys.stderr)

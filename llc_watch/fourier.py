@@ -245,8 +245,7 @@ def compute_fourier(run_dir: str | Path, settings: dict | None = None, checkpoin
                                  executor, desc="fourier", progress=progress)
     df = report.table()
     atomic_write_csv(run.dir / "fourier.csv", df)
-    if report.failures:
-        raise RuntimeError(f"fourier: {report.summary()}\nFinished checkpoints are saved; rerun to retry the rest.")
+    report.raise_if_failed("fourier")
     return df
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import traceback
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -29,15 +29,43 @@ JobFn = Callable[[Checkpoint, dict], list[dict]]
 
 
 class SerialExecutor(Executor):
-    """Runs each job inline at submit time: the default, and the easiest to debug."""
+    """Runs each job in this process, when its result is first asked for: the default, and the
+    easiest to debug. Lazy, so a progress bar over `as_completed`-style collection moves per job."""
 
     def submit(self, fn, /, *args, **kwargs):
-        fut: Future = Future()
-        try:
-            fut.set_result(fn(*args, **kwargs))
-        except BaseException as e:  # the future carries it, as a real executor would
-            fut.set_exception(e)
-        return fut
+        return _LazyFuture(fn, args, kwargs)
+
+
+class _LazyFuture(Future):
+    def __init__(self, fn, args, kwargs):
+        super().__init__()
+        self._call = (fn, args, kwargs)
+
+    def _run(self):
+        if self._call is not None:
+            fn, args, kwargs = self._call
+            self._call = None
+            try:
+                self.set_result(fn(*args, **kwargs))
+            except BaseException as e:  # the future carries it, as a real executor would
+                self.set_exception(e)
+
+    def result(self, timeout=None):
+        self._run()
+        return super().result(timeout)
+
+    def exception(self, timeout=None):
+        self._run()
+        return super().exception(timeout)
+
+
+def _collect(todo: dict):
+    """Futures in completion order; lazy (serial) ones are run one by one, in submission order."""
+    lazy = [f for f in todo if isinstance(f, _LazyFuture)]
+    yield from lazy
+    rest = [f for f in todo if not isinstance(f, _LazyFuture)]
+    if rest:
+        yield from as_completed(rest)
 
 
 def make_executor(kind: str = "serial", workers: int = 2) -> Executor:
@@ -73,7 +101,9 @@ def execute_job(fn: JobFn, checkpoint: Checkpoint, settings: dict, path: str) ->
     record = {"step": checkpoint.step, "checkpoint": checkpoint.path, "settings": settings,
               "settings_key": settings_key(settings), "rows": rows}
     atomic_write_json(path, record)
-    return record
+    # return what a rerun would read back, so fresh and skipped records make the same table
+    # (same column order, JSON types), and the engine ships plain data back to the driver
+    return json.loads(Path(path).read_text())
 
 
 @dataclass
@@ -85,6 +115,15 @@ class JobFailure:
 
     def __str__(self):
         return f"step {self.step} ({self.checkpoint}): {self.error}"
+
+
+class JobsFailed(RuntimeError):
+    """Some per-checkpoint jobs failed; the others finished and are saved."""
+
+    def __init__(self, what: str, report: "JobReport"):
+        self.report = report
+        super().__init__(f"{what}: {report.summary()}\nFinished checkpoints are saved; rerun the same "
+                         "command to retry only the failed ones.")
 
 
 @dataclass
@@ -104,9 +143,20 @@ class JobReport:
         df = pd.DataFrame(rows)
         return df.sort_values("step", kind="stable").reset_index(drop=True) if len(df) else df
 
+    def raise_if_failed(self, what: str) -> None:
+        if self.failures:
+            raise JobsFailed(what, self)
+
     def summary(self) -> str:
         s = f"{self.ran} ran, {self.skipped} already done, {len(self.failures)} failed"
         return s + "".join(f"\n  failed: {f}" for f in self.failures)
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, BrokenExecutor):  # BrokenProcessPool: some worker process died
+        return (f"{type(e).__name__}: a worker process died (killed, out of memory or crashed) "
+                "while this job was queued or running; rerun to redo it")
+    return f"{type(e).__name__}: {e}"
 
 
 def run_checkpoint_jobs(fn: JobFn, checkpoints: list[Checkpoint], settings: dict, out_dir: str | Path,
@@ -142,15 +192,20 @@ def run_checkpoint_jobs(fn: JobFn, checkpoints: list[Checkpoint], settings: dict
     bar = tqdm(total=len(checkpoints), initial=report.skipped, desc=desc, disable=not progress,
                unit="ckpt", dynamic_ncols=True)
     for ckpt, path in pending:
-        todo[executor.submit(execute_job, fn, ckpt, settings, str(path))] = ckpt
-    for fut in as_completed(todo):
+        try:
+            todo[executor.submit(execute_job, fn, ckpt, settings, str(path))] = ckpt
+        except Exception as e:  # a broken pool, an engine that refused the job: report, go on
+            report.failures.append(JobFailure(ckpt.step, ckpt.path, f"not submitted: {_describe(e)}",
+                                              traceback.format_exc()))
+            bar.update(1)
+    for fut in _collect(todo):
         ckpt = todo[fut]
         try:
             report.records.append(fut.result())
             report.ran += 1
         except Exception as e:  # one bad checkpoint must not stop the others
-            report.failures.append(JobFailure(ckpt.step, ckpt.path, f"{type(e).__name__}: {e}",
-                                              traceback.format_exc()))
+            report.failures.append(JobFailure(ckpt.step, ckpt.path, _describe(e),
+                                              getattr(e, "detail", "") or traceback.format_exc()))
         bar.update(1)
     bar.close()
     report.records.sort(key=lambda r: r["step"])

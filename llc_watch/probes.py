@@ -523,8 +523,7 @@ def compute_probes(run_dir: str | Path, settings: dict | None = None, checkpoint
             atomic_write_csv(run.dir / "probes_quiet.csv", quiet)
         except Exception as e:  # the table is still useful without the verdict
             warnings.warn(f"quiet-or-loud classification skipped: {e}")
-    if report.failures:
-        raise RuntimeError(f"probes: {report.summary()}\nFinished checkpoints are saved; rerun to retry the rest.")
+    report.raise_if_failed("probes")
     return df
 
 

@@ -180,7 +180,7 @@ def render_report(tables: RunTables, sm: StageMap | None = None, title: str | No
             body.append(_img(calibration_figure(tables.calibration), "calibration sweep",
                              "LLC over step size ε × nβ per γ; hatched cells were invalid."))
         except ValueError as e:
-            body.append(f'<div class="warn">calibration.csv could not be drawn: {html.escape(str(e))}</div>')
+            body.append(f'<div class="warn">calibration_sweep.csv could not be drawn: {html.escape(str(e))}</div>')
         show = [c for c in ["epsilon", "nbeta", "gamma", "llc_mean", "llc_std", "valid", "drift", "rhat",
                             "failed_chains"] if c in tables.calibration.columns]
         body.append(_table(tables.calibration[show]))

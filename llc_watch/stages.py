@@ -456,7 +456,7 @@ _TABLES = {  # file -> the command that makes it
     "llc": ("llc.csv", "llc-watch llc RUN"),
     "probes": ("probes.csv", "llc-watch probe RUN"),
     "ablations": ("ablations.csv", "llc-watch ablate RUN"),
-    "calibration": ("calibration.csv", "llc-watch calibrate RUN"),
+    "calibration": ("calibration_sweep.csv", "llc-watch calibrate RUN"),
 }
 
 
@@ -749,6 +749,17 @@ class StageMap:
         return out
 
 
+def _warning_lines(w) -> list[str]:
+    """llc.csv stores each checkpoint's warnings as a JSON list; older tables as plain text."""
+    if w is None or (isinstance(w, float) and np.isnan(w)) or str(w).strip() in ("", "[]", "nan"):
+        return []
+    try:
+        parsed = json.loads(w) if isinstance(w, str) else w
+    except json.JSONDecodeError:
+        return [str(w)]
+    return [str(x) for x in parsed] if isinstance(parsed, list) else [str(parsed)]
+
+
 def stage_map(source, tolerance: float = 0.35, resamples: int = 100, seed: int = 0,
               save: bool = False, **detect) -> StageMap:
     """The stage map of a run folder (str/Path) or a RunTables; `save=True` writes it into the run folder.
@@ -772,8 +783,9 @@ def stage_map(source, tolerance: float = 0.35, resamples: int = 100, seed: int =
                             f"left out of the LLC fit (steps {', '.join(f'{s:g}' for s in invalid_steps[:10])}"
                             f"{', ...' if len(invalid_steps) > 10 else ''})")
         if "warnings" in v.columns:
-            for w in sorted({str(w) for w in v["warnings"].dropna() if str(w).strip() not in ("", "[]", "nan")}):
-                warnings.append(f"LLC: {w}")
+            for step, w in zip(v["step"], v["warnings"]):
+                for line in _warning_lines(w):
+                    warnings.append(f"LLC at step {step:g}: {line}")
     sigs = run_signals(tables)
     smooths, boundaries = {}, []
     all_steps = []
