@@ -1,0 +1,206 @@
+"""Calibrate SGLD: sweep ε × nβ × γ on chosen checkpoints and pick settings by a documented rule.
+
+Selection rule (`choose`):
+  1. A cell (ε, nβ, γ) is *stable* on a checkpoint when its estimate is valid, no chain failed,
+     the traces are flat after burn-in (no drift flag: second-half − first-half LLC within
+     3 standard errors or 10 % of max(|λ̂|, 1)) and split-R̂ ≤ 1.1. A negative LLC does not make a
+     cell unstable (an untrained checkpoint's LLC is negative at every ε).
+  2. A cell is *usable* when it is stable on every chosen checkpoint *and* no smaller ε of the grid
+     at the same (nβ, γ) diverged (a failed chain or an invalid estimate) on any of them: a lucky
+     large step above a diverging one is not picked. (A smaller ε that merely mixes too slowly,
+     flagged by R̂ or drift, does not disqualify larger ones: that is what a larger ε cures.)
+  3. Among usable cells: nβ closest to the default n/log n (in log scale), then the largest ε
+     (fastest mixing), then the smallest γ (least localisation bias).
+No usable cell: no choice; the message says to lower the ε grid or raise γ.
+
+    >>> cal = calibrate_run("runs/addition")                          # doctest: +SKIP
+    >>> cal.choice["epsilon"], cal.sweep.columns[:9].tolist()          # doctest: +SKIP
+
+The sweep is a tidy DataFrame, one row per (step, ε, nβ, γ): columns epsilon, nbeta, gamma,
+llc_mean, llc_std, llc_stderr, valid, drift, rhat, failed_chains, stable, usable, step, ...
+(llc_watch/plots.py draws it).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .estimator import default_nbeta, estimate_llc
+from . import diagnostics as dg
+
+DEFAULT_GRID = {
+    "epsilons": [1e-5, 3e-5, 1e-4, 3e-4, 1e-3],
+    "nbetas": [None],          # None = n/log n
+    "gammas": [100.0],
+}
+RULE = ("stable = valid, no failed chain, no drift after burn-in, split-R̂ <= 1.1 (negative LLC "
+        "allowed); usable = stable on every chosen checkpoint and no smaller ε at the same (nβ, γ) "
+        "diverged (failed chain or invalid) on any; choose nβ closest to n/log n, then the largest "
+        "ε, then the smallest γ")
+
+
+class CalibrationError(RuntimeError):
+    """No grid cell is usable; the message says how to widen the grid."""
+
+
+def cell_row(r, **extra) -> dict:
+    """One sweep row from an LLCResult."""
+    h, d = r.hyperparameters, r.diagnostics
+    healthy = [v for v, f in zip(r.llc_per_chain, r.chain_failed) if f is None]
+    stable = bool(r.valid and d["n_failed"] == 0 and not d["drifting"]
+                  and not (math.isfinite(d["rhat"]) and d["rhat"] > dg.RHAT_MAX))
+    return {**extra, "epsilon": h["epsilon"], "nbeta": h["nbeta"], "gamma": h["gamma"],
+            "llc_mean": r.llc_mean, "llc_std": float(np.std(healthy, ddof=1)) if len(healthy) > 1 else float("nan"),
+            "llc_stderr": r.llc_stderr, "valid": r.valid, "drift": d["drift"],
+            "drift_stderr": d["drift_stderr"], "drifting": d["drifting"], "rhat": d["rhat"],
+            "ess": d["ess"], "failed_chains": d["n_failed"], "negative": d["negative"],
+            "stable": stable, "n": h["n"], "chains": h["chains"], "draws": h["draws"],
+            "burn_in": h["burn_in"], "mean_loss_trace": json.dumps(
+                [float(np.mean(col)) if np.isfinite(col).all() else None
+                 for col in zip(*r.loss_traces)])}
+
+
+def sweep(model, loss_fn, data, *, epsilons, nbetas=(None,), gammas=(100.0,), **estimator_kw) -> pd.DataFrame:
+    """Estimate the LLC at every (ε, nβ, γ) of the grid; one tidy row per cell."""
+    rows = []
+    for eps, nb, g in itertools.product(epsilons, nbetas, gammas):
+        r = estimate_llc(model, loss_fn, data, epsilon=eps, nbeta=nb, gamma=g, **estimator_kw)
+        rows.append(cell_row(r))
+    return mark_usable(pd.DataFrame(rows))
+
+
+def mark_usable(df: pd.DataFrame) -> pd.DataFrame:
+    """Add the `usable` column (rule steps 1-2)."""
+    diverged = ~df["valid"].astype(bool) | (df["failed_chains"] > 0)
+    cell = (df.assign(diverged=diverged).groupby(["nbeta", "gamma", "epsilon"])
+            .agg(cell_stable=("stable", "all"), diverged=("diverged", "any")).reset_index()
+            .sort_values(["nbeta", "gamma", "epsilon"]))
+    # diverged at some smaller ε of the same (nβ, γ): shift the running "any" by one cell
+    before = cell.groupby(["nbeta", "gamma"])["diverged"].transform(
+        lambda s: s.astype(int).cummax().shift(1, fill_value=0).astype(bool))
+    cell["usable"] = cell["cell_stable"] & ~before
+    out = df.drop(columns=["usable"], errors="ignore").merge(
+        cell[["nbeta", "gamma", "epsilon", "usable"]], on=["nbeta", "gamma", "epsilon"], how="left")
+    return out
+
+
+def choose(df: pd.DataFrame, n: int) -> dict:
+    """Apply the selection rule (module docstring) to a sweep over one or more checkpoints."""
+    usable = mark_usable(df).query("usable")[["nbeta", "gamma", "epsilon"]].drop_duplicates()
+    if usable.empty:
+        raise CalibrationError(
+            "no (ε, nβ, γ) cell of the grid is stable on every chosen checkpoint; add smaller "
+            "epsilons or larger gammas to the grid, or more burn-in")
+    target = math.log(default_nbeta(n))
+    nb, g, e = min(usable.itertuples(index=False, name=None),
+                   key=lambda c: (round(abs(math.log(c[0]) - target), 9), -c[2], c[1]))
+    return {"epsilon": float(e), "nbeta": float(nb), "gamma": float(g)}
+
+
+def choice_warnings(df: pd.DataFrame, choice: dict) -> list[str]:
+    """Caveats about a choice: the LLC still moving with ε (no plateau), or the grid's edge."""
+    out = []
+    same = df[(np.isclose(df["nbeta"], choice["nbeta"])) & (np.isclose(df["gamma"], choice["gamma"]))]
+    eps_grid = sorted(same["epsilon"].unique())
+    e = choice["epsilon"]
+    if np.isclose(e, eps_grid[-1]):
+        out.append(f"the largest ε of the grid ({e:g}) was chosen; larger ones were not tried")
+    smaller = [x for x in eps_grid if x < e and not np.isclose(x, e)]
+    if smaller:
+        e0 = smaller[-1]
+        for step, grp in same.groupby("step"):
+            a = grp[np.isclose(grp["epsilon"], e)].iloc[0]
+            b = grp[np.isclose(grp["epsilon"], e0)].iloc[0]
+            diff = a["llc_mean"] - b["llc_mean"]
+            se = math.hypot(a["llc_stderr"] or 0.0, b["llc_stderr"] or 0.0)
+            if abs(diff) > 3 * se and abs(diff) > 0.2 * max(abs(a["llc_mean"]), 1.0):
+                out.append(f"step {step}: LLC {a['llc_mean']:.4g} at ε={e:g} vs {b['llc_mean']:.4g} at "
+                           f"ε={e0:g}: no plateau in ε, so the LLC's level depends on ε; compare LLCs only "
+                           "at one calibrated ε (or sweep longer chains / a finer grid)")
+    return out
+
+
+@dataclass
+class Calibration:
+    sweep: pd.DataFrame     # tidy: one row per (step, ε, nβ, γ)
+    choice: dict            # settings for compute_llc (also saved in RUN/calibration.json)
+    rule: str = RULE
+    warnings: list = None   # caveats the CLI prints (see choice_warnings)
+
+
+def calibration_job(checkpoint, settings: dict) -> list[dict]:
+    """The sweep at one checkpoint, as tidy rows (measure 'llc'). Top level: picklable."""
+    from .job import DEFAULT_SETTINGS, estimator_kwargs, llc_data
+    s = {**DEFAULT_SETTINGS, **settings}
+    if s.get("threads"):
+        torch.set_num_threads(int(s["threads"]))
+    cfg = checkpoint.config()
+    task = cfg.make_task()
+    model = checkpoint.load_model()
+    data = llc_data(task, cfg, s["n_data"])
+    kw = {k: v for k, v in estimator_kwargs(s, model).items() if k not in ("epsilon", "nbeta", "gamma")}
+    df = sweep(model, lambda m, b: task.loss(m(b.tokens), b), data, epsilons=s["epsilons"],
+               nbetas=s["nbetas"], gammas=s["gammas"], **kw)
+    df.insert(0, "step", checkpoint.step)
+    df.insert(1, "measure", "llc")
+    df["value"] = df["llc_mean"]
+    return [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+            for row in df.to_dict("records")]
+
+
+def default_calibration_steps(steps: list[int]) -> list[int]:
+    """The middle and the final checkpoint: the final is usually the sharpest minimum."""
+    return sorted({steps[len(steps) // 2], steps[-1]})
+
+
+def calibrate_run(run_dir, *, steps: list[int] | None = None, epsilons=None, nbetas=None, gammas=None,
+                  settings: dict | None = None, executor=None, save: bool = True,
+                  progress: bool = True) -> Calibration:
+    """Sweep the grid on `steps` (default: middle and final checkpoints), choose, and save.
+
+    settings: other LLC settings for the sweep (chains, draws, burn_in, batch_size, n_data, ...),
+    defaulting to llc_watch.llc.job.DEFAULT_SETTINGS; the chosen ε, nβ, γ are saved together
+    with them in RUN/calibration.json, which `compute_llc` then uses. The sweep itself is written
+    to RUN/calibration_sweep.csv. Sweep jobs are resumable like LLC jobs (results/calibration/).
+    """
+    from llc_watch.checkpoints import open_run
+    from llc_watch.io import atomic_write_csv, atomic_write_json
+    from llc_watch.jobs import run_checkpoint_jobs
+    from .job import CALIBRATION_FILE, DEFAULT_SETTINGS
+    run = open_run(run_dir)
+    all_steps = [c.step for c in run.checkpoints()]
+    if not all_steps:
+        raise CalibrationError(f"{run_dir} has no checkpoints; train it first")
+    steps = steps or default_calibration_steps(all_steps)
+    base = {**DEFAULT_SETTINGS, **{k: v for k, v in (settings or {}).items() if v is not None}}
+    for k in ("epsilon", "nbeta", "gamma"):
+        base.pop(k, None)
+    grid = {"epsilons": sorted(epsilons or DEFAULT_GRID["epsilons"]),
+            "nbetas": list(nbetas or DEFAULT_GRID["nbetas"]),
+            "gammas": list(gammas or DEFAULT_GRID["gammas"])}
+    job_settings = {**base, **grid}
+    report = run_checkpoint_jobs(calibration_job, run.checkpoints(steps), job_settings,
+                                 out_dir=Path(run_dir) / "results" / "calibration",
+                                 executor=executor, desc="calibrate", progress=progress)
+    if report.failures:
+        raise CalibrationError("calibration failed on " + "; ".join(map(str, report.failures)))
+    from .job import _ordered
+    df = report.table()
+    df = mark_usable(_ordered(df, ["step", "measure", "value", "epsilon", "nbeta", "gamma", "llc_mean",
+                                   "llc_std", "llc_stderr", "valid", "drift", "rhat", "failed_chains"]))
+    n = int(df["n"].iloc[0])
+    choice = {**{k: v for k, v in base.items() if k not in ("threads", "device")}, **choose(df, n)}
+    cal = Calibration(df, choice, RULE, choice_warnings(df, choice))
+    if save:
+        atomic_write_csv(Path(run_dir) / "calibration_sweep.csv", df)
+        atomic_write_json(Path(run_dir) / CALIBRATION_FILE, {
+            "choice": choice, "rule": RULE, "warnings": cal.warnings, "grid": grid, "steps": steps, "n": n,
+            "default_nbeta": default_nbeta(n)})
+    return cal

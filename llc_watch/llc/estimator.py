@@ -1,0 +1,341 @@
+"""estimate_llc: the local learning coefficient of any PyTorch model at its current weights w*.
+
+    λ̂ = nβ · (E_w[L_n(w)] − L_n(w*)),   w ~ localised tempered posterior (see sampler.py)
+
+E_w is the mean minibatch loss over SGLD draws after burn-in, per chain, then averaged over the
+healthy chains. L_n(w*) is computed once, deterministically, on a fixed seeded evaluation subset of
+the data (size `eval_size`, default all of it), not from one noisy batch.
+
+Every chain sees the same seeded minibatch stream (epochs of fresh permutations, as devinterp's
+default of matching input ids across chains), so one batch serves all chains' forward pass. The
+stderr is the cross-chain spread; minibatch noise common to all chains is not in it, so the
+diagnostics also give `shared_noise_stderr` (from the chain-averaged trace) and warn when it
+dominates. Draws covering whole epochs (multiples of n / batch_size) make that noise cancel.
+
+Default nβ: n / log n with n = len(data), the training-set size (Watanabe's WBIC temperature
+β = 1/log n; see /work/shared/reference/learning-coefficients.md). devinterp's default,
+`devinterp.utils.default_nbeta`, is batch_size / log(batch_size): it treats the minibatch as n,
+which for batch 32 gives nβ ≈ 9.2 against ≈ 263 for n = 2000 here. Pass nbeta="devinterp" for
+theirs, or a number. The LLC scales with the nβ used, so compare curves only at equal nβ.
+
+    >>> import torch
+    >>> _ = torch.manual_seed(0)
+    >>> x = torch.randn(2000, 3); y = x @ torch.tensor([1., -2., .5]) + torch.randn(2000)
+    >>> model = torch.nn.Linear(3, 1, bias=False)
+    >>> model.weight.data = torch.linalg.lstsq(x, y[:, None]).solution.T   # w* = least squares
+    >>> mse = lambda m, b: 0.5 * ((m(b[0]).squeeze(-1) - b[1]) ** 2).mean()
+    >>> r = estimate_llc(model, mse, (x, y), epsilon=2e-4, gamma=1.0, chains=4, draws=300,
+    ...                  burn_in=100, batch_size=200, seed=0)
+    >>> r.valid, abs(r.llc_mean - 1.5) < 0.5          # regular model: λ = d/2 = 1.5
+    (True, True)
+"""
+from __future__ import annotations
+
+import copy
+import fnmatch
+import json
+import math
+import time
+import warnings as pywarnings
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import diagnostics as dg
+from .data import DataSource, MinibatchStream, to_device
+from .sampler import FlatParams, SGLDSettings, SamplerError, make_flat_loss, run_chains
+
+ParamsSpec = "None | str | list[str] | Callable[[str], bool] | dict[str, torch.Tensor | None]"
+
+
+class LLCError(ValueError):
+    """An LLC setting or input that cannot work; the message names it and what to do."""
+
+
+@dataclass
+class LLCResult:
+    llc_mean: float                      # mean of the healthy chains' LLCs (NaN if none)
+    llc_stderr: float                    # std of healthy chain LLCs / √(healthy chains)
+    llc_per_chain: list[float]           # every chain's LLC (failed chains included, for show)
+    chain_failed: list[str | None]       # None = healthy, else why the chain failed
+    valid: bool                          # enough healthy chains and a finite estimate
+    warnings: list[str]                  # what the CLI prints; empty when all is well
+    init_loss: float                     # L_n(w*)
+    init_loss_method: dict               # how L_n(w*) was computed (eval set size, seed)
+    loss_traces: list[list[float]]       # [C][T] minibatch loss at every step, burn-in included
+                                         # (raw; with batch_control the estimate uses
+                                         # loss − diagnostics["center_loss_trace"] + init_loss)
+    draw_steps: list[int]                # steps whose losses enter the estimate
+    hyperparameters: dict                # every setting used
+    diagnostics: dict                    # rhat, ess, drift, negative, mala, ...
+    timing: dict = field(default_factory=dict)
+
+    @property
+    def n_healthy(self) -> int:
+        return sum(f is None for f in self.chain_failed)
+
+    def to_dict(self) -> dict:
+        """JSON-safe dict (NaN/Inf become None)."""
+        return _json_safe(asdict(self))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    def summary(self) -> str:
+        flag = "" if self.valid else "  INVALID"
+        return (f"LLC {self.llc_mean:.4g} ± {self.llc_stderr:.2g} "
+                f"({self.n_healthy}/{len(self.chain_failed)} healthy chains){flag}")
+
+
+def _json_safe(x):
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+def default_nbeta(n: int) -> float:
+    """Our default nβ = n / log n (n = training-set size)."""
+    if n < 2:
+        raise LLCError(f"default nβ = n/log n needs n >= 2 examples, got n={n}; pass nbeta")
+    return n / math.log(n)
+
+
+def devinterp_nbeta(batch_size: int) -> float:
+    """devinterp's default nβ = batch_size / log(batch_size)."""
+    return batch_size / math.log(batch_size) if batch_size > 1 else 1.0
+
+
+def select_params(model: nn.Module, params) -> dict[str, torch.Tensor | None]:
+    """Resolve a weight restriction to {parameter name: None (whole) or bool mask}.
+
+    params: None (every trainable parameter); a name or glob pattern ("blocks.0.attn.*") or a
+    list of them; a predicate name -> bool; or {name: bool mask of the parameter's shape | None}
+    to sample only a slice (e.g. one head's rows of W_QKV).
+    """
+    named = dict(model.named_parameters())
+    if params is None:
+        sel = {n: None for n, p in named.items() if p.requires_grad}
+    elif isinstance(params, dict):
+        sel = {}
+        for n, m in params.items():
+            if n not in named:
+                raise LLCError(f"params: no parameter named {n!r}; the model has {list(named)}")
+            if m is not None:
+                m = torch.as_tensor(m).bool()
+                if m.shape != named[n].shape:
+                    raise LLCError(f"params[{n!r}]: mask shape {tuple(m.shape)} != parameter shape "
+                                   f"{tuple(named[n].shape)}")
+            sel[n] = m
+    elif callable(params):
+        sel = {n: None for n in named if params(n)}
+    else:
+        patterns = [params] if isinstance(params, str) else list(params)
+        sel = {}
+        for pat in patterns:
+            hits = [n for n in named if n == pat or fnmatch.fnmatchcase(n, pat)]
+            if not hits:
+                raise LLCError(f"params: {pat!r} matches no parameter; the model has {list(named)}")
+            sel.update({n: None for n in hits})
+    if not sel:
+        raise LLCError("params selects no parameters; nothing to sample")
+    return sel
+
+
+def _resolve_device(device, model):
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@torch.no_grad()
+def compute_init_loss(loss_of, w_star, src: DataSource, *, eval_size, eval_seed, chunk, device):
+    """L_n(w*) on a fixed seeded subset of the data, evaluated in chunks (size-weighted mean)."""
+    n_eval = src.n if eval_size is None else min(int(eval_size), src.n)
+    g = torch.Generator().manual_seed(int(eval_seed))
+    idx = torch.randperm(src.n, generator=g)[:n_eval] if n_eval < src.n else torch.arange(src.n)
+    total = 0.0
+    for i in range(0, n_eval, chunk):
+        part = idx[i:i + chunk]
+        total += float(loss_of(w_star, to_device(src.batch(part), device))) * len(part)
+    method = {"how": "mean loss at w* over a fixed evaluation set, computed once",
+              "eval_size": n_eval, "eval_seed": int(eval_seed), "of_n": src.n, "chunk": chunk}
+    return total / n_eval, method
+
+
+def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 1e-4,
+                 nbeta: float | str | None = None, gamma: float = 100.0, chains: int = 4,
+                 draws: int = 200, burn_in: int = 100, steps_between_draws: int = 1,
+                 batch_size: int = 32, sampler: str = "sgld", seed: int = 0, params=None,
+                 eval_size: int | None = None, eval_seed: int = 0, device=None,
+                 vectorized: bool = True, mala: bool = False, min_healthy_fraction: float = 0.75,
+                 rmsprop_alpha: float = 0.99, rmsprop_eps: float = 0.1,
+                 batch_control: bool = True, progress: bool = False) -> LLCResult:
+    """Estimate the local learning coefficient of `model` at its current weights.
+
+    model: any nn.Module; it is copied (to `device`), never modified. Sampled in eval() mode.
+    loss_fn: (model, batch) -> scalar mean loss (the per-example negative log-likelihood).
+    data: a tensor, tuple/list/dict of tensors, Dataset, DataLoader, or index-tensor-indexable
+        object (a task Batch); len(data) is n.
+    nbeta: None -> n / log n (ours); "devinterp" -> batch_size / log(batch_size); or a number.
+    params: weight restriction (see `select_params`); the rest are held at w*.
+    eval_size / eval_seed: the fixed evaluation subset for L_n(w*) (None = all the data).
+    vectorized: all chains in one vmapped forward/backward; falls back (with a warning) to the
+        sequential path when the model cannot be vmapped. Both are fed the same noise.
+    mala: also estimate the MALA acceptance probability at draw steps (plain SGLD; costs one more
+        gradient per draw).
+    min_healthy_fraction: the estimate is valid only if at least ceil(fraction·chains) (>= 1)
+        chains are healthy; failed chains are never averaged in.
+    batch_control: subtract each draw's batch loss at w* (a control variate: one extra forward per
+        step, shared by all chains). The estimate's expectation is unchanged (E_b L_b(w*) = L_n(w*))
+        but the minibatch noise common to all chains cancels, so the estimate is tighter and its
+        cross-chain stderr honest. False gives devinterp's estimator exactly.
+    """
+    t_start = time.perf_counter()
+    for name, v in (("chains", chains), ("draws", draws), ("steps_between_draws", steps_between_draws),
+                    ("batch_size", batch_size)):
+        if not isinstance(v, int) or v < 1:
+            raise LLCError(f"{name}={v!r} must be a positive integer")
+    if not isinstance(burn_in, int) or burn_in < 0:
+        raise LLCError(f"burn_in={burn_in!r} must be an integer >= 0")
+    src = DataSource(data)
+    n = len(src)
+    if nbeta is None:
+        nbeta_value, nbeta_rule = default_nbeta(n), f"n/log n with n={n} (llc_watch default)"
+    elif nbeta == "devinterp":
+        nbeta_value, nbeta_rule = devinterp_nbeta(batch_size), f"batch_size/log(batch_size), batch_size={batch_size} (devinterp default)"
+    else:
+        nbeta_value, nbeta_rule = float(nbeta), "given"
+    settings = SGLDSettings(float(epsilon), nbeta_value, float(gamma), sampler,
+                            rmsprop_alpha, rmsprop_eps)
+    try:
+        settings.validate()
+    except SamplerError as e:
+        raise LLCError(str(e)) from None
+
+    dev = _resolve_device(device, model)
+    work = copy.deepcopy(model).to(dev).eval()   # why: never move or mutate the caller's model
+    selection = select_params(work, params)
+    flat = FlatParams(work, selection)
+    loss_of = make_flat_loss(work, loss_fn, flat)
+
+    init_loss, init_method = compute_init_loss(
+        loss_of, flat.w_star, src, eval_size=eval_size, eval_seed=eval_seed,
+        chunk=max(batch_size, 512), device=dev)
+    warn: list[str] = []
+    if not math.isfinite(init_loss):
+        raise LLCError(f"L_n(w*) = {init_loss} is not finite: the model's loss at its own "
+                       "weights is NaN/Inf; check the checkpoint and loss_fn")
+
+    from llc_watch.tasks.base import derive_seed
+    stream = MinibatchStream(n, batch_size, derive_seed(seed, "batches"))
+    if batch_size > n:
+        warn.append(f"batch_size={batch_size} > n={n}: using full batches of {n}")
+    get_batch = lambda t: to_device(src.batch(stream.indices(t)), dev)
+    steps = burn_in + (draws - 1) * steps_between_draws + 1
+    draw_steps = list(range(burn_in, steps, steps_between_draws))
+
+    used_vectorized = vectorized
+    if vectorized:
+        try:   # probe: can this model's loss be vmapped?
+            from torch.func import vmap
+            W = flat.w_star.expand(2, -1).clone().requires_grad_(True)
+            torch.autograd.grad(vmap(loss_of, in_dims=(0, None))(W, get_batch(0)).sum(), W)
+        except Exception as e:  # noqa: BLE001 - any vmap failure means: use the fallback
+            used_vectorized = False
+            warn.append(f"vectorised sampling failed ({type(e).__name__}: {str(e)[:200]}); "
+                        "ran chains sequentially instead")
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=steps, desc="sgld", leave=False)
+    t0 = time.perf_counter()
+    run = run_chains(loss_of, flat, settings, chains=chains, steps=steps, get_batch=get_batch,
+                     seed=seed, draw_steps=draw_steps, mala=mala, vectorized=used_vectorized,
+                     center_loss=batch_control,
+                     progress=(lambda t: bar.update(1)) if bar else None)
+    t_sample = time.perf_counter() - t0
+    if bar:
+        bar.close()
+
+    losses = run.losses.double().numpy()                         # [C, T]
+    if batch_control:   # L_b(w) − L_b(w*) + L_n(w*): same mean, without the shared batch noise
+        centers = run.center_losses.double().numpy()             # [T]
+        losses_used = losses - centers[None, :] + init_loss
+        batch_offset = float(nbeta_value * (centers[draw_steps].mean() - init_loss))
+    else:
+        centers, losses_used, batch_offset = None, losses, float("nan")
+    draws_arr = losses_used[:, draw_steps]                       # [C, N]
+    final_finite = torch.isfinite(run.final_w).all(dim=1).cpu().numpy()
+    per_chain = nbeta_value * (draws_arr.mean(axis=1) - init_loss)
+    failed = dg.chain_failures(draws_arr, losses_used, final_finite, init_loss, nbeta_value, flat.n_sampled)
+    healthy = np.array([f is None for f in failed])
+    need = dg.min_healthy(chains, min_healthy_fraction)
+    h = per_chain[healthy]
+    mean = float(h.mean()) if h.size else float("nan")
+    stderr = float(h.std(ddof=1) / math.sqrt(h.size)) if h.size > 1 else float("nan")
+    valid = bool(healthy.sum() >= need and math.isfinite(mean))
+
+    for c, f in enumerate(failed):
+        if f is not None:
+            warn.append(f"chain {c} failed ({f}); excluded from the mean")
+    if not valid:
+        warn.append(f"INVALID: {int(healthy.sum())}/{chains} healthy chains, need {need}; "
+                    "lower epsilon (see `llc-watch calibrate`)")
+    hd = draws_arr[healthy]
+    rhat = dg.split_rhat(hd) if hd.shape[0] >= 1 else float("nan")
+    ess = dg.ess(hd) if hd.shape[0] >= 1 else float("nan")
+    drift, drift_se = dg.drift(hd, init_loss, nbeta_value) if hd.shape[0] >= 1 else (float("nan"),) * 2
+    drifting = dg.drift_flag(drift, drift_se, mean)
+    shared_se = dg.shared_noise_stderr(hd, nbeta_value) if hd.shape[0] >= 1 else float("nan")
+    if math.isfinite(shared_se) and math.isfinite(stderr) and shared_se > 2 * stderr:
+        warn.append(f"the chains' shared minibatch noise (stderr ≈ {shared_se:.2g} from the averaged "
+                    f"trace) exceeds the cross-chain stderr {stderr:.2g}: use draws covering whole "
+                    "epochs (n / batch_size steps each) or a larger batch")
+    negative = bool(math.isfinite(mean) and mean < 0)
+    if math.isfinite(rhat) and rhat > dg.RHAT_MAX:
+        warn.append(f"split-R̂ = {rhat:.3f} > {dg.RHAT_MAX}: chains disagree; more draws or burn-in")
+    if math.isfinite(ess) and ess < dg.ESS_MIN:
+        warn.append(f"effective sample size {ess:.0f} < {dg.ESS_MIN}: more draws")
+    if drifting:
+        warn.append(f"loss traces drift after burn-in (second-half − first-half LLC = {drift:.3g} "
+                    f"± {drift_se:.2g}): more burn-in, or a smaller epsilon/larger gamma")
+    if negative:
+        warn.append(f"negative LLC {mean:.3g}: w* is not a local minimum at this resolution "
+                    "(the sampler found lower loss); e.g. an untrained checkpoint")
+    if h.size == 1:
+        warn.append("only one healthy chain: no standard error")
+
+    hyper = dict(epsilon=float(epsilon), nbeta=nbeta_value, nbeta_rule=nbeta_rule,
+                 gamma=float(gamma), chains=chains, draws=draws, burn_in=burn_in,
+                 steps_between_draws=steps_between_draws, batch_size=min(batch_size, n),
+                 sampler=sampler, seed=seed, eval_size=init_method["eval_size"], eval_seed=eval_seed,
+                 n=n, n_params_sampled=flat.n_sampled,
+                 params=[k if m is None else f"{k}[mask]" for k, m in selection.items()],
+                 vectorized=used_vectorized, device=str(dev),
+                 min_healthy_fraction=min_healthy_fraction, mala=mala, batch_control=batch_control)
+    if sampler == "rmsprop_sgld":
+        hyper.update(rmsprop_alpha=rmsprop_alpha, rmsprop_eps=rmsprop_eps)
+    diag = dict(rhat=rhat, ess=ess, shared_noise_stderr=shared_se, batch_offset=batch_offset,
+                drift=drift, drift_stderr=drift_se, drifting=drifting,
+                negative=negative, n_failed=int((~healthy).sum()), min_healthy=need,
+                mala_acceptance=(None if run.mala_accept is None else run.mala_accept.tolist()),
+                mala_acceptance_mean=(None if run.mala_accept is None
+                                      else float(run.mala_accept[torch.as_tensor(healthy)].mean())
+                                      if healthy.any() else None))
+    diag["center_loss_trace"] = None if centers is None else centers.tolist()
+    timing = dict(sampling_s=t_sample, total_s=time.perf_counter() - t_start, steps=steps,
+                  grad_evals=steps * chains + (len(draw_steps) * chains if mala and sampler == "sgld" else 0))
+    return LLCResult(mean, stderr, per_chain.tolist(), failed, valid, warn, init_loss, init_method,
+                     losses.tolist(), draw_steps, hyper, diag, timing)

@@ -1,0 +1,203 @@
+"""The estimator's engineering: paths agree, seeds reproduce, failures are flagged, data forms."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from llc_watch.llc import LLCError, default_nbeta, devinterp_nbeta, estimate_llc, exact
+from llc_watch.llc import diagnostics as dg
+from llc_watch.model import ModelConfig, Transformer
+from llc_watch.tasks import get_task
+
+torch.set_num_threads(1)
+
+
+def tiny_transformer_case(n=256, seed=0):
+    task = get_task("addition", n_bits=3)
+    torch.manual_seed(seed)
+    model = Transformer(ModelConfig(n_layers=1, d_model=16, n_heads=2, d_mlp=32, vocab_size=5, n_ctx=task.seq_len))
+    data = task.sample(n, seed=seed)
+    return model, (lambda m, b: task.loss(m(b.tokens), b)), data
+
+
+FAST = dict(epsilon=1e-4, gamma=100.0, chains=3, draws=30, burn_in=10, batch_size=32, seed=0)
+
+
+def test_vectorised_equals_sequential_with_shared_noise():
+    model, loss_fn, data = tiny_transformer_case()
+    a = estimate_llc(model, loss_fn, data, vectorized=True, **FAST)
+    b = estimate_llc(model, loss_fn, data, vectorized=False, **FAST)
+    assert a.hyperparameters["vectorized"] and not b.hyperparameters["vectorized"]
+    # same noise, same batches: only float rounding of batched vs single matmuls differs
+    np.testing.assert_allclose(a.loss_traces, b.loss_traces, rtol=1e-4, atol=1e-6)
+    assert a.llc_mean == pytest.approx(b.llc_mean, rel=1e-3, abs=1e-3)
+
+
+def test_same_seed_identical_other_seed_different():
+    model, loss_fn, data = tiny_transformer_case()
+    a = estimate_llc(model, loss_fn, data, **FAST)
+    b = estimate_llc(model, loss_fn, data, **FAST)
+    c = estimate_llc(model, loss_fn, data, **{**FAST, "seed": 1})
+    assert a.llc_per_chain == b.llc_per_chain and a.loss_traces == b.loss_traces
+    assert a.llc_per_chain != c.llc_per_chain
+    assert a.init_loss == c.init_loss          # L_n(w*) does not depend on the sampling seed
+
+
+def test_chain_noise_does_not_depend_on_chain_count():
+    model, loss_fn, data = tiny_transformer_case()
+    a = estimate_llc(model, loss_fn, data, **FAST)
+    b = estimate_llc(model, loss_fn, data, **{**FAST, "chains": 2})
+    np.testing.assert_allclose(a.loss_traces[:2], b.loss_traces, rtol=1e-5)
+
+
+def test_model_is_not_modified():
+    model, loss_fn, data = tiny_transformer_case()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    estimate_llc(model, loss_fn, data, **FAST)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_diverging_epsilon_is_flagged_invalid():
+    model, loss_fn, data = tiny_transformer_case()
+    r = estimate_llc(model, loss_fn, data, **{**FAST, "epsilon": 1.0, "gamma": 1.0})
+    assert not r.valid
+    assert all(f is not None for f in r.chain_failed)
+    assert any("INVALID" in w for w in r.warnings)
+    json.dumps(r.to_dict(), allow_nan=False)     # NaNs become null: still strict JSON
+
+
+def test_exploding_but_finite_chain_is_failed():
+    # a finite, huge excess loss (devinterp 2.0.1 would average it into an LLC of ~1e9)
+    draws = np.array([[1.0, 1.0, 1.0], [1e7, 1e7, 1e7]])
+    reasons = dg.chain_failures(draws, draws, np.array([True, True]), init_loss=1.0, nbeta=100.0,
+                                n_sampled=1000)
+    assert reasons[0] is None and reasons[1].startswith("exploding")
+
+
+def test_healthy_chain_rule():
+    assert dg.min_healthy(8, 0.75) == 6 and dg.min_healthy(1, 0.75) == 1 and dg.min_healthy(3, 0.75) == 3
+
+
+@pytest.mark.parametrize("batch_control", [False, True])
+def test_burn_in_excluded_and_draw_spacing(batch_control):
+    model, loss_fn, data = tiny_transformer_case()
+    r = estimate_llc(model, loss_fn, data, **{**FAST, "burn_in": 7, "draws": 5, "steps_between_draws": 3},
+                     batch_control=batch_control)
+    assert r.draw_steps == [7, 10, 13, 16, 19]
+    assert len(r.loss_traces[0]) == 20
+    tr = np.array(r.loss_traces)
+    if batch_control:   # control variate: the batch loss at w* replaces L_n(w*) draw by draw
+        tr = tr - np.array(r.diagnostics["center_loss_trace"])[None, :] + r.init_loss
+    else:
+        assert r.diagnostics["center_loss_trace"] is None
+    expect = r.hyperparameters["nbeta"] * (tr[:, r.draw_steps].mean(1) - r.init_loss)
+    np.testing.assert_allclose(r.llc_per_chain, expect)
+
+
+def test_batch_control_keeps_the_mean_and_removes_shared_noise():
+    # small batches, draws not covering whole epochs: the shared batch noise is large without it
+    model, loss_fn, data, lam = exact.make_regular(4, 2000)
+    kw = dict(epsilon=2e-4, gamma=1.0, chains=8, draws=300, burn_in=200, batch_size=32, seed=0)
+    raw = estimate_llc(model, loss_fn, data, batch_control=False, **kw)
+    cv = estimate_llc(model, loss_fn, data, batch_control=True, **kw)
+    assert raw.loss_traces == cv.loss_traces                   # same chains, same batches
+    assert cv.diagnostics["shared_noise_stderr"] < 0.5 * raw.diagnostics["shared_noise_stderr"]
+    assert any("shared minibatch noise" in w for w in raw.warnings)
+    assert not any("shared minibatch noise" in w for w in cv.warnings)
+    # the two differ by exactly the batch offset nβ·(mean_t L_bt(w*) − L_n(w*))
+    assert raw.llc_mean - cv.llc_mean == pytest.approx(cv.diagnostics["batch_offset"], rel=1e-6, abs=1e-9)
+
+
+def test_init_loss_is_deterministic_full_data_mean():
+    model, loss_fn, data = tiny_transformer_case()
+    r = estimate_llc(model, loss_fn, data, **FAST)
+    with torch.no_grad():
+        full = float(loss_fn(model.eval(), data))
+    assert r.init_loss == pytest.approx(full, rel=1e-5)
+    assert r.init_loss_method["eval_size"] == len(data)
+    r2 = estimate_llc(model, loss_fn, data, **{**FAST, "eval_size": 100})
+    assert r2.init_loss_method["eval_size"] == 100
+
+
+def test_default_nbeta_is_n_over_log_n_and_devinterp_option():
+    model, loss_fn, data, _ = exact.make_regular(2, 500)
+    r = estimate_llc(model, loss_fn, data, epsilon=1e-4, gamma=1.0, chains=2, draws=5, burn_in=0)
+    assert r.hyperparameters["nbeta"] == pytest.approx(500 / math.log(500)) == pytest.approx(default_nbeta(500))
+    r = estimate_llc(model, loss_fn, data, epsilon=1e-4, gamma=1.0, chains=2, draws=5, burn_in=0,
+                     nbeta="devinterp", batch_size=32)
+    assert r.hyperparameters["nbeta"] == pytest.approx(devinterp_nbeta(32)) == pytest.approx(32 / math.log(32))
+
+
+@pytest.mark.parametrize("form", ["tuple", "dataset", "loader", "dict"])
+def test_data_forms_agree(form):
+    model, loss_fn, (x, y), _ = exact.make_regular(3, 400)
+    forms = {"tuple": (x, y), "dataset": TensorDataset(x, y), "loader": DataLoader(TensorDataset(x, y), batch_size=7),
+             "dict": {"x": x, "y": y}}
+    fn = (lambda m, b: loss_fn(m, (b["x"], b["y"]))) if form == "dict" else loss_fn
+    ref = estimate_llc(model, loss_fn, (x, y), epsilon=1e-4, gamma=1.0, chains=2, draws=10, burn_in=0, seed=3)
+    r = estimate_llc(model, fn, forms[form], epsilon=1e-4, gamma=1.0, chains=2, draws=10, burn_in=0, seed=3)
+    np.testing.assert_allclose(r.loss_traces, ref.loss_traces, rtol=1e-6)
+
+
+def test_unvmappable_model_falls_back_to_sequential():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 1)
+
+        def forward(self, x):
+            if self.lin.weight.sum().item() > 1e9:    # data-dependent Python control flow
+                return x[:, :1]
+            return self.lin(x)
+
+    x, y = torch.randn(200, 2), torch.randn(200, 1)
+    r = estimate_llc(Odd(), lambda m, b: 0.5 * ((m(b[0]) - b[1]) ** 2).mean(), (x, y),
+                     epsilon=1e-4, gamma=1.0, chains=2, draws=5, burn_in=0)
+    assert not r.hyperparameters["vectorized"]
+    assert any("sequentially" in w for w in r.warnings)
+
+
+def test_bad_settings_name_the_setting():
+    model, loss_fn, data = tiny_transformer_case()
+    with pytest.raises(LLCError, match="epsilon"):
+        estimate_llc(model, loss_fn, data, epsilon=-1.0)
+    with pytest.raises(LLCError, match="sampler"):
+        estimate_llc(model, loss_fn, data, sampler="hmc")
+    with pytest.raises(LLCError, match="no parameter"):
+        estimate_llc(model, loss_fn, data, params=["nope.*"])
+    with pytest.raises(LLCError, match="chains"):
+        estimate_llc(model, loss_fn, data, chains=0)
+
+
+def test_rmsprop_sampler_runs_and_records_settings():
+    model, loss_fn, data = tiny_transformer_case()
+    r = estimate_llc(model, loss_fn, data, **{**FAST, "sampler": "rmsprop_sgld", "epsilon": 1e-5})
+    assert r.valid and r.hyperparameters["sampler"] == "rmsprop_sgld"
+    assert r.hyperparameters["rmsprop_eps"] == 0.1
+
+
+def test_mala_acceptance_near_one_for_small_steps():
+    model, loss_fn, data, _ = exact.make_regular(3, 1000)
+    r = estimate_llc(model, loss_fn, data, epsilon=1e-5, gamma=1.0, chains=2, draws=20, burn_in=20,
+                     batch_size=1000, mala=True)
+    assert 0.9 < r.diagnostics["mala_acceptance_mean"] <= 1.0
+
+
+def test_diagnostics_on_synthetic_traces():
+    rng = np.random.default_rng(0)
+    good = rng.normal(size=(4, 500))
+    assert dg.split_rhat(good) < 1.05 and dg.ess(good) > 1000
+    bad = good + np.arange(4)[:, None] * 3.0             # chains at different levels
+    assert dg.split_rhat(bad) > 1.1
+    ar = np.zeros((4, 2000))
+    for t in range(1, 2000):                              # strongly autocorrelated
+        ar[:, t] = 0.95 * ar[:, t - 1] + rng.normal(size=4)
+    assert dg.ess(ar) < 0.1 * ar.size
+    trend = good + np.linspace(0, 5, 500)
+    d, se = dg.drift(trend, 0.0, 1.0)
+    assert dg.drift_flag(d, se, llc=1.0) and not dg.drift_flag(*dg.drift(good, 0.0, 1.0), llc=1.0)

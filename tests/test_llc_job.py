@@ -1,0 +1,141 @@
+"""The per-checkpoint LLC driver and calibration on a tiny trained run."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from llc_watch.config import RunConfig
+from llc_watch.llc.calibrate import CalibrationError, calibrate_run, choose, mark_usable
+from llc_watch.llc.job import DEFAULT_SETTINGS, compute_llc, llc_job, resolve_settings
+from llc_watch.train import train
+
+torch.set_num_threads(1)
+TINY = {"chains": 2, "draws": 12, "burn_in": 4, "n_data": 128, "batch_size": 32, "threads": 1,
+        "epsilon": 1e-4, "gamma": 100.0}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("run") / "tiny"
+    cfg = RunConfig.from_preset("addition-tiny").with_overrides(
+        ["train.steps=40", "checkpoints.n_log=2", "checkpoints.n_linear=2", "train.threads=1"])
+    train(cfg, d, progress=False)
+    return d
+
+
+def fresh_copy(run_dir, tmp_path):
+    import shutil
+    dst = tmp_path / "run"
+    shutil.copytree(run_dir, dst, ignore=shutil.ignore_patterns("results", "llc.csv", "calibration*"))
+    return dst
+
+
+def test_llc_job_row_and_table(run_dir, tmp_path):
+    d = fresh_copy(run_dir, tmp_path)
+    df = compute_llc(d, TINY, progress=False)
+    steps = sorted(int(p.stem.split("_")[1]) for p in (d / "checkpoints").glob("step_*.safetensors"))
+    assert df["step"].tolist() == steps and set(df["measure"]) == {"llc"}
+    assert {"value", "stderr", "valid", "llc_per_chain", "rhat", "ess", "drift", "epsilon", "nbeta"} <= set(df.columns)
+    assert len(json.loads(df["llc_per_chain"].iloc[0])) == 2
+    assert (d / "llc.csv").is_file()
+    assert pd.read_csv(d / "llc.csv")["step"].tolist() == steps
+    assert df.attrs["failures"] == [] and "defaults" in df.attrs["settings_source"]
+
+
+def test_rerun_skips_and_changed_settings_do_not_mix(run_dir, tmp_path):
+    d = fresh_copy(run_dir, tmp_path)
+    a = compute_llc(d, TINY, progress=False)
+    n_files = len(list((d / "results" / "llc").glob("*.json")))
+    b = compute_llc(d, TINY, progress=False)
+    assert "0 ran" in b.attrs["summary"]
+    pd.testing.assert_frame_equal(a, b)
+    c = compute_llc(d, {**TINY, "seed": 1}, progress=False)
+    assert len(list((d / "results" / "llc").glob("*.json"))) == 2 * n_files
+    assert (c["seed"] == 1).all() and len(c) == len(a)
+
+
+def test_killed_driver_resumes_to_the_same_table(run_dir, tmp_path):
+    d = fresh_copy(run_dir, tmp_path)
+    ref = compute_llc(fresh_copy(run_dir, tmp_path / "ref"), TINY, progress=False)
+    code = ("import torch; torch.set_num_threads(1); from llc_watch.llc.job import compute_llc; "
+            f"compute_llc({str(d)!r}, {TINY!r}, progress=False)")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    out = d / "results" / "llc"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("*.json"))) < 1:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list(out.glob("*.json")))
+    assert 1 <= done
+    df = compute_llc(d, TINY, progress=False)
+    pd.testing.assert_frame_equal(df.drop(columns=["sampling_s"]), ref.drop(columns=["sampling_s"]))
+
+
+def test_corrupt_checkpoint_fails_alone(run_dir, tmp_path):
+    d = fresh_copy(run_dir, tmp_path)
+    ckpts = sorted((d / "checkpoints").glob("step_*.safetensors"))
+    ckpts[1].write_bytes(b"not a checkpoint")
+    df = compute_llc(d, TINY, progress=False)
+    assert len(df) == len(ckpts) - 1
+    assert len(df.attrs["failures"]) == 1 and "CheckpointError" in df.attrs["failures"][0]
+    assert str(ckpts[1]) in df.attrs["failures"][0]
+
+
+def test_calibrate_then_llc_uses_the_choice(run_dir, tmp_path):
+    d = fresh_copy(run_dir, tmp_path)
+    sweep_settings = {**TINY, "chains": 4, "draws": 100, "burn_in": 100}
+    cal = calibrate_run(d, steps=[40], epsilons=[1e-4, 3e-3, 10.0], settings=sweep_settings, progress=False)
+    assert {"epsilon", "nbeta", "gamma", "llc_mean", "llc_std", "valid", "drift", "rhat",
+            "failed_chains", "stable", "usable", "step"} <= set(cal.sweep.columns)
+    assert cal.choice["epsilon"] == 3e-3         # 1e-4 mixes too slowly (R̂); ε = 10 diverges
+    assert not cal.sweep.query("epsilon == 10.0")["stable"].any()
+    saved = json.loads((d / "calibration.json").read_text())
+    assert saved["choice"] == cal.choice and "largest" in saved["rule"]
+    assert saved["warnings"] == cal.warnings and isinstance(cal.warnings, list)
+    s, source = resolve_settings(d, {"chains": 2})
+    assert s["epsilon"] == cal.choice["epsilon"] and s["chains"] == 2 and "calibration" in source
+    df = compute_llc(d, {"threads": 1, "draws": 12, "burn_in": 4, "n_data": 128}, checkpoints=[0], progress=False)
+    assert df["epsilon"].iloc[0] == cal.choice["epsilon"]
+
+
+def test_choose_rule():
+    rows = []
+    # (ε, stable, failed chains): 1e-6 mixes too slowly (unstable, no failure), 1e-3 diverges
+    for eps, stable, failed in [(1e-6, False, 0), (1e-5, True, 0), (1e-4, True, 0), (1e-3, False, 2),
+                                (1e-2, True, 0)]:
+        for step in (1, 2):
+            rows.append({"step": step, "epsilon": eps, "nbeta": 100.0, "gamma": 100.0, "stable": stable,
+                         "valid": True, "failed_chains": failed})
+    rows.append({"step": 1, "epsilon": 1e-4, "nbeta": 1000.0, "gamma": 100.0, "stable": True, "valid": True, "failed_chains": 0})
+    rows.append({"step": 2, "epsilon": 1e-4, "nbeta": 1000.0, "gamma": 100.0, "stable": False, "valid": True, "failed_chains": 0})
+    df = pd.DataFrame(rows)
+    # 1e-2 is stable but above a diverging 1e-3: not usable; nβ=1000 unstable on step 2
+    assert choose(df, n=500) == {"epsilon": 1e-4, "nbeta": 100.0, "gamma": 100.0}
+    marked = mark_usable(df)
+    assert not marked.query("epsilon == 0.01")["usable"].any()
+    assert marked.query("epsilon == 1e-5")["usable"].all()
+    with pytest.raises(CalibrationError, match="smaller"):
+        choose(df.assign(stable=False), n=500)
+
+
+def test_choice_warnings_no_plateau_and_grid_edge():
+    from llc_watch.llc.calibrate import choice_warnings
+    df = pd.DataFrame([{"step": 5, "epsilon": e, "nbeta": 10.0, "gamma": 1.0, "llc_mean": v, "llc_stderr": 1.0}
+                       for e, v in [(1e-4, 10.0), (1e-3, 30.0)]])
+    ws = choice_warnings(df, {"epsilon": 1e-3, "nbeta": 10.0, "gamma": 1.0})
+    assert any("largest ε" in w for w in ws) and any("no plateau" in w for w in ws)
+    flat = df.assign(llc_mean=[10.0, 10.5])
+    assert not any("no plateau" in w for w in choice_warnings(flat, {"epsilon": 1e-3, "nbeta": 10.0, "gamma": 1.0}))
+
+
+def test_unknown_setting_is_named(run_dir):
+    with pytest.raises(ValueError, match="chainz"):
+        resolve_settings(run_dir, {"chainz": 3})
