@@ -158,6 +158,8 @@ def cmd_calibrate(args) -> int:
                         "failed_chains", "usable") if c in cal.sweep.columns]
     print(cal.sweep[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print("chosen: " + ", ".join(f"{k}={cal.choice[k]}" for k in ("epsilon", "nbeta", "gamma")))
+    for w in cal.warnings or []:
+        print(f"warning: {w}", file=sys.stderr)
     print(f"wrote {run / 'calibration.json'} (used by `llc-watch llc` unless overridden) and calibration_sweep.csv")
     return 0
 

@@ -451,7 +451,7 @@ class MissingAnalysisError(FileNotFoundError):
     """A table the stage map needs is not in the run folder; the message names the command to run."""
 
 
-_TABLES = {  # file -> the command that makes it
+TABLE_FILES = {  # table -> (its file, the command that makes it)
     "metrics": ("metrics.csv", "llc-watch train (training writes metrics.csv)"),
     "llc": ("llc.csv", "llc-watch llc RUN"),
     "probes": ("probes.csv", "llc-watch probe RUN"),
@@ -485,7 +485,7 @@ def load_run_tables(run_dir: str | Path) -> RunTables:
     if not run_dir.is_dir():
         raise MissingAnalysisError(f"run folder {run_dir} does not exist; train a run into it first")
     t = RunTables(run_dir=run_dir)
-    for name, (fname, cmd) in _TABLES.items():
+    for name, (fname, cmd) in TABLE_FILES.items():
         p = run_dir / fname
         if p.is_file():
             setattr(t, name, pd.read_csv(p))

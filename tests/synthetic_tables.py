@@ -140,7 +140,8 @@ def write_synthetic_run(run_dir, seed: int = 0, tables=("metrics", "llc", "probe
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     t = synthetic_run_tables(seed=seed, **kw)
+    from llc_watch.stages import TABLE_FILES
     for name in tables:
-        getattr(t, name).to_csv(run_dir / f"{name}.csv", index=False)
+        getattr(t, name).to_csv(run_dir / TABLE_FILES[name][0], index=False)
     (run_dir / "config.json").write_text(json.dumps(t.config, indent=2))
     return run_dir
