@@ -10,7 +10,7 @@ PRESETS: dict[str, dict] = {
         "config": {
             "task": {"name": "addition", "settings": {"n_bits": 8}},
             "model": {"n_layers": 2, "d_model": 64, "n_heads": 4, "d_mlp": 256, "norm": "layernorm"},
-            "train": {"steps": 4000, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.1,
+            "train": {"steps": 2500, "batch_size": 128, "lr": 3e-4, "weight_decay": 0.1,
                       "warmup_frac": 0.1, "schedule": "cosine"},
             "checkpoints": {"n_log": 30, "n_linear": 20},
         },
@@ -40,8 +40,5 @@ PRESETS: dict[str, dict] = {
 
 def all_presets() -> dict[str, dict]:
     """The core presets plus the task suite's (one per task)."""
-    try:  # TEMP until the task suite lands
-        from .tasks.presets_suite import SUITE_PRESETS
-    except ModuleNotFoundError:
-        SUITE_PRESETS = {}
+    from .tasks.presets_suite import SUITE_PRESETS
     return {**SUITE_PRESETS, **PRESETS}

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .checkpoints import CheckpointError, Run, checkpoint_steps, save_checkpoint
 from .config import ConfigError, RunConfig
-from .io import atomic_write_bytes, atomic_write_csv, atomic_write_text
+from .io import atomic_write_bytes, atomic_write_csv, atomic_write_text, remove_stale_temp_files
 from .model import Transformer
 from .tasks import Batch, Task, derive_seed
 
@@ -85,8 +85,10 @@ def evaluate(model: Transformer, task: Task, batch: Batch, device, chunk: int = 
         out = model(b.tokens)
         losses.append(task.loss(out, b).item() * b.loss_mask.sum().item())
         weights.append(b.loss_mask.sum().item())
-        correct.append(task.per_example_correct(out, b).float().sum().item()
-                       if task.output == "tokens" else float("nan"))
+        try:
+            correct.append(task.per_example_correct(out, b).float().sum().item())
+        except NotImplementedError:  # a continuous task without its own notion of "correct"
+            correct.append(float("nan"))
     model.train()
     return sum(losses) / max(1, sum(weights)), sum(correct) / len(batch)
 
@@ -105,6 +107,7 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path) -> None:
             raise RunExistsError(
                 f"{run_dir} already holds a run with a different config ({diff}). Nothing was "
                 "changed; pick a new --out folder, or rerun with the original settings to resume.")
+        remove_stale_temp_files(run_dir)  # a killed run's half-written files; the run is ours
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cfg_path, cfg.to_json())

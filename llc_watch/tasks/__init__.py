@@ -8,12 +8,16 @@ A new task is one module with a `Task` subclass (a dataclass of its settings) ad
 """
 from __future__ import annotations
 
+import dataclasses
+
+from . import graphs, icl_regression, sequences
 from .arithmetic import Addition, Multiplication
 from .base import Batch, FeatureSpec, Task, TaskConfigError, derive_seed
 from .modular import ModularAddition
 
 TASKS: dict[str, type[Task]] = {
-    cls.name: cls for cls in (Addition, Multiplication, ModularAddition)
+    cls.name: cls for cls in (Addition, Multiplication, ModularAddition, *graphs.TASK_CLASSES,
+                              *sequences.TASK_CLASSES, *icl_regression.TASK_CLASSES)
 }
 
 
@@ -22,7 +26,6 @@ def get_task(name: str, **settings) -> Task:
     if name not in TASKS:
         raise TaskConfigError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
     cls = TASKS[name]
-    import dataclasses
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(settings) - known
     if unknown:
