@@ -190,6 +190,8 @@ def cmd_pipeline(args) -> int:
     settings = PipelineSettings.quick() if args.quick else PipelineSettings.demo()
     if args.analysis_checkpoints is not None:
         settings.analysis_checkpoints = args.analysis_checkpoints
+    if args.workers is not None:
+        settings.workers = args.workers
     path = run_pipeline(cfg, out, settings, progress=not args.quiet)
     print(f"report: {path.resolve()}")
     return 0
@@ -289,5 +291,6 @@ def add_subcommands(sub) -> None:
     p.add_argument("--quick", action="store_true", help="tiny analysis settings (seconds per step), for a smoke test")
     p.add_argument("--analysis-checkpoints", type=int,
                    help="probe and ablate this many log-spaced checkpoints (0 = all; demo default 16)")
+    p.add_argument("--workers", type=int, help="analysis processes (demo default 2: one per core)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_pipeline)

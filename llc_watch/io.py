@@ -26,6 +26,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return path
 
 
+def remove_stale_temp_files(folder: str | Path) -> int:
+    """Delete temporary files a killed writer left in `folder` (only its own writer may call this)."""
+    n = 0
+    for p in Path(folder).rglob(".*.tmp"):
+        p.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
 

@@ -74,8 +74,15 @@ def make_executor(kind: str = "serial", workers: int = 2) -> Executor:
         return SerialExecutor()
     if kind == "process":
         import multiprocessing as mp
-        return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+        return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                   initializer=_one_thread_per_worker)
     raise ValueError(f"unknown executor {kind!r}; built in: serial, process")
+
+
+def _one_thread_per_worker() -> None:
+    """Workers split the cores between them: N processes x N threads would oversubscribe."""
+    import torch
+    torch.set_num_threads(1)
 
 
 def job_key(fn: JobFn, checkpoint: Checkpoint, settings: dict) -> str:

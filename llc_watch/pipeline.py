@@ -26,17 +26,18 @@ class PipelineSettings:
     ablations: dict = field(default_factory=dict)
     analysis_checkpoints: int = 0          # probes/ablations on this many log-spaced checkpoints; 0 = all
     llc_checkpoints: int = 0               # LLC on this many log-spaced checkpoints; 0 = all
+    workers: int = 1                       # >1: analyses run in a local pool of this many processes
 
     @classmethod
     def demo(cls) -> "PipelineSettings":
         """What `make demo` runs on the addition preset within its time budget on 2 CPU cores."""
         return cls(
-            llc={"chains": 4, "draws": 150, "burn_in": 50, "batch_size": 64, "n_data": 4096},
-            calibration_epsilons=[3e-5, 1e-4, 3e-4, 1e-3],
+            llc={"chains": 4, "draws": 100, "burn_in": 50, "batch_size": 32, "n_data": 4096},
+            calibration_epsilons=[1e-4, 3e-4, 1e-3],
             probes={"n_train": 1024, "n_test": 256},
             ablations={"n_train": 1024, "n_test": 256, "features": ["carry_in", "carry_out"],
                        "random_eval": 64},
-            analysis_checkpoints=16,
+            analysis_checkpoints=16, workers=2,
         )
 
     @classmethod
@@ -78,6 +79,10 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, settings: PipelineSettings
 
     s = settings or PipelineSettings.demo()
     run_dir = Path(run_dir)
+    if executor is None and s.workers > 1:
+        from .jobs import make_executor
+        with make_executor("process", workers=s.workers) as pool:
+            return run_pipeline(cfg, run_dir, s, executor=pool, progress=progress, log=log)
     timings = {}
 
     def step(name, fn):

@@ -25,13 +25,16 @@ PRESETS: dict[str, dict] = {
         },
     },
     "modular-addition": {
-        "shows": "grokking on a + b mod p: train accuracy ~100% long before test accuracy rises",
+        "shows": "grokking on a + b mod 59: train accuracy 100% by step ~130, test accuracy 99% only by step ~3000",
         "config": {
-            "task": {"name": "modular_addition", "settings": {"p": 113}},
-            "model": {"n_layers": 1, "d_model": 128, "n_heads": 4, "d_mlp": 512, "act": "relu", "norm": "none"},
-            "train": {"steps": 10000, "batch_size": 100000, "lr": 1e-3, "weight_decay": 1.0, "beta1": 0.9,
+            "task": {"name": "modular_addition", "settings": {"p": 59}},
+            # init_std 0.1 (not 0.02): a large initial weight norm makes the model memorise first and
+            # generalise only as weight decay shrinks it (Liu et al. 2022, "Omnigrok")
+            "model": {"n_layers": 1, "d_model": 128, "n_heads": 4, "d_mlp": 512, "act": "relu", "norm": "none",
+                      "init_std": 0.1},
+            "train": {"steps": 4000, "batch_size": 100000, "lr": 1e-3, "weight_decay": 1.0, "beta1": 0.9,
                       "beta2": 0.98, "warmup_frac": 0.01, "schedule": "constant", "grad_clip": 0.0,
-                      "train_fraction": 0.3, "eval_size": 100000},
+                      "train_fraction": 0.5, "eval_size": 100000},
             "checkpoints": {"n_log": 30, "n_linear": 30},
         },
     },

@@ -725,6 +725,16 @@ class StageMap:
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
+    def decisive_drop(self, loss: str) -> tuple[Boundary, Boundary]:
+        """(drop, plateau end before it) of the loss drop that matters: the one nearest in log step
+        to the steepest rise in exact-match accuracy. A loss often first falls early to the
+        output-frequency level; that drop comes with no accuracy and is not "the" drop."""
+        drops = sorted((b for b in self.boundaries if b.signal == loss and b.kind == "drop"), key=lambda b: b.step)
+        rise = self.first("test_acc", "drop") or self.first("train_acc", "drop")
+        drop = (min(drops, key=lambda b: abs(log_step(b.step) - log_step(rise.step))) if rise else drops[-1])
+        ends = [b for b in self.boundaries if b.signal == loss and b.kind == "plateau-end" and b.step <= drop.step]
+        return drop, (max(ends, key=lambda b: b.step) if ends else drop)
+
     def timeline(self) -> list[str]:
         """Plain sentences: does each feature (probe onset) form before the loss drops?"""
         loss = next((s for s in ("train_loss", "test_loss") if self.first(s, "drop")), None)
@@ -732,8 +742,7 @@ class StageMap:
         if loss is None:
             return ["No loss drop was detected, so nothing can be said about features forming before it."] \
                 if any(b.kind == "onset" for b in self.boundaries) else []
-        drop = self.first(loss, "drop")
-        start = self.first(loss, "plateau-end") or drop
+        drop, start = self.decisive_drop(loss)
         for b in sorted((b for b in self.boundaries if b.kind == "onset"), key=lambda b: b.step):
             what = "forms" if b.signal.startswith("probe:") else "appears"
             name = b.signal.replace("probe:", "feature ").replace("ablation:", "ablation effect of ")

@@ -13,7 +13,7 @@ diagnostics also give `shared_noise_stderr` (from the chain-averaged trace) and 
 dominates. Draws covering whole epochs (multiples of n / batch_size) make that noise cancel.
 
 Default nβ: n / log n with n = len(data), the training-set size (Watanabe's WBIC temperature
-β = 1/log n; see /work/shared/reference/learning-coefficients.md). devinterp's default,
+β = 1/log n, as in the exact-answer tests of tests/test_llc_exact.py). devinterp's default,
 `devinterp.utils.default_nbeta`, is batch_size / log(batch_size): it treats the minibatch as n,
 which for batch 32 gives nβ ≈ 9.2 against ≈ 263 for n = 2000 here. Pass nbeta="devinterp" for
 theirs, or a number. The LLC scales with the nβ used, so compare curves only at equal nβ.

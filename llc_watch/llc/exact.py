@@ -1,6 +1,6 @@
 """Exact learning coefficients (real log canonical thresholds) of models with known answers.
 
-Sources: /work/shared/reference/learning-coefficients.md — regular models; normal crossing;
+Sources: regular models; normal crossing;
 reduced-rank regression (Aoyagi & Watanabe 2005); deep linear networks (Aoyagi 2024).
 
     >>> regular(4)
