@@ -60,6 +60,8 @@ def set_step_axis(ax: Axes, max_step: float | None = None) -> Axes:
     ax.set_xscale("symlog", linthresh=1.0, linscale=0.5)
     if max_step is not None:
         ax.set_xlim(0, max_step * 1.05)
+    else:  # steps are never negative: without this, symlog's autoscale pads into -10^k
+        ax.set_xlim(left=0)
     ax.set_xlabel("step")
     return ax
 

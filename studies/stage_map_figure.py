@@ -1,0 +1,30 @@
+"""Study: the stage-boundary figure of an analysed run, saved into figures/.
+
+    python studies/stage_map_figure.py runs/addition     # after `make demo`
+
+Prints the stage table and the timeline (does the carry form before the loss drops?).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from llc_watch.plots import stage_figure
+from llc_watch.stages import load_run_tables, stage_map
+
+FIGURES = Path(__file__).resolve().parent.parent / "figures"
+
+
+def main(run_dir: str = "runs/addition") -> None:
+    tables = load_run_tables(run_dir)
+    sm = stage_map(tables)
+    path = FIGURES / f"{Path(run_dir).name}_stage_map.png"
+    stage_figure(tables, sm).savefig(path, dpi=100)
+    print(sm.stages[["stage", "start_step", "end_step", "llc_trend", "loss_trend", "features_formed",
+                     "quiet"]].to_string(index=False, float_format=lambda v: f"{v:.0f}"))
+    print("\n".join(sm.timeline()))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
