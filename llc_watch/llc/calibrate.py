@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from .estimator import default_nbeta, estimate_llc
 from . import diagnostics as dg
@@ -137,16 +136,10 @@ class Calibration:
 
 def calibration_job(checkpoint, settings: dict) -> list[dict]:
     """The sweep at one checkpoint, as tidy rows (measure 'llc'). Top level: picklable."""
-    from .job import DEFAULT_SETTINGS, estimator_kwargs, llc_data
-    s = {**DEFAULT_SETTINGS, **settings}
-    if s.get("threads"):
-        torch.set_num_threads(int(s["threads"]))
-    cfg = checkpoint.config()
-    task = cfg.make_task()
-    model = checkpoint.load_model()
-    data = llc_data(task, cfg, s["n_data"])
+    from .job import checkpoint_problem, estimator_kwargs
+    s, model, loss_fn, data = checkpoint_problem(checkpoint, settings)
     kw = {k: v for k, v in estimator_kwargs(s, model).items() if k not in ("epsilon", "nbeta", "gamma")}
-    df = sweep(model, lambda m, b: task.loss(m(b.tokens), b), data, epsilons=s["epsilons"],
+    df = sweep(model, loss_fn, data, epsilons=s["epsilons"],
                nbetas=s["nbetas"], gammas=s["gammas"], **kw)
     df.insert(0, "step", checkpoint.step)
     df.insert(1, "measure", "llc")

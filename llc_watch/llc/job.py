@@ -116,16 +116,22 @@ def _finite(x):
     return x if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
-def llc_job(checkpoint, settings: dict) -> list[dict]:
-    """Estimate the LLC at one checkpoint; one tidy row (measure 'llc'). Top level: picklable."""
+def checkpoint_problem(checkpoint, settings: dict):
+    """(settings with defaults, model, loss_fn, data) for sampling at one checkpoint: what the LLC
+    job and the calibration job share."""
     s = {**DEFAULT_SETTINGS, **settings}
     if s.get("threads"):
         torch.set_num_threads(int(s["threads"]))
     cfg = checkpoint.config()
     task = cfg.make_task()
     model = checkpoint.load_model()
-    data = llc_data(task, cfg, s["n_data"])
-    r = estimate_llc(model, lambda m, b: task.loss(m(b.tokens), b), data, **estimator_kwargs(s, model))
+    return s, model, (lambda m, b: task.loss(m(b.tokens), b)), llc_data(task, cfg, s["n_data"])
+
+
+def llc_job(checkpoint, settings: dict) -> list[dict]:
+    """Estimate the LLC at one checkpoint; one tidy row (measure 'llc'). Top level: picklable."""
+    s, model, loss_fn, data = checkpoint_problem(checkpoint, settings)
+    r = estimate_llc(model, loss_fn, data, **estimator_kwargs(s, model))
     h, d = r.hyperparameters, r.diagnostics
     draws = [[tr[t] for t in r.draw_steps] for tr in r.loss_traces]
     mean_trace = [sum(col) / len(col) for col in zip(*r.loss_traces)]
