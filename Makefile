@@ -20,7 +20,7 @@ demo: setup        ## train the addition preset and run every analysis, the repo
 	$(VENV)/bin/llc-watch pipeline --preset addition --out $(RUN)
 
 test: setup        ## the fast suite (what CI runs)
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q
 
 test-slow: setup   ## the long statistical runs
 	$(PY) -m pytest -q -m slow

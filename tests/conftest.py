@@ -1,3 +1,8 @@
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # before numpy loads: BLAS threads oversubscribe 2 cores
+
 import matplotlib
 import pytest
 import torch
