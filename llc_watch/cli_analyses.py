@@ -11,15 +11,20 @@ def _run_dir(path: str) -> Path:
     return open_run(path).dir  # a clear error if it is not a run folder
 
 
-def parse_steps(text: str | None) -> list[int] | None:
-    """'0,100,200' -> [0, 100, 200]; None keeps every checkpoint."""
+def parse_list(text: str | None, convert, what: str):
+    """'a,b,c' -> [convert(a), ...]; None or '' -> None; a bad item names the option and an example."""
     if not text:
         return None
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        return [convert(x) for x in text.split(",") if x.strip()]
     except ValueError:
         from .cli import UserError
-        raise UserError(f"--checkpoints {text!r}: give comma-separated steps, e.g. 0,100,2500") from None
+        raise UserError(f"{text!r}: give {what}") from None
+
+
+def parse_steps(text: str | None) -> list[int] | None:
+    """'0,100,200' -> [0, 100, 200]; None keeps every checkpoint."""
+    return parse_list(text, int, "--checkpoints as comma-separated steps, e.g. 0,100,2500")
 
 
 def make_cli_executor(args, run_dir):
@@ -135,13 +140,7 @@ def cmd_llc(args) -> int:
 
 
 def _floats(text):
-    if not text:
-        return None
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        from .cli import UserError
-        raise UserError(f"{text!r}: give comma-separated numbers, e.g. 1e-5,1e-4,1e-3") from None
+    return parse_list(text, float, "comma-separated numbers, e.g. 1e-5,1e-4,1e-3")
 
 
 def cmd_calibrate(args) -> int:

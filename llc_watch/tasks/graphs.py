@@ -286,7 +286,8 @@ class _GraphTask(Task):
         return self.encode([self.random_instance(rng) for _ in range(n)])
 
     def random_instance(self, rng: np.random.Generator) -> dict:
-        raise NotImplementedError
+        """A random graph and start node; tasks that need more override this."""
+        return {"edges": self.random_graph(rng), "source": int(rng.integers(0, self.n_nodes))}
 
     def check_instance(self, inst: dict) -> None:
         """Reject an instance this task cannot encode (wrong size, disconnected, cyclic DAG, ...)."""
@@ -370,9 +371,6 @@ class BFS(_GraphTask):
                 "dist": FeatureSpec("numeric", "distance from the source of the node predicted here"),
                 **self._matrix_specs()}
 
-    def random_instance(self, rng):
-        return {"edges": self.random_graph(rng), "source": int(rng.integers(0, self.n_nodes))}
-
     def solve(self, inst):
         n, s = self.n_nodes, inst["source"]
         self._edge_set(inst)
@@ -402,9 +400,6 @@ class DFS(_GraphTask):
                 **self._node_specs("visited", "binary", "node {} was already output"),
                 "depth": FeatureSpec("numeric", "depth in the DFS tree of the node predicted here"),
                 **self._matrix_specs()}
-
-    def random_instance(self, rng):
-        return {"edges": self.random_graph(rng), "source": int(rng.integers(0, self.n_nodes))}
 
     def solve(self, inst):
         n, s = self.n_nodes, inst["source"]
