@@ -18,7 +18,8 @@ import time
 import warnings
 
 import torch
-from torch import nn
+
+from llc_watch.llc.devinterp_ref import PlainLM
 
 
 def matmul_peak(size: int = 1024, reps: int = 20) -> float:
@@ -67,17 +68,6 @@ def build_case(args):
             opt.step()
     return model.eval(), task, data, (f"{args.n_layers}-layer d_model={args.d_model} d_mlp={args.d_mlp} "
                                       f"model on 8-bit addition, {args.train_steps} Adam steps")
-
-
-class PlainLM(nn.Module):
-    """devinterp treats any model with .cfg.n_heads as TransformerLens; hide ours behind this."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.inner = model
-
-    def forward(self, tokens):
-        return self.inner(tokens)
 
 
 def run_devinterp(model, task, data, args, nbeta):

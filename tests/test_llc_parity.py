@@ -12,9 +12,9 @@ import warnings
 
 import pytest
 import torch
-from torch import nn
 
 from llc_watch.llc import estimate_llc
+from llc_watch.llc.devinterp_ref import PlainLM
 from llc_watch.model import ModelConfig, Transformer
 from llc_watch.tasks import get_task
 
@@ -22,17 +22,6 @@ devinterp_llc = pytest.importorskip("devinterp.slt.llc").llc
 datasets = pytest.importorskip("datasets")
 torch.set_num_threads(1)
 K = 4.0
-
-
-class PlainLM(nn.Module):
-    """devinterp treats any model with .cfg.n_heads as TransformerLens; hide ours behind this."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.inner = model
-
-    def forward(self, tokens):
-        return self.inner(tokens)
 
 
 def trained_tiny_model(task, data, steps=150):
