@@ -159,6 +159,18 @@ class JobReport:
         return s + "".join(f"\n  failed: {f}" for f in self.failures)
 
 
+def _read_record(path: Path) -> dict | None:
+    """A finished job's result file, or None when there is none (or only an unreadable one,
+    which only a non-atomic writer could leave: it is removed and the job redone)."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        path.unlink()
+        return None
+
+
 def _describe(e: BaseException) -> str:
     if isinstance(e, BrokenExecutor):  # BrokenProcessPool: some worker process died
         return (f"{type(e).__name__}: a worker process died (killed, out of memory or crashed) "
@@ -187,13 +199,11 @@ def run_checkpoint_jobs(fn: JobFn, checkpoints: list[Checkpoint], settings: dict
             report.failures.append(JobFailure(ckpt.step, ckpt.path, f"cannot read checkpoint: {e}"))
             continue
         path = result_path(out_dir, ckpt, key)
-        if path.is_file():
-            try:
-                report.records.append(json.loads(path.read_text()))
-                report.skipped += 1
-                continue
-            except json.JSONDecodeError:
-                path.unlink()  # only a non-atomic writer could leave this; redo the job
+        record = _read_record(path)
+        if record is not None:
+            report.records.append(record)
+            report.skipped += 1
+            continue
         pending.append((ckpt, path))
 
     bar = tqdm(total=len(checkpoints), initial=report.skipped, desc=desc, disable=not progress,
@@ -205,14 +215,20 @@ def run_checkpoint_jobs(fn: JobFn, checkpoints: list[Checkpoint], settings: dict
             report.failures.append(JobFailure(ckpt.step, ckpt.path, f"not submitted: {_describe(e)}",
                                               traceback.format_exc()))
             bar.update(1)
+    paths = dict(pending)
     for fut in _collect(todo):
         ckpt = todo[fut]
         try:
             report.records.append(fut.result())
             report.ran += 1
         except Exception as e:  # one bad checkpoint must not stop the others
-            report.failures.append(JobFailure(ckpt.step, ckpt.path, _describe(e),
-                                              getattr(e, "detail", "") or traceback.format_exc()))
+            finished = _read_record(paths[ckpt])
+            if finished is not None:  # the job wrote its result, then its pool broke: the file is the truth
+                report.records.append(finished)
+                report.ran += 1
+            else:
+                report.failures.append(JobFailure(ckpt.step, ckpt.path, _describe(e),
+                                                  getattr(e, "detail", "") or traceback.format_exc()))
         bar.update(1)
     bar.close()
     report.records.sort(key=lambda r: r["step"])
