@@ -29,7 +29,8 @@ from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
 from .stages import (RunTables, StageMap, ablation_effect, best_probe, probe_control, smooth_signal,
-                     _llc_valid, stage_map as _stage_map)
+                     stage_map as _stage_map)
+from .stages.tables import _llc_valid
 
 __all__ = ["new_figure", "plot_metrics", "plot_llc", "plot_probes", "plot_ablations", "plot_stages", "plot_boundaries",
            "stage_figure", "plot_llc_traces", "plot_llc_chains", "parse_chains", "plot_calibration",
