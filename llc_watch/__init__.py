@@ -6,19 +6,25 @@ task -> model -> training -> per-checkpoint analyses -> tidy tables -> stages ->
     >>> cfg = lw.RunConfig.from_preset("addition-tiny")
     >>> run = lw.train(cfg, "runs/tiny")                 # doctest: +SKIP
     >>> llc = lw.compute_llc("runs/tiny")                # doctest: +SKIP  one row per checkpoint
+    >>> sorted(lw.REGISTRY)                              # every per-checkpoint analysis
+    ['ablations', 'calibration', 'fourier', 'llc', 'probes']
 
 The public API is exactly the names in __all__.
 """
-from .checkpoints import Checkpoint, CheckpointError, Run, open_run
+from .checkpoints import Checkpoint, CheckpointError
 from .config import CheckpointConfig, ConfigError, RunConfig, TaskConfig, TrainConfig
-from .ablations import compute_ablations
+from .run import MissingAnalysisError, Run, TableSchema, open_run
+from .settings import SettingsError
+from .analyses import (REGISTRY, Analysis, calibrate_run, compute_ablations, compute_fourier, compute_llc,
+                       compute_probes, load_stage_map, run_analysis, run_stage_map)
 from .executors import get_executor
 from .jobs import make_executor, run_checkpoint_jobs
-from .llc import Calibration, CalibrationError, LLCError, LLCResult, calibrate_run, compute_llc, estimate_llc, exact
+from .llc import Calibration, CalibrationError, LLCError, LLCResult, estimate_llc, exact
 from .pipeline import PipelineSettings, run_pipeline
-from .probes import compute_probes, quiet_or_loud
+from .probes import quiet_or_loud
 from .report import write_report
-from .stages import Boundary, StageMap, align_boundaries, find_boundaries, load_run_tables, stage_map
+from .signals import Signal
+from .stages import Boundary, StageMap, align_boundaries, find_boundaries, stage_map
 from .model import ModelConfig, Transformer
 from .tasks import TASKS, Batch, FeatureSpec, Task, get_task
 from .train import train
@@ -29,13 +35,16 @@ __all__ = [
     # configuration and training
     "RunConfig", "TaskConfig", "TrainConfig", "CheckpointConfig", "ConfigError", "train",
     # run folders and per-checkpoint jobs
-    "Run", "Checkpoint", "CheckpointError", "open_run", "run_checkpoint_jobs", "make_executor", "get_executor",
+    "Run", "Checkpoint", "CheckpointError", "open_run", "TableSchema", "MissingAnalysisError",
+    "run_checkpoint_jobs", "make_executor", "get_executor",
+    # analyses: one interface, one registry, one driver
+    "Analysis", "REGISTRY", "run_analysis", "SettingsError",
     # the LLC engine (any nn.Module, loss and data) and its calibration
     "estimate_llc", "LLCResult", "LLCError", "compute_llc", "calibrate_run", "Calibration", "CalibrationError",
     "exact",
-    # probes and ablations
-    "compute_probes", "quiet_or_loud", "compute_ablations",
+    # probes, ablations, Fourier measures
+    "compute_probes", "quiet_or_loud", "compute_ablations", "compute_fourier",
     # stages, plots, report, the whole pipeline
-    "find_boundaries", "align_boundaries", "stage_map", "StageMap", "Boundary", "load_run_tables",
-    "write_report", "run_pipeline", "PipelineSettings",
+    "Signal", "find_boundaries", "align_boundaries", "stage_map", "StageMap", "Boundary", "run_stage_map",
+    "load_stage_map", "write_report", "run_pipeline", "PipelineSettings",
 ]

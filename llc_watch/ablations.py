@@ -21,25 +21,44 @@ on the first `random_eval` held-out examples, each drop against the clean model 
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Optional
 
-import pandas as pd
 import torch
 
 from .activations import site_layer
-from .checkpoints import Checkpoint, open_run
-from .io import atomic_write_csv
-from .probes import DEFAULT_SETTINGS as PROBE_SETTINGS
-from .probes import _as_checkpoints, fit_checkpoint_probes, resolve_device, resolve_settings
+from .probes import ProbeSettings, fit_checkpoint_probes
+from .settings import SettingsBase
 from .tasks import Batch, derive_seed
 
-DEFAULT_SETTINGS: dict = {
-    **{k: v for k, v in PROBE_SETTINGS.items() if k not in ("pooled", "shuffled")},
-    "n_random": 32,         # random unit directions per (site, position): the control
-    "random_eval": 128,     # held-out examples the random control runs on (0 = all n_test): it costs
-                            # n_random forward passes per (site, position), the bulk of the job on CPU
-    "chunk": 8192,          # sequences per forward pass (random directions are batched)
-}
+@dataclass(frozen=True)
+class AblationSettings(SettingsBase):
+    n_train: int = 2048               # probe-set examples that fit the probes whose directions are ablated
+    n_test: int = 512                 # held-out examples the ablations are evaluated on
+    seed: int = 0                     # probe-set seed, mixed with the run's seed
+    sites: Optional[tuple[str, ...]] = None     # None: residual stream + attn/mlp outputs
+    features: Optional[tuple[str, ...]] = None  # None: every feature the task labels
+    C: float = 100.0                  # inverse L2 strength of the probes, sklearn's convention
+    penalty: str = "raw"              # raw | standardized (see ProbeSettings)
+    max_iter: int = 20                # probe fitting iterations
+    min_class_count: int = 5          # skip probes whose train labels have fewer of their rarer class
+    device: str = "auto"              # auto | cpu | cuda (resolved where each job runs)
+    n_random: int = 32                # random unit directions per (site, position): the control
+    random_eval: int = 128            # held-out examples the random control runs on (0: all n_test);
+                                      # it costs n_random forward passes per (site, position)
+    chunk: int = 8192                 # sequences per forward pass (random directions are batched)
+
+    def validate(self):
+        ProbeSettings.validate(self)
+        if self.n_random < 2:
+            self._fail("n_random", "must be >= 2 (32 is the paper's control)")
+        self.at_least("random_eval", 0)
+        self.at_least("chunk", 1)
+
+    check_task = ProbeSettings.check_task
+
+
+DEFAULT_SETTINGS: dict = AblationSettings().to_dict()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -198,37 +217,9 @@ def ablate_model(model, task, settings: dict, run_seed: int = 0, step: int = 0) 
 
 
 def resolve_ablation_settings(settings: dict | None) -> dict:
-    s = resolve_settings(settings, DEFAULT_SETTINGS)
-    if s["n_random"] < 2:
-        raise ValueError(f"ablation setting n_random={s['n_random']} must be >= 2 (32 is the paper's control)")
-    return s
-
-
-def ablate_job(checkpoint: Checkpoint, settings: dict) -> list[dict]:
-    """Per-checkpoint job for the driver: every ablation at `checkpoint`, tidy rows."""
-    s = resolve_ablation_settings(settings)
-    cfg = checkpoint.config()
-    model = checkpoint.load_model(resolve_device(s["device"]))
-    return ablate_model(model, cfg.make_task(), s, run_seed=cfg.seed, step=checkpoint.step)
-
-
-def compute_ablations(run_dir: str | Path, settings: dict | None = None, checkpoints=None, executor=None,
-                      progress: bool = True) -> pd.DataFrame:
-    """Ablate every checkpoint of a run; write ablations.csv in the run folder (resumable).
-
-        >>> df = compute_ablations("runs/addition")                        # doctest: +SKIP
-        >>> df.query("feature == 'carry_in' and measure == 'acc_drop'")    # doctest: +SKIP
-    """
-    from .jobs import run_checkpoint_jobs
-    run = open_run(run_dir)
-    s = resolve_ablation_settings(settings)
-    report = run_checkpoint_jobs(ablate_job, _as_checkpoints(run, checkpoints), s,
-                                 run.dir / "results" / "ablations", executor, desc="ablations", progress=progress)
-    df = report.table()
-    atomic_write_csv(run.dir / "ablations.csv", df)
-    report.raise_if_failed("ablations")
-    return df
+    """Defaults filled in and validated (unknown keys, ranges) as a dict for ablate_model."""
+    return AblationSettings.from_mapping(settings).to_dict()
 
 
 __all__ = ["DEFAULT_SETTINGS", "projection_hook", "mean_hook", "random_hook", "random_directions",
-           "evaluate_edit", "ablate_model", "ablate_job", "compute_ablations"]
+           "evaluate_edit", "ablate_model", "AblationSettings", "resolve_ablation_settings"]

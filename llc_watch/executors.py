@@ -237,17 +237,9 @@ def executor_from_cli(executor: str | None = None, config: str | Path | None = N
 
 
 def job_device(settings: dict | None = None, default: str = "auto"):
-    """Resolve settings["device"] where the job runs: "auto" is the first GPU this worker may use
-    (the engine sets CUDA_VISIBLE_DEVICES to the GPUs it granted), else the CPU."""
-    import torch
-    name = str((settings or {}).get("device", default))
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"settings device={name!r} but this worker has no usable GPU "
-                           f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); "
-                           "use device='auto' or ask the executor for GPUs")
-    return torch.device(name)
+    """Resolve settings["device"] where the job runs (llc_watch.device.resolve_device)."""
+    from .device import resolve_device
+    return resolve_device(str((settings or {}).get("device", default)))
 
 
 def worker_info(settings: dict | None = None) -> dict:

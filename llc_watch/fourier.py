@@ -27,21 +27,32 @@ set of frequencies is a sum of rank-one projections.
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Optional
 
-import pandas as pd
 import torch
 
-from .checkpoints import Checkpoint, open_run
-from .io import atomic_write_csv
+from .checkpoints import Checkpoint
+from .settings import SettingsBase
 
-DEFAULT_SETTINGS: dict = {
-    "key_freqs": None,     # None: from the run's final checkpoint (logit power, see key_frequencies)
-    "key_frac": 0.9,       # key frequencies: the fewest explaining this share of the power...
-    "max_key": 8,          # ...but no more than this many
-    "neuron_fve": 0.5,     # a neuron counts for frequency k when k explains this share of it
-    "device": "auto",
-}
+@dataclass(frozen=True)
+class FourierSettings(SettingsBase):
+    key_freqs: Optional[tuple[int, ...]] = None  # None: from the run's final checkpoint (logit power)
+    key_frac: float = 0.9             # key frequencies: the fewest explaining this share of the power...
+    max_key: int = 8                  # ...but no more than this many
+    neuron_fve: float = 0.5           # a neuron counts for frequency k when k explains this share of it
+    device: str = "auto"              # auto | cpu | cuda (resolved where each job runs)
+
+    def validate(self):
+        self.within("key_frac", 0.0, 1.0)
+        self.at_least("max_key", 1)
+        self.within("neuron_fve", 0.0, 1.0)
+        if self.key_freqs is not None and not all(int(k) >= 1 for k in self.key_freqs):
+            self._fail("key_freqs", "frequencies are integers >= 1")
+        self.device_name("device")
+
+
+DEFAULT_SETTINGS: dict = FourierSettings().to_dict()
 
 
 def fourier_basis(p: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,7 +204,7 @@ def fourier_rows(model, task, key_freqs: list[int], train_mask: torch.Tensor, se
     return rows
 
 
-def _train_mask(task, cfg) -> torch.Tensor:
+def train_mask(task, cfg) -> torch.Tensor:
     """bool [p*p]: the pairs in the run's training split (the same seeded permutation as training)."""
     from .tasks import derive_seed
     n = task.p ** 2
@@ -201,20 +212,6 @@ def _train_mask(task, cfg) -> torch.Tensor:
     mask = torch.zeros(n, dtype=torch.bool)
     mask[perm[: int(round(cfg.train.train_fraction * n))]] = True
     return mask
-
-
-def fourier_job(checkpoint: Checkpoint, settings: dict) -> list[dict]:
-    """Per-checkpoint job: the Fourier measures of a modular-addition checkpoint (key_freqs set)."""
-    from .probes import resolve_device, resolve_settings
-    s = resolve_settings(settings, DEFAULT_SETTINGS)
-    if not s["key_freqs"]:
-        raise ValueError("fourier_job needs settings['key_freqs']; compute_fourier fills it from the final checkpoint")
-    cfg = checkpoint.config()
-    task = cfg.make_task()
-    if task.name != "modular_addition":
-        raise ValueError(f"Fourier measures are for modular_addition runs; this run's task is {task.name!r}")
-    model = checkpoint.load_model(resolve_device(s["device"]))
-    return fourier_rows(model, task, list(s["key_freqs"]), _train_mask(task, cfg), s, step=checkpoint.step)
 
 
 @torch.no_grad()
@@ -226,29 +223,6 @@ def final_key_frequencies(checkpoint: Checkpoint, frac: float = 0.9, max_key: in
     return key_frequencies(logit_frequency_power(logits, task.p), frac, max_key)
 
 
-def compute_fourier(run_dir: str | Path, settings: dict | None = None, checkpoints=None, executor=None,
-                    progress: bool = True) -> pd.DataFrame:
-    """Fourier measures at every checkpoint of a modular-addition run; writes fourier.csv.
-
-    Columns: step, measure, frequency (-1 when not per frequency), site, value, split, key_freqs.
-    """
-    from .jobs import run_checkpoint_jobs
-    from .probes import _as_checkpoints, resolve_settings
-    run = open_run(run_dir)
-    if run.config.task.name != "modular_addition":
-        raise ValueError(f"{run.dir}: Fourier measures are for modular_addition runs, not {run.config.task.name!r}")
-    s = resolve_settings(settings, DEFAULT_SETTINGS)
-    if not s["key_freqs"]:
-        s["key_freqs"] = final_key_frequencies(run.checkpoints()[-1], s["key_frac"], s["max_key"])
-    s["key_freqs"] = sorted(int(k) for k in s["key_freqs"])
-    report = run_checkpoint_jobs(fourier_job, _as_checkpoints(run, checkpoints), s, run.dir / "results" / "fourier",
-                                 executor, desc="fourier", progress=progress)
-    df = report.table()
-    atomic_write_csv(run.dir / "fourier.csv", df)
-    report.raise_if_failed("fourier")
-    return df
-
-
 __all__ = ["fourier_basis", "frequency_power", "neuron_frequency_fve", "pair_directions", "project_logits",
            "restricted_logits", "excluded_logits", "logit_frequency_power", "key_frequencies", "fourier_rows",
-           "fourier_job", "final_key_frequencies", "compute_fourier"]
+           "final_key_frequencies", "train_mask", "FourierSettings"]

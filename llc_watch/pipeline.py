@@ -1,7 +1,9 @@
-"""The whole path in one call: train -> calibrate -> LLC -> probes -> ablations -> stages -> report.
+"""The whole path in one call: train, then every registered analysis that applies to the task, then
+stages and the report.
 
 Every step is resumable and skips what is already done, so running the pipeline again on the same
-folder only computes what is missing (a second `make demo` takes seconds).
+folder only computes what is missing (a second `make demo` takes seconds). The pipeline knows no
+analysis by name: it loops over llc_watch.analyses.REGISTRY and asks each whether it applies.
 
     >>> from llc_watch.config import RunConfig
     >>> path = run_pipeline(RunConfig.from_preset("addition-tiny"), "runs/tiny", PipelineSettings.quick())  # doctest: +SKIP
@@ -14,42 +16,41 @@ from pathlib import Path
 
 import numpy as np
 
+from .analyses import REGISTRY, run_analysis, run_stage_map
 from .config import RunConfig
+from .report import write_report
+from .run import open_run
 
 
 @dataclass
 class PipelineSettings:
-    llc: dict = field(default_factory=lambda: {"chains": 4, "draws": 200, "burn_in": 100})
-    calibrate: bool = True                 # sweep ε on a few checkpoints first (skipped if calibrated)
-    calibration_epsilons: list | None = None   # None: the calibrate module's default grid
-    probes: dict = field(default_factory=dict)
-    ablations: dict = field(default_factory=dict)
-    analysis_checkpoints: int = 0          # probes/ablations on this many log-spaced checkpoints; 0 = all
-    llc_checkpoints: int = 0               # LLC on this many log-spaced checkpoints; 0 = all
-    workers: int = 1                       # >1: analyses run in a local pool of this many processes
+    settings: dict = field(default_factory=dict)     # {analysis: {setting: value}} over each Settings' defaults
+    checkpoints: dict = field(default_factory=dict)  # {analysis: n}: n log-spaced checkpoints; absent or 0 = all
+    skip: tuple = ()                                 # analyses not to run
+    workers: int = 1                                 # >1: analyses run in a local pool of this many processes
 
     @classmethod
     def demo(cls) -> "PipelineSettings":
         """What `make demo` runs on the addition preset within its time budget on 2 CPU cores."""
+        llc = {"chains": 4, "draws": 100, "burn_in": 50, "batch_size": 32, "n_data": 4096}
         return cls(
-            llc={"chains": 4, "draws": 100, "burn_in": 50, "batch_size": 32, "n_data": 4096},
-            calibration_epsilons=[1e-4, 3e-4, 1e-3],
-            probes={"n_train": 1024, "n_test": 256},
-            ablations={"n_train": 1024, "n_test": 256, "features": ["carry_in", "carry_out"],
-                       "random_eval": 64},
-            analysis_checkpoints=16, workers=2,
+            settings={"calibration": {**llc, "epsilons": [1e-4, 3e-4, 1e-3]}, "llc": llc,
+                      "probes": {"n_train": 1024, "n_test": 256},
+                      "ablations": {"n_train": 1024, "n_test": 256, "features": ["carry_in", "carry_out"],
+                                    "random_eval": 64}},
+            checkpoints={"probes": 16, "ablations": 16, "fourier": 16}, workers=2,
         )
 
     @classmethod
     def quick(cls) -> "PipelineSettings":
         """A few seconds per step: for tests."""
         return cls(
-            llc={"chains": 2, "draws": 30, "burn_in": 10, "batch_size": 32, "n_data": 512, "epsilon": 1e-4},
-            calibrate=False,
-            probes={"n_train": 256, "n_test": 128},
-            ablations={"n_train": 256, "n_test": 128, "features": ["carry_in"], "n_random": 32,
-                       "random_eval": 32},
-            analysis_checkpoints=5, llc_checkpoints=6,
+            settings={"llc": {"chains": 2, "draws": 30, "burn_in": 10, "batch_size": 32, "n_data": 512,
+                              "epsilon": 1e-4},
+                      "probes": {"n_train": 256, "n_test": 128},
+                      "ablations": {"n_train": 256, "n_test": 128, "features": ["carry_in"], "n_random": 32,
+                                    "random_eval": 32}},
+            checkpoints={"llc": 6, "probes": 5, "ablations": 5, "fourier": 5}, skip=("calibration",),
         )
 
 
@@ -68,16 +69,17 @@ def spread_steps(steps: list[int], n: int) -> list[int]:
 
 def run_pipeline(cfg: RunConfig, run_dir: str | Path, settings: PipelineSettings | None = None,
                  executor=None, progress: bool = True, log=print) -> Path:
-    """Run every stage on `cfg` into `run_dir`; return the report's path."""
-    from .ablations import compute_ablations
-    from .llc import calibrate_run, compute_llc
-    from .llc.job import load_calibration
-    from .probes import compute_probes
-    from .report import write_report
-    from .stages import stage_map
+    """Train `cfg` into `run_dir`, run every analysis that applies, the stage map and the report;
+    return the report's path. Every analysis's settings are validated before training starts."""
     from .train import train
 
     s = settings or PipelineSettings.demo()
+    unknown = sorted((set(s.settings) | set(s.checkpoints) | set(s.skip)) - set(REGISTRY))
+    if unknown:
+        from .settings import SettingsError
+        raise SettingsError(f"pipeline settings name unknown analyses {unknown}; known: {', '.join(REGISTRY)}")
+    for name, given in s.settings.items():   # fail before any work
+        REGISTRY[name].Settings.from_mapping(given)
     run_dir = Path(run_dir)
     if executor is None and s.workers > 1:
         from .jobs import make_executor
@@ -93,29 +95,26 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, settings: PipelineSettings
         log(f"   {name}: {timings[name]:.0f} s")
         return out
 
-    run = step("train", lambda: train(cfg, run_dir, progress=progress))
+    step("train", lambda: train(cfg, run_dir, progress=progress))
+    run = open_run(run_dir)
     all_steps = [c.step for c in run.checkpoints()]
-    if s.calibrate and load_calibration(run_dir) is None:
-        step("calibrate", lambda: calibrate_run(run_dir, epsilons=s.calibration_epsilons, settings=s.llc,
-                                                executor=executor, progress=progress))
-    llc_steps = spread_steps(all_steps, s.llc_checkpoints)
-    llc = step("llc", lambda: compute_llc(run_dir, settings=s.llc, checkpoints=llc_steps, executor=executor,
-                                          progress=progress))
-    for line in llc.attrs.get("warnings", []) + llc.attrs.get("failures", []):
-        log(f"   llc: {line}")
-    steps = spread_steps(all_steps, s.analysis_checkpoints)
-    step("probe", lambda: compute_probes(run_dir, settings=s.probes, checkpoints=steps, executor=executor,
-                                         progress=progress))
-    if run.task.name == "modular_addition":
-        from .fourier import compute_fourier
-        step("fourier", lambda: compute_fourier(run_dir, checkpoints=steps, executor=executor, progress=progress))
-    else:
-        step("ablate", lambda: compute_ablations(run_dir, settings=s.ablations, checkpoints=steps,
-                                                 executor=executor, progress=progress))
-    sm = step("stages", lambda: stage_map(run_dir, save=True))
+    for name, a in REGISTRY.items():
+        if not a.pipeline or name in s.skip or not a.applies_to(run.task):
+            continue
+        given = s.settings.get(name, {})
+        if not a.should_run(run, a.settings(run, given)):
+            log(f"== {name}: already done")
+            continue
+        n = s.checkpoints.get(name, 0)
+        steps = spread_steps(all_steps, n) if n else None
+        table = step(name, lambda: run_analysis(a, run, given, checkpoints=steps, executor=executor,
+                                                progress=progress))
+        for line in a.warnings(table):
+            log(f"   {name}: {line}")
+    sm = step("stages", lambda: run_stage_map(run, save=True))
     log(sm.summary())
-    for line in sm.timeline() if hasattr(sm, "timeline") else []:
+    for line in sm.timeline():
         log(f"   {line}")
-    path = step("report", lambda: write_report(run_dir, stage_map=sm))
+    path = step("report", lambda: write_report(run, stage_map=sm))
     log("timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     return path

@@ -7,7 +7,7 @@ whatever backend a notebook uses) is left alone.
     >>> from matplotlib.figure import Figure
     >>> from tests.synthetic_tables import synthetic_run_tables
     >>> t = synthetic_run_tables()
-    >>> ax = plot_llc(Figure().subplots(), t.llc)
+    >>> ax = plot_llc(Figure().subplots(), t["llc"])
     >>> ax.get_xscale()
     'symlog'
     >>> png = figure_png(stage_figure(t, None))       # the stage map is computed when not given
@@ -28,12 +28,15 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
-from .stages import (RunTables, StageMap, ablation_effect, best_probe, probe_control, smooth_signal,
-                     stage_map as _stage_map)
-from .stages.tables import _llc_valid
+from .analyses.ablations import ablation_effect
+from .analyses.base import tables_signals
+from .analyses.llc import llc_rows as _llc_valid
+from .analyses.probes import best_probe, probe_control
+from .signals import Signal
+from .stages import StageMap, smooth_signal
 
 __all__ = ["new_figure", "plot_metrics", "plot_llc", "plot_probes", "plot_ablations", "plot_stages", "plot_boundaries",
-           "stage_figure", "plot_llc_traces", "plot_llc_chains", "parse_chains", "plot_calibration",
+           "stage_figure", "plot_llc_traces", "plot_llc_chains", "parse_json_list", "plot_calibration", "plot_signals",
            "calibration_figure", "plot_probe_heatmap", "probe_heatmap_figure", "figure_png", "set_step_axis"]
 
 KIND_COLORS = {"slope-zero": "#d62728", "sharp-change": "#ff7f0e", "plateau-end": "#1f77b4",
@@ -202,22 +205,56 @@ def plot_boundaries(ax: Axes, boundaries, signals: Sequence[str] | None = None) 
     return ax
 
 
-def stage_figure(tables: RunTables, stage_map: StageMap | None = None, width: float = 9.0) -> Figure:
+def plot_signals(ax: Axes, signals: Sequence[Signal], ylabel: str | None = None) -> Axes:
+    """Any signals on one panel, each against step (± its stderr): the panel of an analysis that has
+    no dedicated one (e.g. Fourier measures), so a new analysis reaches the figure through its signals."""
+    colors = matplotlib.colormaps["tab10"]
+    for i, sig in enumerate(signals):
+        label = sig.name.split(":", 1)[-1]
+        ax.plot(sig.step, sig.value, "-o", ms=2.5, lw=1.2, color=colors(i % 10), label=label)
+        if sig.stderr is not None:
+            ax.fill_between(sig.step, sig.value - 2 * sig.stderr, sig.value + 2 * sig.stderr, color=colors(i % 10),
+                            alpha=0.15, lw=0)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    ax.legend(loc="best", fontsize="small", frameon=False, ncol=2)
+    return set_step_axis(ax)
+
+
+_DEDICATED = {"metrics": ("loss",), "llc": ("llc",), "probes": ("probe",), "ablations": ("ablation",)}
+
+
+def stage_figure(tables, stage_map: StageMap | None = None, width: float = 9.0, signals=None) -> Figure:
     """The stage-boundary figure: stacked panels on one log-step axis (loss & accuracy; LLC ± s.e.;
-    best probe accuracy per feature; ablation drop against random directions), stages shaded, the
-    boundaries of each panel's signals drawn with their intervals."""
-    sm = stage_map if stage_map is not None else _stage_map(tables)
+    best probe accuracy per feature; ablation drop against random directions; one panel per other
+    signal family, e.g. Fourier), stages shaded, the boundaries of each panel's signals drawn.
+
+    tables: {table name: DataFrame} (Run.tables() or synthetic ones); signals: the run's signals
+    (default: every registered analysis's signals from `tables`).
+    """
+    tables = {k: v for k, v in dict(tables).items() if isinstance(v, pd.DataFrame) and len(v)}
+    signals = signals if signals is not None else tables_signals(tables)
+    if stage_map is None:
+        from .analyses.stage_map import tables_stage_map
+        stage_map = tables_stage_map(tables)
+    sm = stage_map
     panels = []
-    if tables.metrics is not None and len(tables.metrics):
-        panels.append(("metrics", lambda ax: plot_metrics(ax, tables.metrics), ["train_loss", "test_acc"]))
-    if tables.llc is not None and len(tables.llc):
-        panels.append(("llc", lambda ax: plot_llc(ax, tables.llc, smooth=sm.smooths.get("llc")), ["llc"]))
-    if tables.probes is not None and len(tables.probes):
-        panels.append(("probes", lambda ax: plot_probes(ax, tables.probes), ["probe:"]))
-    if tables.ablations is not None and len(tables.ablations):
-        panels.append(("ablations", lambda ax: plot_ablations(ax, tables.ablations), ["ablation:"]))
+    if "metrics" in tables:
+        panels.append(("metrics", lambda ax: plot_metrics(ax, tables["metrics"]), ["train_loss", "test_acc"]))
+    if "llc" in tables:
+        panels.append(("llc", lambda ax: plot_llc(ax, tables["llc"], smooth=sm.smooths.get("llc")), ["llc"]))
+    if "probes" in tables:
+        panels.append(("probes", lambda ax: plot_probes(ax, tables["probes"]), ["probe:"]))
+    if "ablations" in tables:
+        panels.append(("ablations", lambda ax: plot_ablations(ax, tables["ablations"]), ["ablation:"]))
+    families: dict[str, list[Signal]] = {}
+    for sig in signals.values():
+        if ":" in sig.name and sig.family not in ("probe", "ablation"):
+            families.setdefault(sig.family, []).append(sig)
+    for fam, sigs in families.items():
+        panels.append((fam, lambda ax, sigs=sigs, fam=fam: plot_signals(ax, sigs, fam), [f"{fam}:"]))
     if not panels:
-        raise ValueError("stage_figure: the run has no metrics, llc, probes or ablations table to draw")
+        raise ValueError("stage_figure: the run has no table to draw")
     fig = new_figure(width, 2.3 * len(panels) + 0.6)
     axes = np.atleast_1d(fig.subplots(len(panels), 1, sharex=True))
     max_step = max(float(sm.stages["end_step"].max()) if len(sm.stages) else 1.0, 1.0)
@@ -239,8 +276,8 @@ def stage_figure(tables: RunTables, stage_map: StageMap | None = None, width: fl
 # LLC diagnostics
 
 
-def parse_chains(value) -> list:
-    """The `chains` cell of llc.csv (a JSON list) as a Python list; [] when empty or unreadable."""
+def parse_json_list(value) -> list:
+    """A JSON-list cell of a table (llc.csv's llc_per_chain, mean_loss_trace) as a list; [] when empty or unreadable."""
     if isinstance(value, (list, tuple, np.ndarray)):
         return list(value)
     if value is None or (isinstance(value, float) and np.isnan(value)):
@@ -272,12 +309,12 @@ def plot_llc_traces(ax: Axes, traces, burn_in: int | None = None, title: str | N
 
 
 def plot_llc_chains(ax: Axes, llc: pd.DataFrame) -> Axes:
-    """Per-chain LLC values at each checkpoint (from the `chains` column), with the mean: the spread
-    across chains at a glance. Invalid checkpoints in red."""
+    """Per-chain LLC values at each checkpoint (llc.csv's `llc_per_chain`), with the mean over valid
+    checkpoints: the spread across chains at a glance. Invalid checkpoints' chains in red."""
     v = _llc_valid(llc)
     xs, ys, cs = [], [], []
     for r in v.itertuples():
-        vals = [c for c in parse_chains(getattr(r, "chains", None)) if isinstance(c, (int, float))]
+        vals = [c for c in parse_json_list(getattr(r, "llc_per_chain", None)) if isinstance(c, (int, float))]
         xs += [r.step] * len(vals)
         ys += vals
         cs += ["#1f77b4" if r.valid else "red"] * len(vals)
@@ -311,6 +348,9 @@ def plot_calibration(ax: Axes, sweep: pd.DataFrame, value: str = "llc_mean", gam
         s = s[np.isclose(s["gamma"], gamma)]
     elif "gamma" in s.columns:
         gamma = s["gamma"].iloc[0]
+    if s.duplicated(["epsilon", "nbeta"]).any():
+        raise ValueError("plot_calibration: several rows per (ε, nβ) cell (several checkpoints?); pass one "
+                         "checkpoint's rows, or use calibration_figure, which draws one panel per checkpoint")
     eps, nb = np.sort(s["epsilon"].unique()), np.sort(s["nbeta"].unique())
     grid = np.full((len(nb), len(eps)), np.nan)
     valid = np.zeros_like(grid, dtype=bool)
@@ -341,12 +381,19 @@ def plot_calibration(ax: Axes, sweep: pd.DataFrame, value: str = "llc_mean", gam
 
 
 def calibration_figure(sweep: pd.DataFrame, value: str = "llc_mean") -> Figure:
-    """One calibration heatmap per γ, side by side."""
+    """One calibration heatmap per (checkpoint, γ): a row per checkpoint, a column per γ, so no cell
+    ever holds two checkpoints' estimates."""
+    steps = np.sort(sweep["step"].unique()) if "step" in sweep.columns else [None]
     gammas = np.sort(sweep["gamma"].unique()) if "gamma" in sweep.columns else [None]
-    fig = new_figure(4.5 * len(gammas), 3.6)
-    axes = np.atleast_1d(fig.subplots(1, len(gammas)))
-    for ax, g in zip(axes, gammas):
-        plot_calibration(ax, sweep if g is None else sweep[sweep["gamma"] == g], value=value, gamma=g)
+    fig = new_figure(4.5 * len(gammas), 3.4 * len(steps))
+    axes = np.atleast_2d(fig.subplots(len(steps), len(gammas), squeeze=False))
+    for i, st in enumerate(steps):
+        part = sweep if st is None else sweep[sweep["step"] == st]
+        for j, g in enumerate(gammas):
+            ax = axes[i, j]
+            plot_calibration(ax, part if g is None else part[part["gamma"] == g], value=value, gamma=g)
+            if st is not None:
+                ax.set_title(f"step {st:g}: {value}" + (f" (γ = {g:g})" if g is not None else ""), fontsize="medium")
     return fig
 
 

@@ -28,40 +28,57 @@ returned in raw activation space (what ablations need).
     >>> float(m["accuracy"][0, 0]) > 0.95
     True
 
-Per checkpoint, `probe_job(checkpoint, settings)` returns tidy rows; `compute_probes(run_dir)`
-runs it on every checkpoint through the job driver and writes probes.csv (and probes_quiet.csv,
-the quiet-or-loud verdict per feature).
+Settings are a frozen `ProbeSettings`; running the probes on every checkpoint of a run (probes.csv,
+probes_quiet.csv) is llc_watch.analyses.probes.
 """
 from __future__ import annotations
 
 import math
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
 import torch
 
 from .activations import ProbeSet, capture, default_sites, feature_positions, probe_set, site_layer
-from .checkpoints import Checkpoint, open_run
-from .io import atomic_write_csv
+from .device import resolve_device
+from .settings import SettingsBase, SettingsError
 from .tasks import derive_seed
 
-DEFAULT_SETTINGS: dict = {
-    "n_train": 2048,        # probe-set examples that fit probes (Naidu et al. used 10,000)
-    "n_test": 512,          # held-out probe-set examples for the metrics (and ablations)
-    "seed": 0,              # probe-set seed, mixed with the run's seed
-    "sites": None,          # None: default_sites(model) -- residual stream + attn/mlp outputs
-    "features": None,       # None: every feature the task labels
-    "pooled": False,        # True: one probe per (feature, site) over all defined positions
-    "C": 100.0,             # inverse L2 strength, sklearn's convention
-    "penalty": "raw",       # raw: L2 on raw-activation weights (sklearn on raw activations); standardized
-    "max_iter": 20,         # Newton steps (binary; ~12 reach float32 precision) / L-BFGS iterations x 10
-    "shuffled": True,       # also fit every probe on shuffled train labels (selectivity control)
-    "min_class_count": 5,   # skip probes whose train labels have fewer of their rarer class
-    "device": "auto",       # auto | cpu | cuda
-}
+@dataclass(frozen=True)
+class ProbeSettings(SettingsBase):
+    n_train: int = 2048               # probe-set examples that fit probes (Naidu et al. used 10,000)
+    n_test: int = 512                 # held-out probe-set examples for the metrics (and ablations)
+    seed: int = 0                     # probe-set seed, mixed with the run's seed
+    sites: Optional[tuple[str, ...]] = None     # None: residual stream + attn/mlp outputs (default_sites)
+    features: Optional[tuple[str, ...]] = None  # None: every feature the task labels
+    pooled: bool = False              # one probe per (feature, site) over all defined positions
+    C: float = 100.0                  # inverse L2 strength, sklearn's convention
+    penalty: str = "raw"              # raw: L2 on raw-activation weights (as sklearn); or standardized
+    max_iter: int = 20                # Newton steps (binary; ~12 reach float32 precision) / L-BFGS iterations x 10
+    shuffled: bool = True             # also fit every probe on shuffled train labels (selectivity control)
+    min_class_count: int = 5          # skip probes whose train labels have fewer of their rarer class
+    device: str = "auto"              # auto | cpu | cuda (resolved where each job runs)
+
+    def validate(self):
+        for name in ("n_train", "n_test", "max_iter"):
+            self.at_least(name, 1)
+        self.at_least("min_class_count", 1)
+        self.positive("C")
+        self.one_of("penalty", ("raw", "standardized"))
+        self.device_name("device")
+
+    def check_task(self, task) -> None:
+        """Feature names known to the task (before any checkpoint is loaded)."""
+        unknown = sorted(set(self.features or ()) - set(task.features))
+        if unknown:
+            raise SettingsError(f"features={','.join(unknown)}: not features of task {task.name!r}; "
+                                f"known: {', '.join(task.features)}")
+
+
+DEFAULT_SETTINGS: dict = ProbeSettings().to_dict()   # the dict form the fitting functions take
 
 MEASURES = ("accuracy", "balanced_accuracy", "log_loss", "r2", "selectivity", "baseline")
 POOLED = -1  # `position` of a probe pooled over positions
@@ -74,12 +91,6 @@ def resolve_settings(settings: dict | None, defaults: dict = DEFAULT_SETTINGS) -
     if unknown:
         raise ValueError(f"unknown probe setting(s) {sorted(unknown)}; known: {', '.join(sorted(defaults))}")
     return {**defaults, **settings}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -447,21 +458,8 @@ def fit_checkpoint_probes(model, task, settings: dict, run_seed: int = 0, step: 
     return FittedProbes(rows, fits, ps, acts, all_pos)
 
 
-def probe_job(checkpoint: Checkpoint, settings: dict) -> list[dict]:
-    """Per-checkpoint job for the driver: every probe of every feature at `checkpoint`, tidy rows.
-
-    Rows: step, feature, layer, site, position, measure, value, control (+ kind, n_train, n_test,
-    train_log_loss). Step-0 control rows are added by `compute_probes`, which sees every step.
-    """
-    settings = resolve_settings(settings)
-    cfg = checkpoint.config()
-    model = checkpoint.load_model(resolve_device(settings["device"]))
-    out = fit_checkpoint_probes(model, cfg.make_task(), settings, run_seed=cfg.seed, step=checkpoint.step)
-    return out.rows
-
-
 # ----------------------------------------------------------------------------------------------
-# Whole run: driver, step-0 control, quiet-or-loud
+# Whole run: step-0 control, quiet-or-loud (the driver is llc_watch.analyses.probes)
 # ----------------------------------------------------------------------------------------------
 
 KEY = ["feature", "layer", "site", "position", "measure"]
@@ -484,47 +482,6 @@ def add_step0_control(df: pd.DataFrame) -> pd.DataFrame:
     sel = head.assign(value=head.value - head.step0_value, measure="selectivity", control="step0").drop(
         columns="step0_value")
     return pd.concat([df, s0, sel], ignore_index=True)
-
-
-def _as_checkpoints(run, checkpoints) -> list[Checkpoint]:
-    if checkpoints is None:
-        return run.checkpoints()
-    if all(isinstance(c, Checkpoint) for c in checkpoints):
-        return list(checkpoints)
-    return run.checkpoints([int(c) for c in checkpoints])
-
-
-def compute_probes(run_dir: str | Path, settings: dict | None = None, checkpoints=None, executor=None,
-                   progress: bool = True, threshold: float = 0.9) -> pd.DataFrame:
-    """Probe every checkpoint of a run; write probes.csv and probes_quiet.csv in the run folder.
-
-    checkpoints: steps or Checkpoint handles (default: all); step 0 is always probed too, as the
-    untrained-model control. Finished checkpoints are skipped on a rerun (results/probes/).
-
-        >>> df = compute_probes("runs/addition")                            # doctest: +SKIP
-        >>> df.query("feature == 'carry_in' and control == 'probe' and measure == 'accuracy'")  # doctest: +SKIP
-    """
-    from .jobs import run_checkpoint_jobs
-    run = open_run(run_dir)
-    settings = resolve_settings(settings)
-    ckpts = _as_checkpoints(run, checkpoints)
-    if 0 not in {c.step for c in ckpts}:
-        zero = [c for c in run.checkpoints() if c.step == 0]
-        ckpts = zero + ckpts
-    report = run_checkpoint_jobs(probe_job, ckpts, settings, run.dir / "results" / "probes", executor,
-                                 desc="probes", progress=progress)
-    df = report.table()
-    if len(df):
-        df = add_step0_control(df)
-    atomic_write_csv(run.dir / "probes.csv", df)
-    if len(df):
-        try:
-            quiet = quiet_or_loud(df, run.metrics(), threshold=threshold)
-            atomic_write_csv(run.dir / "probes_quiet.csv", quiet)
-        except Exception as e:  # the table is still useful without the verdict
-            warnings.warn(f"quiet-or-loud classification skipped: {e}")
-    report.raise_if_failed("probes")
-    return df
 
 
 def loss_drop_step(metrics: pd.DataFrame, acc_level: float = 0.5) -> tuple[float, str]:
@@ -582,5 +539,5 @@ def quiet_or_loud(probes: pd.DataFrame, metrics: pd.DataFrame, threshold: float 
 
 
 __all__ = ["DEFAULT_SETTINGS", "LinearFit", "fit_logistic", "fit_multinomial", "fit_ridge", "binary_metrics",
-           "categorical_metrics", "numeric_metrics", "majority_metrics", "fit_checkpoint_probes", "probe_job",
-           "compute_probes", "add_step0_control", "quiet_or_loud", "loss_drop_step", "resolve_settings"]
+           "categorical_metrics", "numeric_metrics", "majority_metrics", "fit_checkpoint_probes", "ProbeSettings",
+           "add_step0_control", "quiet_or_loud", "loss_drop_step", "resolve_settings"]

@@ -9,17 +9,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from llc_watch.analyses import run_stage_map
 from llc_watch.plots import stage_figure
-from llc_watch.stages import load_run_tables, stage_map
+from llc_watch.run import open_run
 
 FIGURES = Path(__file__).resolve().parent.parent / "figures"
 
 
 def main(run_dir: str = "runs/addition") -> None:
-    tables = load_run_tables(run_dir)
-    sm = stage_map(tables)
+    run = open_run(run_dir)
+    sm = run_stage_map(run)
     path = FIGURES / f"{Path(run_dir).name}_stage_map.png"
-    stage_figure(tables, sm).savefig(path, dpi=100)
+    stage_figure(run.tables(), sm).savefig(path, dpi=100)
     print(sm.stages[["stage", "start_step", "end_step", "llc_trend", "loss_trend", "features_formed",
                      "quiet"]].to_string(index=False, float_format=lambda v: f"{v:.0f}"))
     print("\n".join(sm.timeline()))

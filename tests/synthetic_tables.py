@@ -1,11 +1,17 @@
-"""Synthetic run tables with known change points, in the column contracts of the real ones.
+"""Synthetic run tables with known change points, generated FROM the declared table schemas.
 
-Used by the stage, plot and report tests, and by anyone who wants a run folder without training:
+Every table is built by `from_schema`: the story's columns, every other declared column filled with
+a typed placeholder, and an undeclared column an error, so a fixture cannot drift from what the
+analyses write (the way the old `chains`-as-a-list layout once did). Used by the stage, plot and
+report tests, and by anyone who wants a run folder without training:
 
     >>> from tests.synthetic_tables import synthetic_run_tables, write_synthetic_run
     >>> t = synthetic_run_tables(seed=0)
-    >>> sorted(t.metrics["measure"].unique())
+    >>> sorted(t["metrics"]["measure"].unique())
     ['test_acc', 'test_loss', 'train_acc', 'train_loss']
+    >>> from llc_watch.run import SCHEMAS
+    >>> list(t["llc"].columns) == SCHEMAS["llc"].names[:-1]      # every declared column (backend is optional)
+    True
     >>> run = write_synthetic_run("/tmp/llcw-synth")                    # doctest: +SKIP
 
 The story (addition-like, all on x = log(step + 1)):
@@ -26,7 +32,32 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from llc_watch.stages import RunTables
+import llc_watch  # noqa: F401  (importing the package registers every analysis's table schema)
+from llc_watch.run import SCHEMAS
+
+_PLACEHOLDER = {"int": 0, "float": np.nan, "bool": False, "str": "", "json": "[]"}
+
+
+def from_schema(name: str, story: pd.DataFrame) -> pd.DataFrame:
+    """The table `name` with the story's columns and every other required column as a placeholder."""
+    schema = SCHEMAS[name]
+    extra = sorted(set(story.columns) - set(schema.names))
+    if extra:
+        raise ValueError(f"synthetic {name} table has undeclared columns {extra}")
+    df = story.copy()
+    for c in schema.columns:
+        if c.name not in df.columns and c.required:
+            df[c.name] = _PLACEHOLDER[c.type]
+    schema.check(df)
+    return schema.ordered(df)
+
+
+def synthetic_config(seed: int = 0) -> dict:
+    """A real config.json (an addition run), so the synthetic folder opens as a Run."""
+    from llc_watch.config import RunConfig
+    cfg = json.loads(RunConfig.from_preset("addition").to_json())
+    cfg["seed"] = seed
+    return cfg
 
 TRUTH = {"loss_drop": 2000, "loss_width": 0.25, "llc_rise": 20, "llc_peak": 2000, "llc_kink": 6000,
          "carry_onset": 500, "operand_onset": 5000, "carry_ablation_onset": 1000}
@@ -52,8 +83,8 @@ def piecewise_llc(steps, rise=20, peak=2000, kink=6000, start=5.0, top=40.0, end
 
 
 def synthetic_run_tables(seed: int = 0, total: int = 20000, noise: float = 1.0,
-                         invalid_steps: tuple = (3, 4000), features=("carry", "operand")) -> RunTables:
-    """RunTables (metrics, llc, probes, ablations, calibration, config) following TRUTH."""
+                         invalid_steps: tuple = (3, 4000), features=("carry", "operand")) -> dict:
+    """{table name: DataFrame} (metrics, llc, probes, ablations, calibration) following TRUTH."""
     rng = np.random.default_rng(seed)
     steps = checkpoint_steps(total)
     n = len(steps)
@@ -76,10 +107,14 @@ def synthetic_run_tables(seed: int = 0, total: int = 20000, noise: float = 1.0,
     for s in invalid_steps:
         i = int(np.argmin(np.abs(steps - s)))
         valid[i], val[i], warn[i] = False, 7.4e9, "2 of 4 chains failed (NaN loss)"
-    chains = [json.dumps([float(v + se_i * z) for z in rng.standard_normal(4)]) for v, se_i in zip(val, se)]
-    llc = pd.DataFrame({"step": steps, "measure": "llc", "value": val, "stderr": se, "valid": valid,
-                        "warnings": warn, "chains": chains, "epsilon": 1e-3, "nbeta": 30.0, "gamma": 100.0,
-                        "num_chains": 4, "num_draws": 200})
+    per_chain = [json.dumps([float(v + se_i * z) for z in rng.standard_normal(4)]) for v, se_i in zip(val, se)]
+    traces = [json.dumps([float(0.1 + v / 1000 * (1 - np.exp(-t / 20))) for t in range(60)]) for v in val]
+    llc = from_schema("llc", pd.DataFrame({
+        "step": steps, "measure": "llc", "value": np.where(valid, val, np.nan),   # invalid: no value
+        "stderr": np.where(valid, se, np.nan), "valid": valid, "n_healthy": np.where(valid, 4, 2), "chains": 4,
+        "llc_per_chain": per_chain, "warnings": [json.dumps([w] if w else []) for w in warn],
+        "epsilon": 1e-3, "nbeta": 30.0, "gamma": 100.0, "draws": 200, "burn_in": 20, "batch_size": 32,
+        "sampler": "sgld", "seed": 0, "n": 4096, "mean_loss_trace": traces, "draws_per_chain": 40}))
 
     onsets = {"carry": TRUTH["carry_onset"], "operand": TRUTH["operand_onset"]}
     prows = []
@@ -98,7 +133,7 @@ def synthetic_run_tables(seed: int = 0, total: int = 20000, noise: float = 1.0,
                                   dict(base, measure="log_loss", value=-np.log(max(a, 1e-3)), control="probe"),
                                   dict(base, measure="accuracy", value=0.5 + 0.01 * rng.standard_normal(),
                                        control="shuffled")]
-    probes = pd.DataFrame(prows)
+    probes = from_schema("probes", pd.DataFrame(prows).assign(kind="binary", n_train=1024, n_test=256))
 
     arows = []
     for feat in features:
@@ -113,35 +148,35 @@ def synthetic_run_tables(seed: int = 0, total: int = 20000, noise: float = 1.0,
                                   random_mean=rm, random_std=0.01))
                 arows.append(dict(step=s, feature=feat, site="resid", position=pos, method="random",
                                   measure="acc_drop", value=rm, random_mean=rm, random_std=0.01))
-    ablations = pd.DataFrame(arows)
+    ablations = from_schema("ablations", pd.DataFrame(arows))
 
     crows = []
-    for eps in (1e-4, 3e-4, 1e-3, 3e-3):
+    for step, eps in ((st, e) for st in (steps[len(steps) // 2], steps[-1]) for e in (1e-4, 3e-4, 1e-3, 3e-3)):
         for nbeta in (10.0, 30.0, 100.0):
             for gamma in (100.0, 1000.0):
                 bad = eps >= 3e-3 and nbeta < 100
-                crows.append(dict(epsilon=eps, nbeta=nbeta, gamma=gamma,
+                crows.append(dict(step=step, measure="llc", epsilon=eps, nbeta=nbeta, gamma=gamma,
                                   llc_mean=np.nan if bad else 25 + 5 * np.log10(eps / 1e-4) + nbeta / 50,
                                   llc_std=np.nan if bad else 1.0 + eps * 100, valid=not bad,
                                   drift=0.5 if bad else 0.01 * eps / 1e-4, rhat=1.5 if bad else 1.01,
                                   failed_chains=2 if bad else 0))
     calibration = pd.DataFrame(crows)
-
-    config = {"task": {"name": "addition", "bits": 8}, "seed": seed,
-              "train": {"steps": total, "lr": 1e-3, "batch_size": 64, "weight_decay": 0.1},
-              "model": {"d_model": 64, "n_layers": 2, "n_heads": 4}}
-    return RunTables(metrics=metrics, llc=llc, probes=probes, ablations=ablations, calibration=calibration,
-                     config=config)
+    calibration["value"] = calibration["llc_mean"]
+    calibration = from_schema("calibration", calibration)
+    return {"metrics": from_schema("metrics", metrics), "llc": llc, "probes": probes, "ablations": ablations,
+            "calibration": calibration}
 
 
 def write_synthetic_run(run_dir, seed: int = 0, tables=("metrics", "llc", "probes", "ablations", "calibration"),
                         **kw) -> Path:
-    """Write a synthetic run folder (CSV tables + config.json); `tables` picks which tables exist."""
+    """Write a synthetic run folder (tables through Run.write_table, so validated; config.json);
+    `tables` picks which tables exist."""
+    from llc_watch.run import Run
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(synthetic_config(seed), indent=2))
     t = synthetic_run_tables(seed=seed, **kw)
-    from llc_watch.stages import TABLE_FILES
+    run = Run(run_dir)
     for name in tables:
-        getattr(t, name).to_csv(run_dir / TABLE_FILES[name][0], index=False)
-    (run_dir / "config.json").write_text(json.dumps(t.config, indent=2))
+        run.write_table(name, t[name])
     return run_dir

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
-from llc_watch.ablations import (ablate_model, compute_ablations, evaluate_edit, projection_hook,
+from llc_watch.analyses.ablations import compute_ablations
+from llc_watch.ablations import (ablate_model, evaluate_edit, projection_hook,
                                  random_directions, random_hook)
 from llc_watch.model import ModelConfig, Transformer
 from llc_watch.tasks import Batch, FeatureSpec, Task
@@ -85,7 +86,7 @@ def test_projection_of_planted_direction_removes_behaviour_random_does_not():
 
 
 def test_compute_ablations_on_a_run_and_rerun_skips(tiny_run, monkeypatch):
-    import llc_watch.ablations as A
+    import llc_watch.analyses.ablations as A
     s = {"n_train": 256, "n_test": 128, "features": ["carry_in"], "n_random": 8}
     steps = [tiny_run.checkpoints()[-1].step]
     df = compute_ablations(tiny_run.dir, s, checkpoints=steps, progress=False)

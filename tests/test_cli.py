@@ -6,7 +6,8 @@ import pytest
 
 from llc_watch.cli import build_parser, main
 
-SUBCOMMANDS = ["tasks", "presets", "train", "calibrate", "llc", "probe", "ablate", "stages", "report", "pipeline"]
+SUBCOMMANDS = ["tasks", "presets", "train", "calibrate", "llc", "probe", "ablate", "fourier", "stages", "report",
+               "pipeline"]
 
 
 def test_every_subcommand_has_help(capsys):
@@ -68,3 +69,53 @@ def test_no_traceback_from_the_console_script(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "n_heads" in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_analysis_options_come_from_the_settings_dataclasses(capsys):
+    """Every field of every registered analysis's Settings is an option, its default shown from the dataclass."""
+    import dataclasses
+    from llc_watch.analyses import REGISTRY
+    for a in REGISTRY.values():
+        with pytest.raises(SystemExit):
+            main([getattr(a, "command", a.name), "--help"])
+        out = " ".join(capsys.readouterr().out.split())
+        for f in dataclasses.fields(a.Settings):
+            if f.name in getattr(a, "cli_hidden", ()):
+                continue
+            assert "--" + f.name.replace("_", "-") in out, (a.name, f.name)
+    with pytest.raises(SystemExit):
+        main(["llc", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--chains CHAINS SGLD chains (sampled at once) (default 4)" in out
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["llc", "RUN", "--chains", "0"], "chains=0: must be >= 1"),
+    (["llc", "RUN", "--epsilon", "nan"], "epsilon=nan: must be a finite number"),
+    (["llc", "RUN", "--epsilon", "-1"], "epsilon=-1.0: must be > 0"),
+    (["llc", "RUN", "--nbeta", "-1"], "nbeta=-1.0: must be > 0"),
+    (["llc", "RUN", "--batch-size", "0"], "batch_size=0"),
+    (["llc", "RUN", "--eval-size", "0"], "eval_size=0"),
+    (["probe", "RUN", "--C", "-1"], "C=-1.0: must be > 0"),
+    (["probe", "RUN", "--threshold", "2"], "threshold=2.0: must be between 0.0 and 1.0"),
+    (["probe", "RUN", "--features", "nosuch"], "features=nosuch: not features of task 'addition'"),
+    (["calibrate", "RUN", "--epsilons", "1e-4,-3"], "epsilons"),
+])
+def test_bad_settings_exit_2_with_one_line_before_any_work(tiny_run, argv, words, capsys):
+    argv = [str(tiny_run.dir) if a == "RUN" else a for a in argv]
+    before = sorted(p.name for p in tiny_run.dir.iterdir())
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert sorted(p.name for p in tiny_run.dir.iterdir()) == before      # nothing written
+
+
+def test_report_out_never_writes_into_the_run(tmp_path, capsys):
+    from tests.synthetic_tables import write_synthetic_run
+    run = write_synthetic_run(tmp_path / "run")
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    assert main(["report", str(run), "--out", str(tmp_path / "elsewhere.html")]) == 0
+    assert (tmp_path / "elsewhere.html").is_file()
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+    assert main(["report", str(run), "--out", str(tmp_path)]) == 2          # a folder: one line, exit 2
+    assert "is a folder" in capsys.readouterr().err

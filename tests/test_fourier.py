@@ -63,9 +63,9 @@ def test_embedding_and_neuron_frequencies():
 
 def test_compute_fourier_on_a_small_run_and_rerun_skips(tmp_path, monkeypatch):
     from llc_watch.config import RunConfig
-    from llc_watch.fourier import compute_fourier
+    from llc_watch.analyses.fourier import compute_fourier
     from llc_watch.train import train
-    import llc_watch.fourier as Fm
+    import llc_watch.analyses.fourier as Fm
     cfg = RunConfig.from_preset("modular-addition").with_overrides([
         "task.settings.p=13", "model.d_model=32", "model.d_mlp=64", "train.steps=60",
         "checkpoints.n_log=2", "checkpoints.n_linear=2"])
@@ -79,3 +79,9 @@ def test_compute_fourier_on_a_small_run_and_rerun_skips(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(Fm, "fourier_rows", lambda *a, **k: calls.append(1))
     assert len(compute_fourier(run.dir, progress=False)) == len(df) and calls == []
+    # Fourier reaches the stage map through its signals, with no special case anywhere else
+    from llc_watch.analyses import run_signals
+    signals, _, missing = run_signals(run.dir)
+    assert {"fourier:key_power", "fourier:restricted_loss"} <= set(signals)
+    assert len(signals["fourier:key_power"]) == len(run.checkpoints())
+    assert "ablations" not in missing and "fourier" not in missing   # ablations do not apply to modular addition

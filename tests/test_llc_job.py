@@ -12,8 +12,12 @@ import pytest
 import torch
 
 from llc_watch.config import RunConfig
-from llc_watch.llc.calibrate import CalibrationError, calibrate_run, choose, mark_usable
-from llc_watch.llc.job import DEFAULT_SETTINGS, compute_llc, llc_job, resolve_settings
+from llc_watch.analyses.calibration import calibrate_run
+from llc_watch.analyses.llc import LLC_ANALYSIS, compute_llc, load_calibration
+from llc_watch.jobs import JobsFailed
+from llc_watch.llc.calibrate import CalibrationError, choose, mark_usable
+from llc_watch.run import open_run
+from llc_watch.settings import SettingsError
 from llc_watch.train import train
 
 torch.set_num_threads(1)
@@ -46,7 +50,7 @@ def test_llc_job_row_and_table(run_dir, tmp_path):
     assert len(json.loads(df["llc_per_chain"].iloc[0])) == 2
     assert (d / "llc.csv").is_file()
     assert pd.read_csv(d / "llc.csv")["step"].tolist() == steps
-    assert df.attrs["failures"] == [] and "defaults" in df.attrs["settings_source"]
+    assert load_calibration(d) is None and df.attrs["settings"].chains == 2
 
 
 def test_rerun_skips_and_changed_settings_do_not_mix(run_dir, tmp_path):
@@ -64,7 +68,7 @@ def test_rerun_skips_and_changed_settings_do_not_mix(run_dir, tmp_path):
 def test_killed_driver_resumes_to_the_same_table(run_dir, tmp_path):
     d = fresh_copy(run_dir, tmp_path)
     ref = compute_llc(fresh_copy(run_dir, tmp_path / "ref"), TINY, progress=False)
-    code = ("import torch; torch.set_num_threads(1); from llc_watch.llc.job import compute_llc; "
+    code = ("import torch; torch.set_num_threads(1); from llc_watch.analyses.llc import compute_llc; "
             f"compute_llc({str(d)!r}, {TINY!r}, progress=False)")
     proc = subprocess.Popen([sys.executable, "-c", code])
     out = d / "results" / "llc"
@@ -82,11 +86,16 @@ def test_killed_driver_resumes_to_the_same_table(run_dir, tmp_path):
 def test_corrupt_checkpoint_fails_alone(run_dir, tmp_path):
     d = fresh_copy(run_dir, tmp_path)
     ckpts = sorted((d / "checkpoints").glob("step_*.safetensors"))
+    before = compute_llc(d, TINY, progress=False)
+    table = (d / "llc.csv").read_bytes()
     ckpts[1].write_bytes(b"not a checkpoint")
-    df = compute_llc(d, TINY, progress=False)
-    assert len(df) == len(ckpts) - 1
-    assert len(df.attrs["failures"]) == 1 and "CheckpointError" in df.attrs["failures"][0]
-    assert str(ckpts[1]) in df.attrs["failures"][0]
+    with pytest.raises(JobsFailed) as e:
+        compute_llc(d, {**TINY, "seed": 3}, progress=False)
+    failures = e.value.report.failures
+    assert len(failures) == 1 and "CheckpointError" in failures[0].error and str(ckpts[1]) in str(failures[0])
+    assert "llc.csv was left as it was" in str(e.value)
+    assert (d / "llc.csv").read_bytes() == table and len(before) == len(ckpts)   # a failed command empties nothing
+    assert len(list((d / "results" / "llc").glob("*.json"))) == 2 * len(ckpts) - 1  # finished jobs are kept
 
 
 def test_calibrate_then_llc_uses_the_choice(run_dir, tmp_path):
@@ -100,8 +109,8 @@ def test_calibrate_then_llc_uses_the_choice(run_dir, tmp_path):
     saved = json.loads((d / "calibration.json").read_text())
     assert saved["choice"] == cal.choice and "largest" in saved["rule"]
     assert saved["warnings"] == cal.warnings and isinstance(cal.warnings, list)
-    s, source = resolve_settings(d, {"chains": 2})
-    assert s["epsilon"] == cal.choice["epsilon"] and s["chains"] == 2 and "calibration" in source
+    s = LLC_ANALYSIS.settings(open_run(d), {"chains": 2})
+    assert s.epsilon == cal.choice["epsilon"] and s.chains == 2
     df = compute_llc(d, {"threads": 1, "draws": 12, "burn_in": 4, "n_data": 128}, checkpoints=[0], progress=False)
     assert df["epsilon"].iloc[0] == cal.choice["epsilon"]
 
@@ -137,5 +146,23 @@ def test_choice_warnings_no_plateau_and_grid_edge():
 
 
 def test_unknown_setting_is_named(run_dir):
-    with pytest.raises(ValueError, match="chainz"):
-        resolve_settings(run_dir, {"chainz": 3})
+    with pytest.raises(SettingsError, match="chainz"):
+        LLC_ANALYSIS.settings(open_run(run_dir), {"chainz": 3})
+
+
+@pytest.mark.parametrize("given,words", [
+    ({"chains": 0}, "chains=0: must be >= 1"), ({"draws": 0}, "draws=0"), ({"epsilon": float("nan")}, "finite"),
+    ({"epsilon": -1.0}, "epsilon=-1.0: must be > 0"), ({"epsilon": 0.0}, "must be > 0"),
+    ({"epsilon": float("inf")}, "finite"), ({"nbeta": -1.0}, "nbeta"), ({"batch_size": 0}, "batch_size"),
+    ({"eval_size": 0}, "eval_size"), ({"sampler": "hmc"}, "sampler"), ({"device": "tpu"}, "device"),
+])
+def test_bad_settings_are_refused_before_any_checkpoint_is_loaded(run_dir, tmp_path, given, words, monkeypatch):
+    import llc_watch.checkpoints as C
+    d = fresh_copy(run_dir, tmp_path)
+    compute_llc(d, TINY, checkpoints=[0], progress=False)
+    table = (d / "llc.csv").read_bytes()
+    loaded = []
+    monkeypatch.setattr(C.Checkpoint, "load_model", lambda self, *a, **k: loaded.append(self))
+    with pytest.raises(SettingsError, match=words):
+        compute_llc(d, {**TINY, **given}, progress=False)
+    assert loaded == [] and (d / "llc.csv").read_bytes() == table

@@ -92,7 +92,7 @@ def test_bad_mask_shape_is_named():
 
 
 def test_head_restriction_from_settings():
-    from llc_watch.llc.job import resolve_params
+    from llc_watch.analyses.llc import resolve_params
     task = get_task("addition", n_bits=3)
     torch.manual_seed(0)
     model = Transformer(ModelConfig(n_layers=2, d_model=16, n_heads=2, d_mlp=32, vocab_size=5, n_ctx=task.seq_len))

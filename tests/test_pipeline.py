@@ -41,7 +41,7 @@ def test_second_run_reuses_everything(piped):
 
 def test_stage_map_names_the_command_for_a_missing_analysis(piped, tmp_path):
     import shutil
-    from llc_watch.stages import stage_map
+    from llc_watch.analyses import run_stage_map as stage_map
     out, _, _ = piped
     bare = tmp_path / "bare"
     shutil.copytree(out, bare, ignore=shutil.ignore_patterns("llc.csv", "results"))

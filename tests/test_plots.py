@@ -9,14 +9,14 @@ import pytest
 from matplotlib.figure import Figure
 
 from llc_watch import plots
-from llc_watch.stages import RunTables, stage_map
+from llc_watch.analyses import tables_stage_map
 from tests.synthetic_tables import synthetic_run_tables
 
 
 @pytest.fixture(scope="module")
 def run():
     t = synthetic_run_tables(seed=2)
-    return t, stage_map(t, resamples=10)
+    return t, tables_stage_map(t, resamples=10)
 
 
 @pytest.fixture(autouse=True)
@@ -40,11 +40,11 @@ def _png_ok(fig):
 def test_panels_return_their_axes_and_render(run, name):
     t, sm = run
     ax = _ax()
-    draw = {"metrics": lambda: plots.plot_metrics(ax, t.metrics),
-            "llc": lambda: plots.plot_llc(ax, t.llc, smooth=sm.smooths["llc"]),
-            "probes": lambda: plots.plot_probes(ax, t.probes),
-            "ablations": lambda: plots.plot_ablations(ax, t.ablations),
-            "llc_chains": lambda: plots.plot_llc_chains(ax, t.llc)}[name]
+    draw = {"metrics": lambda: plots.plot_metrics(ax, t['metrics']),
+            "llc": lambda: plots.plot_llc(ax, t['llc'], smooth=sm.smooths["llc"]),
+            "probes": lambda: plots.plot_probes(ax, t['probes']),
+            "ablations": lambda: plots.plot_ablations(ax, t['ablations']),
+            "llc_chains": lambda: plots.plot_llc_chains(ax, t['llc'])}[name]
     out = draw()
     assert out is ax and ax.get_xscale() == "symlog"
     assert plots.plot_stages(ax, sm) is ax and plots.plot_boundaries(ax, sm.boundaries) is ax
@@ -53,8 +53,8 @@ def test_panels_return_their_axes_and_render(run, name):
 
 def test_llc_panel_marks_invalid_points(run):
     t, _ = run
-    ax = plots.plot_llc(_ax(), t.llc, show_smooth=False)
-    n_bad = int((~t.llc["valid"]).sum())
+    ax = plots.plot_llc(_ax(), t['llc'], show_smooth=False)
+    n_bad = int((~t['llc']["valid"]).sum())
     assert any(f"invalid ({n_bad})" == line.get_label() for line in ax.lines)
     assert ax.get_ylim()[1] < 1e3  # the 7.4e9 values of failed estimates do not squash the axis
 
@@ -64,11 +64,23 @@ def test_stage_figure_stacks_one_panel_per_table(run):
     fig = plots.stage_figure(t, sm)
     assert isinstance(fig, Figure) and len([a for a in fig.axes if a.get_ylabel() != "exact-match acc"]) == 4
     _png_ok(fig)
-    only = RunTables(metrics=t.metrics, llc=t.llc)
-    fig2 = plots.stage_figure(only, stage_map(only, resamples=5))
+    only = {"metrics": t['metrics'], "llc": t['llc']}
+    fig2 = plots.stage_figure(only, tables_stage_map(only, resamples=5))
     assert len([a for a in fig2.axes if a.get_ylabel() != "exact-match acc"]) == 2
-    with pytest.raises(ValueError, match="no metrics, llc, probes or ablations"):
-        plots.stage_figure(RunTables(), sm)
+    with pytest.raises(ValueError, match="no table to draw"):
+        plots.stage_figure({}, sm)
+
+
+def test_a_new_signal_family_gets_its_own_panel(run):
+    """An analysis without a dedicated panel (e.g. Fourier measures) reaches the figure through its signals."""
+    from llc_watch.signals import Signal
+    t, sm = run
+    steps = np.unique(t["metrics"]["step"])
+    extra = {"fourier:key_power": Signal("fourier:key_power", "onset", steps, np.tanh(steps / 3000), direction="up")}
+    from llc_watch.analyses import run_signals  # noqa: F401  (the same signals a run gives)
+    from llc_watch.analyses.base import tables_signals
+    fig = plots.stage_figure(t, sm, signals={**tables_signals(t), **extra})
+    assert "fourier" in [a.get_ylabel() for a in fig.axes]
 
 
 def test_traces_and_calibration_and_probe_heatmaps(run):
@@ -78,32 +90,41 @@ def test_traces_and_calibration_and_probe_heatmaps(run):
     traces[2, 30:] = np.nan  # a failed chain
     ax = plots.plot_llc_traces(_ax(), traces, burn_in=10, title="step 100")
     assert any("failed" in line.get_label() for line in ax.lines)
-    ax = plots.plot_calibration(_ax(), t.calibration, gamma=100.0)
+    ax = plots.plot_calibration(_ax(), t['calibration'][t['calibration']["step"] == t['calibration']["step"].min()], gamma=100.0)
     assert "γ = 100" in ax.get_title() and any(tx.get_text() == "invalid" for tx in ax.texts)
     _png_ok(ax.figure)
-    _png_ok(plots.calibration_figure(t.calibration))
+    one = t['calibration'][t['calibration']["step"] == t['calibration']["step"].max()]
+    ax = plots.plot_calibration(_ax(), one, gamma=100.0)
+    with pytest.raises(ValueError, match="several checkpoints"):   # never two checkpoints in one cell
+        plots.plot_calibration(_ax(), t['calibration'], gamma=100.0)
+    fig = plots.calibration_figure(t['calibration'])
+    n_steps, n_gammas = t['calibration']["step"].nunique(), t['calibration']["gamma"].nunique()
+    heatmaps = [a for a in fig.axes if a.images]
+    assert n_steps == 2 and len(heatmaps) == n_steps * n_gammas     # one panel per (checkpoint, γ)
+    assert {a.get_title().split(":")[0] for a in heatmaps} == {f"step {s:g}" for s in t['calibration']["step"].unique()}
+    _png_ok(fig)
     with pytest.raises(ValueError, match="lacks columns"):
-        plots.plot_calibration(_ax(), t.calibration.drop(columns=["nbeta"]))
-    ax = plots.plot_probe_heatmap(_ax(), t.probes, "carry", site="resid")
+        plots.plot_calibration(_ax(), t['calibration'].drop(columns=["nbeta"]))
+    ax = plots.plot_probe_heatmap(_ax(), t['probes'], "carry", site="resid")
     assert ax.images and ax.images[0].get_array().shape == (2, 3)  # layers × positions
-    fig = plots.probe_heatmap_figure(t.probes, "carry", max_panels=3)
+    fig = plots.probe_heatmap_figure(t['probes'], "carry", max_panels=3)
     assert len(fig.axes) == 4  # three panels + colorbar
     _png_ok(fig)
     with pytest.raises(ValueError, match="no 'accuracy' probe rows for feature 'nope'"):
-        plots.plot_probe_heatmap(_ax(), t.probes, "nope")
+        plots.plot_probe_heatmap(_ax(), t['probes'], "nope")
 
 
-def test_parse_chains():
-    assert plots.parse_chains("[1.0, 2.5]") == [1.0, 2.5]
-    assert plots.parse_chains("[[1, 2], [3, 4]]") == [[1, 2], [3, 4]]
-    assert plots.parse_chains(float("nan")) == [] and plots.parse_chains("not json") == []
+def test_parse_json_list():
+    assert plots.parse_json_list("[1.0, 2.5]") == [1.0, 2.5]
+    assert plots.parse_json_list("[[1, 2], [3, 4]]") == [[1, 2], [3, 4]]
+    assert plots.parse_json_list(float("nan")) == [] and plots.parse_json_list("not json") == []
 
 
 def test_modules_never_import_pyplot():
     code = ("import llc_watch.plots, llc_watch.report, sys; "
             "from tests.synthetic_tables import synthetic_run_tables; "
             "t = synthetic_run_tables(); "
-            "llc_watch.plots.figure_png(llc_watch.plots.calibration_figure(t.calibration), dpi=30); "
+            "llc_watch.plots.figure_png(llc_watch.plots.calibration_figure(t['calibration']), dpi=30); "
             "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot was imported'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                        cwd=Path(__file__).resolve().parents[1], env=dict(os.environ, OMP_NUM_THREADS="1"))

@@ -4,8 +4,9 @@ import pandas as pd
 import pytest
 import torch
 
-from llc_watch.probes import (add_step0_control, binary_metrics, categorical_metrics, compute_probes,
-                              fit_logistic, fit_multinomial, fit_ridge, numeric_metrics, probe_job,
+from llc_watch.analyses.probes import compute_probes, probe_job
+from llc_watch.probes import (add_step0_control, binary_metrics, categorical_metrics,
+                              fit_logistic, fit_multinomial, fit_ridge, numeric_metrics,
                               quiet_or_loud, resolve_settings)
 
 
@@ -86,7 +87,7 @@ def test_carry_probed_above_step0_on_trained_checkpoint(tiny_run):
 
 
 def test_compute_probes_table_controls_and_rerun_skips(tiny_run, monkeypatch):
-    import llc_watch.probes as P
+    import llc_watch.analyses.probes as P
     steps = [c.step for c in tiny_run.checkpoints()][-1:]
     df = compute_probes(tiny_run.dir, SMALL, checkpoints=steps, progress=False)
     assert (tiny_run.dir / "probes.csv").is_file() and (tiny_run.dir / "probes_quiet.csv").is_file()
@@ -97,6 +98,15 @@ def test_compute_probes_table_controls_and_rerun_skips(tiny_run, monkeypatch):
     monkeypatch.setattr(P, "fit_checkpoint_probes", lambda *a, **k: calls.append(1))
     again = compute_probes(tiny_run.dir, SMALL, checkpoints=steps, progress=False)
     assert calls == [] and len(again) == len(df)             # nothing refitted
+
+
+def test_unknown_feature_and_bad_ranges_are_refused_before_work(tiny_run):
+    from llc_watch.settings import SettingsError
+    for given, words in [({"features": ["nosuch"]}, "features=nosuch: not features of task 'addition'"),
+                         ({"C": -1.0}, "C=-1.0: must be > 0"), ({"threshold": 2.0}, "threshold=2.0"),
+                         ({"n_train": 0}, "n_train=0")]:
+        with pytest.raises(SettingsError, match=words):
+            compute_probes(tiny_run.dir, given, progress=False)
 
 
 def test_step0_control_and_quiet_or_loud_on_a_synthetic_table():

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from llc_watch.report import write_report
-from llc_watch.stages import MissingAnalysisError
+from llc_watch.run import MissingAnalysisError
 from tests.synthetic_tables import write_synthetic_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -48,9 +48,10 @@ def test_report_names_the_commands_for_missing_tables(tmp_path):
     text = write_report(run, out_path=tmp_path / "r.html").read_text()
     for cmd in ("llc-watch llc", "llc-watch probe", "llc-watch ablate"):
         assert cmd in text
-    (tmp_path / "empty").mkdir()
+    assert not (run / "report.html").exists() and not (run / "stages.csv").exists()  # --out: nothing in the run
+    empty = write_synthetic_run(tmp_path / "empty", tables=())
     with pytest.raises(MissingAnalysisError, match="llc-watch llc"):
-        write_report(tmp_path / "empty")
+        write_report(empty)
 
 
 _CHECK = ('<script>window.addEventListener("load",()=>{const d=document.createElement("pre");'
@@ -74,3 +75,13 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     imgs = json.loads(m.group(1))
     assert len(imgs) == text.count("<img ") >= 4
     assert all(complete and w > 100 and h > 100 for complete, w, h in imgs), imgs
+
+
+def test_report_defects_are_fixed_on_synthetic_tables(report):
+    """Per-chain LLC drawn from llc_per_chain; the settings table lists settings only."""
+    _, _, text = report
+    assert "No per-chain data to draw" not in text and 'alt="per-chain LLC"' in text
+    settings = text.split("LLC estimator (llc.csv)")[1].split("Stage detection")[0]
+    assert "epsilon" in settings and "nbeta" in settings
+    for data_column in ("llc_per_chain", "mean_loss_trace", "failed_chains", "warnings", "rhat"):
+        assert data_column not in settings, data_column

@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from llc_watch.stages import (Boundary, MissingAnalysisError, StageMap, align_boundaries, find_boundaries,
-                              load_run_tables, load_stage_map, smooth_signal, stage_map)
+from llc_watch.analyses import load_stage_map, run_stage_map, tables_stage_map
+from llc_watch.run import MissingAnalysisError, open_run
+from llc_watch.stages import Boundary, StageMap, align_boundaries, find_boundaries, smooth_signal, stage_map
 from tests.synthetic_tables import (TRUTH, checkpoint_steps, piecewise_llc, sigmoid_step, synthetic_run_tables,
                                     write_synthetic_run)
 
@@ -188,7 +189,7 @@ def test_align_empty():
 @pytest.fixture(scope="module")
 def synth_map():
     t = synthetic_run_tables(seed=0)
-    return t, stage_map(t, resamples=30)
+    return t, tables_stage_map(t, resamples=30)
 
 
 def test_stage_map_tells_the_synthetic_story(synth_map):
@@ -220,7 +221,7 @@ def test_summary_for_the_terminal(synth_map):
 
 def test_invalid_llc_points_are_marked_not_fatal(synth_map):
     t, sm = synth_map
-    bad = sorted(t.llc.loc[~t.llc["valid"], "step"])
+    bad = sorted(t["llc"].loc[~t["llc"]["valid"], "step"])
     assert sm.llc_invalid_steps == bad
     assert sm.stages["invalid_llc"].sum() >= len(bad)
     assert any("invalid" in w for w in sm.warnings)
@@ -229,11 +230,11 @@ def test_invalid_llc_points_are_marked_not_fatal(synth_map):
 
 def test_all_llc_invalid_still_maps():
     t = synthetic_run_tables(seed=1)
-    t.llc["valid"] = False
-    sm = stage_map(t, resamples=5)
+    t["llc"]["valid"] = False
+    sm = tables_stage_map(t, resamples=5)
     assert "llc" not in sm.smooths and len(sm.stages) >= 1
     assert set(sm.stages["llc_trend"]) == {"n/a"}
-    assert any(f"{len(t.llc)} of {len(t.llc)} LLC checkpoints are invalid" in w for w in sm.warnings)
+    assert any(f"{len(t['llc'])} of {len(t['llc'])} LLC checkpoints are invalid" in w for w in sm.warnings)
 
 
 def test_stage_map_json_round_trip_and_save(synth_map, tmp_path):
@@ -245,35 +246,46 @@ def test_stage_map_json_round_trip_and_save(synth_map, tmp_path):
         for p, q in zip(back.boundaries, sm.boundaries))
     pd.testing.assert_frame_equal(back.stages.reset_index(drop=True), sm.stages.reset_index(drop=True),
                                   check_dtype=False)
-    paths = sm.save(tmp_path)
+    run = write_synthetic_run(tmp_path / "run", tables=())
+    paths = sm.save(run)
     assert {p.name for p in paths.values()} == {"stages.csv", "boundaries.csv", "stage_map.json"}
-    assert len(pd.read_csv(tmp_path / "stages.csv")) == len(sm.stages)
-    assert len(load_stage_map(tmp_path).boundaries) == len(sm.boundaries)
+    assert len(pd.read_csv(run / "stages.csv")) == len(sm.stages)
+    assert len(load_stage_map(run).boundaries) == len(sm.boundaries)
 
 
 def test_stage_map_from_folder_with_missing_tables(tmp_path):
     run = write_synthetic_run(tmp_path / "run", tables=("metrics",))
-    t = load_run_tables(run)
-    assert t.llc is None and t.config["task"]["name"] == "addition"
-    assert f"llc-watch llc {run}" in t.missing["llc"]
-    assert f"llc-watch probe {run}" in t.missing["probes"]
-    assert f"llc-watch ablate {run}" in t.missing["ablations"]
-    sm = stage_map(run, resamples=5, save=True)
+    from llc_watch.analyses import run_signals
+    _, _, missing = run_signals(run)
+    assert f"llc-watch llc {run}" in missing["llc"]
+    assert f"llc-watch probe {run}" in missing["probes"]
+    assert f"llc-watch ablate {run}" in missing["ablations"]
+    assert "fourier" not in missing          # Fourier measures do not apply to addition
+    with pytest.raises(MissingAnalysisError, match=f"llc-watch llc {run}"):
+        open_run(run).table("llc")
+    sm = run_stage_map(run, resamples=5, save=True)
     assert (run / "stages.csv").is_file() and set(sm.stages["llc_trend"]) == {"n/a"}
     assert any("llc-watch llc" in w for w in sm.warnings)
 
 
 def test_empty_folder_names_the_commands(tmp_path):
+    run = write_synthetic_run(tmp_path / "run", tables=())
     with pytest.raises(MissingAnalysisError, match="llc-watch llc .*llc-watch probe .*llc-watch ablate"):
-        stage_map(tmp_path)
-    with pytest.raises(MissingAnalysisError, match="does not exist"):
-        load_run_tables(tmp_path / "nope")
+        run_stage_map(run)
     with pytest.raises(MissingAnalysisError, match="llc-watch stages"):
-        load_stage_map(tmp_path)
+        load_stage_map(run)
+
+
+def test_an_empty_table_names_its_command(tmp_path):
+    run = write_synthetic_run(tmp_path / "run", tables=("metrics",))
+    (run / "llc.csv").write_text("")
+    with pytest.raises(MissingAnalysisError, match=f"llc.csv empty: run `llc-watch llc {run}`"):
+        open_run(run).table("llc")
+    assert open_run(run).table("llc", required=False) is None
 
 
 def test_best_probe_picks_the_max_and_falls_back_to_r2():
-    from llc_watch.stages import best_probe
+    from llc_watch.analyses.probes import best_probe
     rows = [dict(step=s, feature="carry", layer=l, site="resid", position=0, measure="accuracy",
                  value=0.5 + 0.1 * l + 0.001 * s, control="probe") for s in (0, 10) for l in (0, 1, 2)]
     rows += [dict(step=s, feature="carry", layer=0, site="resid", position=0, measure="accuracy", value=0.99,

@@ -1,4 +1,7 @@
-"""The LLC engine: localised SGLD over chains at once, diagnostics, exact answers, calibration.
+"""The LLC engine: localised SGLD over chains at once, diagnostics, exact answers, calibration rule.
+
+It knows nothing of run folders: any nn.Module, loss and data. (Running it on every checkpoint of a
+run is llc_watch.analyses.llc / .calibration.)
 
     >>> from llc_watch.llc import estimate_llc, exact
     >>> exact.rrr(4, 3, 5, 0)
@@ -10,17 +13,14 @@ Modules, each about one thing:
     estimator    estimate_llc -> LLCResult
     diagnostics  failed chains, split-R̂, ESS, drift, validity rule
     exact        exact learning coefficients and models that have them
-    calibrate    ε × nβ × γ sweeps and the selection rule; calibration.json
-    job          llc_job (one checkpoint) and compute_llc (a run) -> llc.csv
+    calibrate    ε × nβ × γ sweeps and the selection rule
 """
 from . import diagnostics, exact
-from .calibrate import Calibration, CalibrationError, calibrate_run, choose, sweep
+from .calibrate import Calibration, CalibrationError, choose, sweep
 from .estimator import LLCError, LLCResult, default_nbeta, devinterp_nbeta, estimate_llc, select_params
-from .job import DEFAULT_SETTINGS, compute_llc, llc_job, resolve_settings
 from .sampler import SGLDSettings, SamplerError
 
 __all__ = ["estimate_llc", "LLCResult", "LLCError", "SamplerError", "SGLDSettings",
            "default_nbeta", "devinterp_nbeta", "select_params",
-           "compute_llc", "llc_job", "resolve_settings", "DEFAULT_SETTINGS",
-           "calibrate_run", "sweep", "choose", "Calibration", "CalibrationError",
+           "sweep", "choose", "Calibration", "CalibrationError",
            "diagnostics", "exact"]

@@ -13,8 +13,8 @@ Selection rule (`choose`):
      (fastest mixing), then the smallest γ (least localisation bias).
 No usable cell: no choice; the message says to lower the ε grid or raise γ.
 
-    >>> cal = calibrate_run("runs/addition")                          # doctest: +SKIP
-    >>> cal.choice["epsilon"], cal.sweep.columns[:9].tolist()          # doctest: +SKIP
+The run-level driver (sweep a run's checkpoints, save calibration.json) is
+llc_watch.analyses.calibration.calibrate_run.
 
 The sweep is a tidy DataFrame, one row per (step, ε, nβ, γ): columns epsilon, nbeta, gamma,
 llc_mean, llc_std, llc_stderr, valid, drift, rhat, failed_chains, stable, usable, step, ...
@@ -132,68 +132,3 @@ class Calibration:
     choice: dict            # settings for compute_llc (also saved in RUN/calibration.json)
     rule: str = RULE
     warnings: list = None   # caveats the CLI prints (see choice_warnings)
-
-
-def calibration_job(checkpoint, settings: dict) -> list[dict]:
-    """The sweep at one checkpoint, as tidy rows (measure 'llc'). Top level: picklable."""
-    from .job import checkpoint_problem, estimator_kwargs
-    s, model, loss_fn, data = checkpoint_problem(checkpoint, settings)
-    kw = {k: v for k, v in estimator_kwargs(s, model).items() if k not in ("epsilon", "nbeta", "gamma")}
-    df = sweep(model, loss_fn, data, epsilons=s["epsilons"],
-               nbetas=s["nbetas"], gammas=s["gammas"], **kw)
-    df.insert(0, "step", checkpoint.step)
-    df.insert(1, "measure", "llc")
-    df["value"] = df["llc_mean"]
-    return [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-            for row in df.to_dict("records")]
-
-
-def default_calibration_steps(steps: list[int]) -> list[int]:
-    """The middle and the final checkpoint: the final is usually the sharpest minimum."""
-    return sorted({steps[len(steps) // 2], steps[-1]})
-
-
-def calibrate_run(run_dir, *, steps: list[int] | None = None, epsilons=None, nbetas=None, gammas=None,
-                  settings: dict | None = None, executor=None, save: bool = True,
-                  progress: bool = True) -> Calibration:
-    """Sweep the grid on `steps` (default: middle and final checkpoints), choose, and save.
-
-    settings: other LLC settings for the sweep (chains, draws, burn_in, batch_size, n_data, ...),
-    defaulting to llc_watch.llc.job.DEFAULT_SETTINGS; the chosen ε, nβ, γ are saved together
-    with them in RUN/calibration.json, which `compute_llc` then uses. The sweep itself is written
-    to RUN/calibration_sweep.csv. Sweep jobs are resumable like LLC jobs (results/calibration/).
-    """
-    from llc_watch.checkpoints import open_run
-    from llc_watch.io import atomic_write_csv, atomic_write_json
-    from llc_watch.jobs import run_checkpoint_jobs
-    from .job import CALIBRATION_FILE, DEFAULT_SETTINGS
-    run = open_run(run_dir)
-    all_steps = [c.step for c in run.checkpoints()]
-    if not all_steps:
-        raise CalibrationError(f"{run_dir} has no checkpoints; train it first")
-    steps = steps or default_calibration_steps(all_steps)
-    base = {**DEFAULT_SETTINGS, **{k: v for k, v in (settings or {}).items() if v is not None}}
-    for k in ("epsilon", "nbeta", "gamma"):
-        base.pop(k, None)
-    grid = {"epsilons": sorted(epsilons or DEFAULT_GRID["epsilons"]),
-            "nbetas": list(nbetas or DEFAULT_GRID["nbetas"]),
-            "gammas": list(gammas or DEFAULT_GRID["gammas"])}
-    job_settings = {**base, **grid}
-    report = run_checkpoint_jobs(calibration_job, run.checkpoints(steps), job_settings,
-                                 out_dir=Path(run_dir) / "results" / "calibration",
-                                 executor=executor, desc="calibrate", progress=progress)
-    if report.failures:
-        raise CalibrationError("calibration failed on " + "; ".join(map(str, report.failures)))
-    from .job import _ordered
-    df = report.table()
-    df = mark_usable(_ordered(df, ["step", "measure", "value", "epsilon", "nbeta", "gamma", "llc_mean",
-                                   "llc_std", "llc_stderr", "valid", "drift", "rhat", "failed_chains"]))
-    n = int(df["n"].iloc[0])
-    choice = {**{k: v for k, v in base.items() if k not in ("threads", "device")}, **choose(df, n)}
-    cal = Calibration(df, choice, RULE, choice_warnings(df, choice))
-    if save:
-        atomic_write_csv(Path(run_dir) / "calibration_sweep.csv", df)
-        atomic_write_json(Path(run_dir) / CALIBRATION_FILE, {
-            "choice": choice, "rule": RULE, "warnings": cal.warnings, "grid": grid, "steps": steps, "n": n,
-            "default_nbeta": default_nbeta(n)})
-    return cal

@@ -8,7 +8,9 @@ effects (Naidu et al., arXiv 2505.03997).
     smoothing.py   GP fit of one signal (Smooth)
     boundaries.py  Boundary, find_boundaries, align_boundaries
     stage_map.py   stage_table, StageMap, stage_map(signals)
-    tables.py      run folder tables -> Signals (run_signals, run_stage_map)
+
+This package takes Signals and knows no file names; a run folder's stage map (each analysis's
+signals from its table) is llc_watch.analyses.stage_map.run_stage_map.
 
     >>> import numpy as np
     >>> steps = np.unique(np.geomspace(1, 10_000, 60).astype(int))
@@ -22,21 +24,9 @@ effects (Naidu et al., arXiv 2505.03997).
 """
 from .boundaries import BOUNDARY_KINDS, Boundary, align_boundaries, find_boundaries
 from .smoothing import Smooth, log_step, smooth_signal, step_of
-from .stage_map import StageMap, stage_map as stage_map_of_signals, stage_table
-from .tables import (TABLE_FILES, MissingAnalysisError, RunTables, ablation_effect, best_probe, load_run_tables,
-                     load_stage_map, probe_control, run_signals, run_stage_map)
-
-
-def stage_map(source, *args, **kwargs) -> StageMap:
-    """The stage map of signals ({name: Signal}), a run folder, or RunTables (see run_stage_map)."""
-    if isinstance(source, dict) and all(hasattr(v, "kind") for v in source.values()):
-        return stage_map_of_signals(source, *args, **kwargs)
-    return run_stage_map(source, *args, **kwargs)
-
+from .stage_map import StageMap, stage_map, stage_table
 
 __all__ = [
     "Boundary", "Smooth", "smooth_signal", "find_boundaries", "align_boundaries", "stage_table",
-    "StageMap", "stage_map", "stage_map_of_signals", "RunTables", "load_run_tables", "load_stage_map",
-    "run_signals", "run_stage_map", "MissingAnalysisError", "BOUNDARY_KINDS", "TABLE_FILES",
-    "best_probe", "probe_control", "ablation_effect", "log_step", "step_of",
+    "StageMap", "stage_map", "BOUNDARY_KINDS", "log_step", "step_of",
 ]

@@ -1,0 +1,320 @@
+"""The LLC at every checkpoint: one resumable job per checkpoint, on the pure engine in llc_watch.llc.
+
+    >>> df = compute_llc("runs/addition")                              # doctest: +SKIP
+    >>> df[["step", "value", "stderr", "valid"]]                      # doctest: +SKIP
+
+Settings, lowest to highest priority: LLCSettings' defaults < the run's calibration.json choice
+(from `calibrate_run`) < what the caller passes. Each job is keyed by (checkpoint bytes, settings),
+so changed settings write new results beside the old (results/llc/), never mixed with them.
+An invalid estimate has no `value` (its per-chain values stay in `llc_per_chain`, for diagnosis).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import torch
+
+from llc_watch.llc.estimator import estimate_llc, select_params
+from llc_watch.run import Column, Run, TableSchema, register_table
+from llc_watch.signals import Signal
+
+from .base import Analysis, run_analysis
+from llc_watch.settings import SettingsBase
+
+CALIBRATION_FILE = "calibration.json"
+SAMPLERS = ("sgld", "rmsprop_sgld")
+
+
+@dataclass(frozen=True)
+class LLCSettings(SettingsBase):
+    epsilon: float = 1e-4             # SGLD step size ε (calibrate: `llc-watch calibrate RUN`)
+    nbeta: Optional[float] = None     # inverse temperature nβ; None: n/log n with n the data size
+    gamma: float = 100.0              # localisation strength γ
+    chains: int = 4                   # SGLD chains (sampled at once)
+    draws: int = 200                  # draws per chain after burn-in
+    burn_in: int = 100                # steps discarded before the draws
+    steps_between_draws: int = 1      # thinning
+    batch_size: int = 32              # minibatch size for SGLD gradients
+    sampler: str = "sgld"             # update rule: sgld | rmsprop_sgld
+    seed: int = 0                     # sampler seed
+    n_data: int = 4096                # examples drawn for runs trained on fresh samples (n_train = 0)
+    eval_size: Optional[int] = None   # examples for L_n(w*); None: all of the data
+    params: Optional[tuple[str, ...]] = None  # weight-restricted LLC: names, globs or head:L.H; None: all
+    device: str = "auto"              # auto | cpu | cuda (resolved where each job runs)
+    threads: int = 0                  # torch CPU threads in the job; 0: leave torch's default
+    min_healthy_fraction: float = 0.75  # an estimate needs this share of its chains healthy to be valid
+    batch_control: bool = True        # subtract the batch loss at w* per draw (a control variate)
+
+    def validate(self):
+        for name in ("epsilon", "nbeta"):
+            self.positive(name, allow_none=name == "nbeta")
+        self.at_least("gamma", 0)
+        for name in ("chains", "draws", "steps_between_draws", "batch_size", "n_data"):
+            self.at_least(name, 1)
+        self.at_least("burn_in", 0)
+        self.at_least("threads", 0)
+        self.at_least("eval_size", 1, allow_none=True)
+        self.one_of("sampler", SAMPLERS)
+        self.within("min_healthy_fraction", 0.0, 1.0)
+        self.device_name("device")
+
+
+ESTIMATOR_KEYS = ("epsilon", "nbeta", "gamma", "chains", "draws", "burn_in", "steps_between_draws",
+                  "batch_size", "sampler", "seed", "eval_size", "params", "device",
+                  "min_healthy_fraction", "batch_control")
+
+_S, _C = "setting", "column"
+LLC_TABLE = register_table(TableSchema("llc", "llc.csv", "llc-watch llc RUN", (
+    Column("step", "int"), Column("measure", "str", "always 'llc'"),
+    Column("value", "float", "the LLC estimate: mean over healthy chains; empty when the estimate is invalid"),
+    Column("stderr", "float", "standard error over chains"), Column("valid", "bool"),
+    Column("n_healthy", "int", "chains that did not fail"), Column("chains", "int", "chains sampled"),
+    Column("llc_per_chain", "json", "per-chain LLC values (kept for invalid estimates too)"),
+    Column("failed_chains", "json", "per chain: null or why it failed"),
+    Column("init_loss", "float", "L_n(w*)"), Column("rhat", "float", "split-R-hat"), Column("ess", "float"),
+    Column("drift", "float", "second-half minus first-half LLC"), Column("drifting", "bool"),
+    Column("negative", "bool"), Column("warnings", "json", "list of warning lines"),
+    Column("epsilon", "float", _S), Column("nbeta", "float", _S), Column("gamma", "float", _S),
+    Column("draws", "int", _S), Column("burn_in", "int", _S), Column("batch_size", "int", _S),
+    Column("sampler", "str", _S), Column("seed", "int", _S), Column("n", "int", _S),
+    Column("n_params_sampled", "int", _S), Column("params", "json", _S),
+    Column("mean_loss_trace", "json", "sampled loss per step, mean over chains"),
+    Column("draws_per_chain", "int"), Column("sampling_s", "float"),
+    Column("backend", "str", _S, required=False),
+)))
+SETTING_COLUMNS = [c.name for c in LLC_TABLE.columns if c.doc == _S] + ["chains"]
+
+
+# --- the problem at one checkpoint ------------------------------------------------------------------
+
+def llc_data(task, cfg, n_data: int):
+    """The data the LLC is measured on: the run's own training set when it has one (n = its size),
+    else n_data fresh examples from a seed of the run (the model trained on fresh samples)."""
+    from llc_watch.tasks.base import derive_seed
+    from llc_watch.train import TrainingData
+    train_set = TrainingData(task, cfg).train_set
+    if train_set is not None:
+        return train_set
+    return task.sample(int(n_data), derive_seed(cfg.seed, "llc-data"))
+
+
+def head_masks(model, layer: int, head: int) -> dict[str, torch.Tensor]:
+    """One attention head's weights in llc_watch's Transformer, as {parameter: bool mask}.
+
+    W_QKV's output rows are laid out [q | k | v] × heads × d_head; W_O's input columns heads ×
+    d_head. The head owns its q, k, v rows (weight and bias) and its W_O columns (W_O's bias is
+    shared by all heads, so it is left out).
+
+        >>> from llc_watch.model import ModelConfig, Transformer
+        >>> m = Transformer(ModelConfig(n_layers=1, d_model=8, n_heads=2, d_mlp=0, vocab_size=5, n_ctx=4))
+        >>> {k: int(v.sum()) for k, v in head_masks(m, 0, 1).items()}   # 3·4 rows × 8, +12 bias, 8×4
+        {'blocks.0.attn.W_QKV.weight': 96, 'blocks.0.attn.W_QKV.bias': 12, 'blocks.0.attn.W_O.weight': 32}
+    """
+    cfg = model.cfg
+    if not 0 <= layer < cfg.n_layers or not 0 <= head < cfg.n_heads:
+        raise ValueError(f"head:{layer}.{head} does not exist: the model has {cfg.n_layers} layers "
+                         f"of {cfg.n_heads} heads")
+    D, dh = cfg.d_model, cfg.d_model // cfg.n_heads
+    rows = torch.zeros(3 * D, dtype=torch.bool)
+    for part in range(3):
+        rows[part * D + head * dh: part * D + (head + 1) * dh] = True
+    cols = torch.zeros(D, dtype=torch.bool)
+    cols[head * dh:(head + 1) * dh] = True
+    p = f"blocks.{layer}.attn"
+    return {f"{p}.W_QKV.weight": rows[:, None].expand(3 * D, D).clone(), f"{p}.W_QKV.bias": rows,
+            f"{p}.W_O.weight": cols[None, :].expand(D, D).clone()}
+
+
+def resolve_params(model, spec):
+    """Settings' `params` -> estimate_llc's: None, or a list of names / glob patterns / "head:L.H"."""
+    if spec is None:
+        return None
+    items = [spec] if isinstance(spec, str) else list(spec)
+    out: dict = {}
+    for item in items:
+        if item.startswith("head:"):
+            try:
+                layer, head = (int(x) for x in item[5:].split("."))
+            except ValueError:
+                raise ValueError(f"params {item!r}: write a head as head:LAYER.HEAD, e.g. head:0.1") from None
+            for k, m in head_masks(model, layer, head).items():
+                out[k] = m if k not in out or out[k] is None else (out[k] | m)
+        else:
+            out.update(select_params(model, item))
+    return out
+
+
+def estimator_kwargs(settings: dict, model=None) -> dict:
+    kw = {k: settings[k] for k in ESTIMATOR_KEYS if k in settings}
+    if kw.get("device") == "auto":
+        kw["device"] = None
+    if model is not None:
+        kw["params"] = resolve_params(model, kw.get("params"))
+    return kw
+
+
+def checkpoint_problem(checkpoint, settings: dict):
+    """(settings with defaults, model, loss_fn, data) for sampling at one checkpoint: what the LLC
+    job and the calibration job share."""
+    s = {**LLCSettings().to_dict(), **settings}
+    if s.get("threads"):
+        torch.set_num_threads(int(s["threads"]))
+    cfg = checkpoint.config()
+    task = cfg.make_task()
+    model = checkpoint.load_model()
+    return s, model, (lambda m, b: task.loss(m(b.tokens), b)), llc_data(task, cfg, s["n_data"])
+
+
+def _finite(x):
+    return x if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+def llc_job(checkpoint, settings: dict) -> list[dict]:
+    """Estimate the LLC at one checkpoint; one tidy row (measure 'llc'). Top level: picklable."""
+    s, model, loss_fn, data = checkpoint_problem(checkpoint, settings)
+    r = estimate_llc(model, loss_fn, data, **estimator_kwargs(s, model))
+    h, d = r.hyperparameters, r.diagnostics
+    draws = [[tr[t] for t in r.draw_steps] for tr in r.loss_traces]
+    mean_trace = [sum(col) / len(col) for col in zip(*r.loss_traces)]
+    return [{
+        "step": checkpoint.step, "measure": "llc", "value": _finite(r.llc_mean) if r.valid else None,
+        "stderr": _finite(r.llc_stderr) if r.valid else None, "valid": r.valid,
+        "n_healthy": r.n_healthy, "chains": h["chains"],
+        "llc_per_chain": json.dumps([_finite(v) for v in r.llc_per_chain]),
+        "failed_chains": json.dumps([f for f in r.chain_failed]),
+        "init_loss": r.init_loss, "rhat": _finite(d["rhat"]), "ess": _finite(d["ess"]),
+        "drift": _finite(d["drift"]), "drifting": d["drifting"], "negative": d["negative"],
+        "warnings": json.dumps(r.warnings),
+        "epsilon": h["epsilon"], "nbeta": h["nbeta"], "gamma": h["gamma"], "draws": h["draws"],
+        "burn_in": h["burn_in"], "batch_size": h["batch_size"], "sampler": h["sampler"],
+        "seed": h["seed"], "n": h["n"], "n_params_sampled": h["n_params_sampled"],
+        "params": json.dumps(h["params"]),
+        "mean_loss_trace": json.dumps([_finite(v) for v in mean_trace]),
+        "draws_per_chain": len(draws[0]) if draws else 0,
+        "sampling_s": r.timing["sampling_s"],
+    }]
+
+
+# --- run level -----------------------------------------------------------------------------------
+
+def load_calibration(run_dir) -> dict | None:
+    """The `choice` saved by calibrate_run, or None when the run has not been calibrated."""
+    run = run_dir if isinstance(run_dir, Run) else Run(run_dir)
+    data = run.read_json(CALIBRATION_FILE)
+    if data is None:
+        return None
+    if not isinstance(data, dict) or "choice" not in data:
+        from llc_watch.checkpoints import CheckpointError
+        raise CheckpointError(f"{run.dir / CALIBRATION_FILE} has no 'choice'; delete it and rerun "
+                              f"`llc-watch calibrate {run.dir}`")
+    return data["choice"]
+
+
+def _as_bool(s: pd.Series) -> pd.Series:
+    if s.dtype == bool:
+        return s
+    return s.astype(str).str.strip().str.lower().isin(["true", "1", "yes"])
+
+
+def llc_rows(llc: pd.DataFrame) -> pd.DataFrame:
+    """llc.csv with numeric value/stderr and a boolean `valid` (invalid rows have no value)."""
+    v = llc.copy()
+    v["value"] = pd.to_numeric(v["value"], errors="coerce")
+    v["stderr"] = pd.to_numeric(v["stderr"], errors="coerce") if "stderr" in v else np.nan
+    v["valid"] = (_as_bool(v["valid"]) if "valid" in v else True) & np.isfinite(v["value"])
+    return v
+
+
+def warning_lines(w) -> list[str]:
+    """llc.csv stores each checkpoint's warnings as a JSON list."""
+    if w is None or (isinstance(w, float) and np.isnan(w)) or str(w).strip() in ("", "[]", "nan"):
+        return []
+    try:
+        parsed = json.loads(w) if isinstance(w, str) else w
+    except json.JSONDecodeError:
+        return [str(w)]
+    return [str(x) for x in parsed] if isinstance(parsed, list) else [str(parsed)]
+
+
+def estimate_warnings(df: pd.DataFrame) -> list[str]:
+    """One line per checkpoint whose estimate is invalid or carries warnings."""
+    out = []
+    for _, row in df.iterrows():
+        ws = warning_lines(row.get("warnings"))
+        if ws:
+            tag = "INVALID" if not _as_bool(pd.Series([row["valid"]])).iloc[0] else "warning"
+            out.append(f"step {row['step']}: {tag}: " + "; ".join(ws))
+    return out
+
+
+class LLC(Analysis):
+    name = "llc"
+    Settings = LLCSettings
+    schema = LLC_TABLE
+    job = staticmethod(llc_job)
+    help = "estimate the local learning coefficient at every checkpoint"
+    description = ("Estimate the LLC at every checkpoint with localised SGLD, chains batched. Resumable: "
+                   "finished checkpoints are skipped; changed settings are stored beside the old ones. "
+                   "Settings default to the run's calibration.json (from `llc-watch calibrate`). Writes "
+                   "llc.csv; an invalid estimate has no value, and a warning is printed for it.")
+
+    def settings(self, run, given=None):
+        calib = load_calibration(run) if run is not None else None
+        return self.Settings.from_mapping(given, base=calib)
+
+    def signals(self, table):
+        v = llc_rows(table)
+        v = v[v["valid"]]
+        g = v.groupby("step").agg(value=("value", "mean"), stderr=("stderr", "mean"))
+        if not len(g):
+            return {}
+        return {"llc": Signal("llc", "llc", g.index.to_numpy(float), g["value"].to_numpy(float),
+                              g["stderr"].to_numpy(float))}
+
+    def invalid_steps(self, table) -> list[float]:
+        v = llc_rows(table)
+        return sorted(float(s) for s in v.loc[~v["valid"], "step"].unique())
+
+    def warnings(self, table):
+        v = llc_rows(table)
+        out = []
+        bad = self.invalid_steps(table)
+        if bad:
+            out.append(f"{len(bad)} of {v['step'].nunique()} LLC checkpoints are invalid and were left out of "
+                       f"the LLC fit (steps {', '.join(f'{s:g}' for s in bad[:10])}{', ...' if len(bad) > 10 else ''})")
+        for step, w in zip(v["step"], v["warnings"] if "warnings" in v else []):
+            out += [f"LLC at step {step:g}: {line}" for line in warning_lines(w)]
+        return out
+
+    def stage_map_kwargs(self, table) -> dict:
+        return {"llc_invalid_steps": self.invalid_steps(table)}
+
+    def summary(self, run, table):
+        s = table.attrs.get("settings")
+        lines = []
+        if s is not None:
+            lines.append(f"settings ({'calibration.json' if load_calibration(run) else 'defaults'} + given): "
+                         + ", ".join(f"{k}={getattr(s, k)}" for k in ("epsilon", "nbeta", "gamma", "chains",
+                                                                        "draws", "burn_in", "batch_size", "sampler")))
+        cols = [c for c in ("step", "value", "stderr", "valid", "rhat", "drift") if c in table.columns]
+        lines.append(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        return lines
+
+
+LLC_ANALYSIS = LLC()
+
+
+def compute_llc(run_dir, settings=None, checkpoints=None, executor=None, progress: bool = True) -> pd.DataFrame:
+    """LLC at every (or the given) checkpoint of a run; writes RUN/llc.csv and returns the table.
+
+    settings: a mapping of LLCSettings fields (or an LLCSettings). The frame's attrs carry
+    'settings' and 'warnings' (one line per invalid or suspicious estimate).
+    """
+    df = run_analysis(LLC_ANALYSIS, run_dir, settings, checkpoints, executor, progress)
+    df.attrs["warnings"] = estimate_warnings(df)
+    return df

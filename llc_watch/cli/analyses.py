@@ -1,0 +1,89 @@
+"""Subcommands that analyse a run folder: one per registered analysis (generated from its Settings),
+and `stages` and `report`."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .options import add_settings_options, given_settings, parse_steps
+
+
+def add_job_args(p) -> None:
+    """Options every per-checkpoint analysis shares."""
+    p.add_argument("run", help="run folder (made by `llc-watch train`)")
+    p.add_argument("--checkpoints", metavar="STEPS", help="comma-separated steps (default: every checkpoint)")
+    p.add_argument("--executor", choices=["local", "serial", "process", "submitit-local", "slurm", "ray", "dask"],
+                   help="where jobs run (default: this process; see docs/executors.md)")
+    p.add_argument("--executor-config", metavar="FILE", help="TOML file of engine options")
+    p.add_argument("--workers", type=int, help="parallel workers for the chosen executor")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_command(analysis):
+    def cmd(args) -> int:
+        from llc_watch.analyses import run_analysis
+        from llc_watch.executors import executor_from_cli
+        from llc_watch.run import open_run
+        run = open_run(args.run)
+        given = given_settings(args, analysis.Settings)
+        analysis.settings(run, given)               # validated before any executor starts or checkpoint loads
+        steps = parse_steps(args.checkpoints)
+        with executor_from_cli(args.executor, args.executor_config, args.workers, run_dir=run.dir) as ex:
+            table = run_analysis(analysis, run, given, checkpoints=steps, executor=ex, progress=not args.quiet)
+        for line in analysis.summary(run, table):
+            print(line)
+        for line in analysis.warnings(table):
+            print(f"warning: {line}", file=sys.stderr)
+        print(f"wrote {run.path(analysis.schema.name)} ({len(table)} rows; {table.attrs.get('summary', '')})")
+        return 0
+    return cmd
+
+
+def cmd_stages(args) -> int:
+    from llc_watch.analyses import run_stage_map
+    sm = run_stage_map(args.run, tolerance=args.tolerance, resamples=args.resamples, save=True)
+    print(sm.summary())
+    print(f"wrote {Path(args.run) / 'stages.csv'}, boundaries.csv, stage_map.json")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from llc_watch.analyses import run_stage_map
+    from llc_watch.report import write_report
+    from llc_watch.run import open_run
+    run = open_run(args.run)
+    sm = run_stage_map(run, save=args.out is None)   # --out: nothing is written into the run
+    path = write_report(run, out_path=args.out, stage_map=sm)
+    for w in sm.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"report: {path.resolve()}")
+    return 0
+
+
+def add_subcommands(sub) -> None:
+    from llc_watch.analyses import REGISTRY
+    for a in REGISTRY.values():
+        name = getattr(a, "command", a.name)
+        p = sub.add_parser(name, help=a.help, description=a.description)
+        add_job_args(p)
+        add_settings_options(p, a.Settings, hidden=getattr(a, "cli_hidden", ()),
+                             title=f"{a.name} settings ({a.Settings.__name__}; defaults shown)")
+        p.set_defaults(fn=run_command(a))
+
+    p = sub.add_parser("stages", help="find stage boundaries in LLC, loss, probes and ablations, aligned",
+                       description="Turn a run's per-checkpoint tables into a stage map: boundaries per "
+                                   "signal on log step, aligned across signals, quiet stages marked. Writes "
+                                   "stages.csv, boundaries.csv and stage_map.json into the run folder.")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--tolerance", type=float, default=0.35,
+                   help="alignment tolerance in log(step + 1) (default 0.35)")
+    p.add_argument("--resamples", type=int, default=100,
+                   help="redraws within the standard errors for boundary intervals (default 100)")
+    p.set_defaults(fn=cmd_stages)
+
+    p = sub.add_parser("report", help="write one self-contained HTML report for a run",
+                       description="Draw the stage map and write a self-contained HTML report (figures, "
+                                   "stage table, hyperparameters, diagnostics and warnings).")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--out", help="HTML file (default RUN/report.html); with --out nothing is written into the run")
+    p.set_defaults(fn=cmd_report)
