@@ -19,8 +19,10 @@ $(VENV)/.installed: pyproject.toml
 demo: setup        ## train the addition preset and run every analysis, the report at the end
 	$(VENV)/bin/llc-watch pipeline --preset addition --out $(RUN)
 
-test: setup        ## the fast suite (what CI runs)
+test: setup        ## the fast suite (what CI runs): import layers, the tests, the docstrings' examples
+	$(VENV)/bin/lint-imports
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q --doctest-modules llc_watch
 
 test-slow: setup   ## the long statistical runs
 	$(PY) -m pytest -q -m slow

@@ -5,7 +5,7 @@ task -> model -> training -> per-checkpoint analyses -> tidy tables -> stages ->
     >>> import llc_watch as lw
     >>> cfg = lw.RunConfig.from_preset("addition-tiny")
     >>> run = lw.train(cfg, "runs/tiny")                 # doctest: +SKIP
-    >>> llc = lw.compute_llc("runs/tiny")                # doctest: +SKIP  one row per checkpoint
+    >>> llc = lw.compute_llc("runs/tiny")                # doctest: +SKIP
     >>> sorted(lw.REGISTRY)                              # every per-checkpoint analysis
     ['ablations', 'calibration', 'fourier', 'llc', 'probes']
 

@@ -1,23 +1,27 @@
 """Frozen settings dataclasses: one default per setting, in one place, with its comment as its help.
 
-An analysis's Settings is a frozen dataclass whose fields carry commented defaults:
+An analysis's Settings is a frozen dataclass whose fields carry commented defaults, e.g.
 
-    >>> from dataclasses import dataclass
-    >>> @dataclass(frozen=True)
-    ... class Demo(SettingsBase):
-    ...     draws: int = 200          # draws per chain after burn-in
-    ...     epsilon: float = 1e-4     # SGLD step size
-    ...     def validate(self):
-    ...         self.at_least("draws", 1)
-    ...         self.positive("epsilon")
-    >>> field_help(Demo)["draws"]
-    'draws per chain after burn-in'
-    >>> Demo(draws=0)                                                      # doctest: +IGNORE_EXCEPTION_DETAIL
+    @dataclass(frozen=True)
+    class ProbeSettings(SettingsBase):
+        n_train: int = 2048               # probe-set examples that fit probes (Naidu et al. used 10,000)
+        C: float = 100.0                  # inverse L2 strength, sklearn's convention
+        ...
+        def validate(self):
+            self.at_least("n_train", 1)
+            self.positive("C")
+
+The comment is the help (the CLI reads it from the source):
+
+    >>> from llc_watch.probes import ProbeSettings
+    >>> field_help(ProbeSettings)["C"]
+    "inverse L2 strength, sklearn's convention"
+    >>> ProbeSettings(C=-1.0)                                              # doctest: +IGNORE_EXCEPTION_DETAIL
     Traceback (most recent call last):
-    SettingsError: draws=0: must be >= 1
-    >>> Demo.from_mapping({"drawz": 3})                                     # doctest: +IGNORE_EXCEPTION_DETAIL
+    SettingsError: C=-1.0: must be > 0
+    >>> ProbeSettings.from_mapping({"n_trian": 3})                          # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    SettingsError: unknown setting(s) ['drawz']; known: draws, epsilon
+    llc_watch.settings.SettingsError: unknown setting(s) ['n_trian']; known: n_train, ...
 
 Validation runs when the object is made, so every caller (CLI, TOML, Python) is checked before any
 checkpoint is loaded. Float fields must be finite unless the default is itself not finite.
