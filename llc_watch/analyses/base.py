@@ -72,7 +72,7 @@ class Analysis:
         """Which checkpoints to run on: the given steps (or Checkpoints), else all."""
         if steps is None:
             return run.checkpoints()
-        if all(isinstance(c, Checkpoint) for c in steps):
+        if all(hasattr(c, "path") and hasattr(c, "step") for c in steps):   # Checkpoint-like handles
             return list(steps)
         return run.checkpoints([int(s) for s in steps])
 
@@ -172,7 +172,7 @@ def run_signals(run: Run | str) -> tuple[dict[str, Signal], list[str], dict[str,
     tables = run.tables()
     warnings: list[str] = []
     missing: dict[str, str] = {}
-    if "metrics" not in tables:
+    if "metrics" not in tables and getattr(run, "config", None) is not None:   # bring-your-own runs have none
         missing["metrics"] = f"{run.path('metrics')} not found: run `llc-watch train`"
     for a in REGISTRY.values():
         if not a.applies_to(run.task):

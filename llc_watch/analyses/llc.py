@@ -164,6 +164,8 @@ def checkpoint_problem(checkpoint, settings: dict):
     s = {**LLCSettings().to_dict(), **settings}
     if s.get("threads"):
         torch.set_num_threads(int(s["threads"]))
+    if hasattr(checkpoint, "llc_problem"):   # a bring-your-own checkpoint brings its own problem
+        return (s, *checkpoint.llc_problem())
     cfg = checkpoint.config()
     task = cfg.make_task()
     model = checkpoint.load_model()
@@ -204,7 +206,8 @@ def llc_job(checkpoint, settings: dict) -> list[dict]:
 
 def load_calibration(run_dir) -> dict | None:
     """The `choice` saved by calibrate_run, or None when the run has not been calibrated."""
-    run = run_dir if isinstance(run_dir, Run) else Run(run_dir)
+    from llc_watch.run import open_run
+    run = run_dir if isinstance(run_dir, Run) else open_run(run_dir)
     data = run.read_json(CALIBRATION_FILE)
     if data is None:
         return None

@@ -10,21 +10,44 @@ from .options import add_settings_options, given_settings, parse_steps
 
 def add_job_args(p) -> None:
     """Options every per-checkpoint analysis shares."""
-    p.add_argument("run", help="run folder (made by `llc-watch train`)")
+    p.add_argument("run", nargs="?", help="run folder (made by `llc-watch train`, or by --problem ... --out RUN)")
     p.add_argument("--checkpoints", metavar="STEPS", help="comma-separated steps (default: every checkpoint)")
     p.add_argument("--executor", choices=["local", "serial", "process", "submitit-local", "slurm", "ray", "dask"],
                    help="where jobs run (default: this process; see docs/executors.md)")
     p.add_argument("--executor-config", metavar="FILE", help="TOML file of engine options")
     p.add_argument("--workers", type=int, help="parallel workers for the chosen executor")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("bring your own run (your checkpoints and model)")
+    g.add_argument("--problem", metavar="MODULE:FUNCTION",
+                   help="a function returning your model, loss (model, batch) -> loss, and data")
+    g.add_argument("--checkpoint-dir", metavar="DIR", help="your checkpoint files (.safetensors, .pt, .pth)")
+    g.add_argument("--step-pattern", metavar="REGEX", help="regex whose group 1 is the step (default: the "
+                                                          "last number in the file name)")
+    g.add_argument("--out", metavar="RUN", help="the run folder to create (tables and results go there)")
+
+
+def open_cli_run(args):
+    """The run folder the user named, or the bring-your-own one --problem/--checkpoint-dir/--out describe."""
+    from llc_watch.run import create_foreign_run, open_run
+    from .errors import UserError
+    byo = [getattr(args, k, None) for k in ("problem", "checkpoint_dir", "out")]
+    if any(byo):
+        if not all(byo):
+            raise UserError("a bring-your-own run needs all of --problem MODULE:FUNCTION, --checkpoint-dir DIR "
+                            "and --out RUN")
+        if args.run:
+            raise UserError("give either a run folder or --problem/--checkpoint-dir/--out, not both")
+        return create_foreign_run(args.out, args.problem, args.checkpoint_dir, args.step_pattern)
+    if not args.run:
+        raise UserError("give a run folder (or --problem, --checkpoint-dir and --out for your own checkpoints)")
+    return open_run(args.run)
 
 
 def run_command(analysis):
     def cmd(args) -> int:
         from llc_watch.analyses import run_analysis
         from llc_watch.executors import executor_from_cli
-        from llc_watch.run import open_run
-        run = open_run(args.run)
+        run = open_cli_run(args)
         given = given_settings(args, analysis.Settings)
         analysis.settings(run, given)               # validated before any executor starts or checkpoint loads
         steps = parse_steps(args.checkpoints)
@@ -41,7 +64,8 @@ def run_command(analysis):
 
 def cmd_stages(args) -> int:
     from llc_watch.analyses import run_stage_map
-    sm = run_stage_map(args.run, tolerance=args.tolerance, resamples=args.resamples, save=True)
+    from llc_watch.run import open_run
+    sm = run_stage_map(open_run(args.run), tolerance=args.tolerance, resamples=args.resamples, save=True)
     print(sm.summary())
     print(f"wrote {Path(args.run) / 'stages.csv'}, boundaries.csv, stage_map.json")
     return 0

@@ -15,10 +15,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from llc_watch.executors import ExecutorConfigError, MissingEngineError
     from llc_watch.llc import CalibrationError, LLCError, SamplerError
     from llc_watch.model import ModelConfigError
+    from llc_watch.problem import ProblemError
     from llc_watch.report import ReportError
     from llc_watch.run import MissingAnalysisError, TableError
     from llc_watch.settings import SettingsError
     from llc_watch.tasks import TaskConfigError
     return (UserError, ConfigError, CheckpointError, TaskConfigError, ModelConfigError, MissingAnalysisError,
             TableError, SettingsError, DeviceError, ReportError, ExecutorConfigError, MissingEngineError,
-            CalibrationError, LLCError, SamplerError)
+            CalibrationError, LLCError, SamplerError, ProblemError)
