@@ -28,6 +28,7 @@ from llc_watch.settings import SettingsBase
 
 CALIBRATION_FILE = "calibration.json"
 SAMPLERS = ("sgld", "rmsprop_sgld")
+BACKENDS = ("ours", "devinterp")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class LLCSettings(SettingsBase):
     threads: int = 0                  # torch CPU threads in the job; 0: leave torch's default
     min_healthy_fraction: float = 0.75  # an estimate needs this share of its chains healthy to be valid
     batch_control: bool = True        # subtract the batch loss at w* per draw (a control variate)
+    backend: str = "ours"             # ours | devinterp: devinterp's reference llc() on the same checkpoints,
+                                      # to cross-check (no diagnostics; valid = every chain finite)
 
     def validate(self):
         for name in ("epsilon", "nbeta"):
@@ -60,6 +63,9 @@ class LLCSettings(SettingsBase):
         self.at_least("threads", 0)
         self.at_least("eval_size", 1, allow_none=True)
         self.one_of("sampler", SAMPLERS)
+        self.one_of("backend", BACKENDS)
+        if self.backend == "devinterp" and (self.params is not None or self.sampler != "sgld"):
+            self._fail("backend", "devinterp runs plain SGLD on every weight here: leave params and sampler unset")
         self.within("min_healthy_fraction", 0.0, 1.0)
         self.device_name("device")
 
@@ -176,9 +182,38 @@ def _finite(x):
     return x if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
+def devinterp_row(checkpoint, s: dict, model, loss_fn, data) -> dict:
+    """The same row from devinterp's reference llc() (llc_watch.llc.devinterp_ref.devinterp_llc)."""
+    import time
+    from llc_watch.device import resolve_device
+    from llc_watch.llc.devinterp_ref import devinterp_llc
+    t0 = time.perf_counter()
+    r = devinterp_llc(model, loss_fn, data, epsilon=s["epsilon"], nbeta=s["nbeta"], gamma=s["gamma"],
+                      chains=s["chains"], draws=s["draws"], burn_in=s["burn_in"], batch_size=s["batch_size"],
+                      seed=s["seed"], device=resolve_device(s["device"]))
+    valid = all(math.isfinite(v) for v in r["llc_per_chain"])
+    warnings = ["devinterp backend: no failed-chain, R-hat or drift diagnostics; valid = every chain finite"]
+    return {
+        "step": checkpoint.step, "measure": "llc", "value": _finite(r["llc_mean"]) if valid else None,
+        "stderr": _finite(r["llc_stderr"]) if valid else None, "valid": valid,
+        "n_healthy": sum(math.isfinite(v) for v in r["llc_per_chain"]), "chains": s["chains"],
+        "llc_per_chain": json.dumps([_finite(v) for v in r["llc_per_chain"]]),
+        "failed_chains": json.dumps([None if math.isfinite(v) else "non-finite" for v in r["llc_per_chain"]]),
+        "init_loss": r["init_loss"], "rhat": None, "ess": None, "drift": None, "drifting": False,
+        "negative": bool(valid and r["llc_mean"] < 0), "warnings": json.dumps(warnings),
+        "epsilon": s["epsilon"], "nbeta": r["nbeta"], "gamma": s["gamma"], "draws": s["draws"],
+        "burn_in": s["burn_in"], "batch_size": s["batch_size"], "sampler": "sgld", "seed": s["seed"], "n": r["n"],
+        "n_params_sampled": sum(p.numel() for p in model.parameters()), "params": json.dumps(None),
+        "mean_loss_trace": json.dumps([_finite(v) for v in r["loss_trace"]]), "draws_per_chain": s["draws"],
+        "sampling_s": time.perf_counter() - t0, "backend": "devinterp",
+    }
+
+
 def llc_job(checkpoint, settings: dict) -> list[dict]:
     """Estimate the LLC at one checkpoint; one tidy row (measure 'llc'). Top level: picklable."""
     s, model, loss_fn, data = checkpoint_problem(checkpoint, settings)
+    if s.get("backend") == "devinterp":
+        return [devinterp_row(checkpoint, s, model, loss_fn, data)]
     r = estimate_llc(model, loss_fn, data, **estimator_kwargs(s, model))
     h, d = r.hyperparameters, r.diagnostics
     draws = [[tr[t] for t in r.draw_steps] for tr in r.loss_traces]
@@ -198,7 +233,7 @@ def llc_job(checkpoint, settings: dict) -> list[dict]:
         "params": json.dumps(h["params"]),
         "mean_loss_trace": json.dumps([_finite(v) for v in mean_trace]),
         "draws_per_chain": len(draws[0]) if draws else 0,
-        "sampling_s": r.timing["sampling_s"],
+        "sampling_s": r.timing["sampling_s"], "backend": "ours",
     }]
 
 
