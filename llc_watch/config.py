@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import json
 import sys
 from dataclasses import dataclass, field
@@ -208,6 +209,8 @@ def _build(cls, values: dict, section: str):
             v = int(v)
         if isinstance(default, float) and isinstance(v, int):
             v = float(v)
+        if isinstance(v, float) and not math.isfinite(v):   # inf/nan pass every range check; refuse them here
+            raise ConfigError(f"{section}.{k}={v!r}: must be a finite number")
         out[k] = v
     return cls(**out)
 

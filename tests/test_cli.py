@@ -34,6 +34,7 @@ def test_tasks_lists_features(capsys):
     (["train", "--preset", "nope"], ["unknown preset 'nope'"]),
     (["train", "--preset", "addition-tiny", "--set", "train.lr=-1"], ["train.lr"]),
     (["train", "--preset", "addition-tiny", "--set", "lr"], ["section.key=value"]),
+    (["train", "--preset", "addition-tiny", "--set", "train.lr=inf"], ["train.lr=inf: must be a finite number"]),
     (["train"], ["--preset"]),
     (["train", "--config", "/no/such.toml"], ["does not exist"]),
     (["llc", "/no/such/run"], ["not an llc_watch run folder", "llc-watch train"]),
