@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import json
 
 from llc_watch.run import MissingAnalysisError, Run, open_run
 from llc_watch.stages.stage_map import StageMap, stage_map
