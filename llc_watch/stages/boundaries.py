@@ -144,6 +144,17 @@ def _moves(xg, m, s, min_size):
     return sorted(out)
 
 
+def _refine(xg, z, i):
+    """x of the maximum of z near grid index i (a parabola through i-1, i, i+1), so locations are
+    not stuck on grid points."""
+    if 0 < i < len(z) - 1:
+        a, b, c = z[i - 1], z[i], z[i + 1]
+        den = a - 2 * b + c
+        if den < 0:
+            return float(xg[i] + np.clip(0.5 * (a - c) / den, -0.5, 0.5) * (xg[i + 1] - xg[i]))
+    return float(xg[i])
+
+
 def _slope_at(xg, s, x):
     return float(np.interp(x, xg, s))
 
@@ -183,7 +194,7 @@ def _read_llc(xg, m, s, thr):
             else:
                 seg = p[5] * m[ia:ib + 1]
                 k = ia + int(np.argmax(seg)) if len(seg) else ia
-                out.append((float(xg[k]), "slope-zero", size))
+                out.append((_refine(xg, p[5] * m, k), "slope-zero", size))
         elif gap_flat(ia, ib, h, np.min):
             # between moves of one sign: the slope comes near zero somewhere (the GP bleeds a move's
             # slope into a plateau beside it, so the gap's median would call short plateaus sloped)
@@ -215,7 +226,7 @@ def _read_loss(xg, m, s, thr, direction):
         st = size / thr["range"]
         if xa - xg[0] >= thr["min_gap"]:
             out.append((xa, "plateau-end", st))
-        out.append((float(xg[i]), "drop", st))
+        out.append((_refine(xg, sign * s, i), "drop", st))
         if xg[-1] - xb >= thr["min_gap"]:
             out.append((xb, "drop-end", st))
     return out
@@ -235,7 +246,7 @@ def _read_onset(xg, m, thr, direction, frac):
 
 def _read_peaks(xg, m, thr):
     pk, props = find_peaks(m, prominence=thr["min_size"])
-    return [(float(xg[i]), "peak", p / thr["range"]) for i, p in zip(pk, props["prominences"])]
+    return [(_refine(xg, m, i), "peak", p / thr["range"]) for i, p in zip(pk, props["prominences"])]
 
 
 def _read(xg, m, kind, direction, thr, frac):
@@ -296,7 +307,7 @@ def find_boundaries(steps, values, stderr=None, kind: str = "llc", signal: str |
                     direction: str = "auto", resamples: int = 100, seed: int = 0,
                     min_rel_change: float = 0.1, min_snr: float = 3.0, min_evidence: float = 3.0,
                     min_support: float = 0.5, onset_fraction: float = 0.5, min_gap: float = 0.3,
-                    flat: float = 0.25, kink_span: float = 0.25, coverage: float = 0.9,
+                    flat: float = 0.25, kink_span: float | None = None, coverage: float = 0.9,
                     widen: float = 1.75, strong: Mapping | None = None,
                     smooth: Smooth | None = None, components=None, **ignored) -> list[Boundary]:
     """Boundaries of one signal over log(step + 1), each with a `coverage` interval in steps.
@@ -327,7 +338,7 @@ def find_boundaries(steps, values, stderr=None, kind: str = "llc", signal: str |
                                       min_support=min_support, min_gap=min_gap, flat=flat, kink_span=kink_span,
                                       coverage=coverage, widen=widen, strong=strong)
     if kind not in ("llc", "loss", "onset", "emergence"):
-        _read(np.zeros(1), np.zeros(1), kind, "up", {}, 0.5)  # raises, naming the kind
+        raise ValueError(f"unknown kind {kind!r}; use 'llc', 'loss', 'onset', 'emergence' or 'trajectory'")
     if smooth is None:
         try:
             smooth = smooth_signal(steps, values, stderr)
@@ -337,7 +348,10 @@ def find_boundaries(steps, values, stderr=None, kind: str = "llc", signal: str |
     evidence = sm.evidence_change if kind in ("onset", "emergence") else sm.evidence_nonlinear
     if evidence < min_evidence:
         return []
-    ms, thr = _thresholds(sm, min_rel_change, min_snr, min_gap, flat, kink_span)
+    # a kink: the slope changes by 40 % of the move's peak across the edge, within a length scale
+    # (or kink_span) each side: the GP spreads a corner over about one length scale
+    ms, thr = _thresholds(sm, min_rel_change, min_snr, min_gap, flat,
+                          max(0.25, sm.lengthscale) if kink_span is None else kink_span)
     if direction == "auto":
         direction = "up" if ms[-1] >= ms[0] else "down"
     if direction not in ("up", "down"):
