@@ -445,7 +445,9 @@ def _trajectory_boundaries(steps, values, components, signal, *, resamples, seed
     groups: list[list] = []
     for j, b in per:
         g = groups[-1] if groups else None
-        if g and any(b.lo <= m.step <= m.hi or m.lo <= b.step <= m.hi for _, m in g):
+        # one event if within each other's intervals, or within 0.25 in log step (noise-free paths
+        # have zero-width intervals)
+        if g and any(b.lo <= m.step <= b.hi or m.lo <= b.step <= m.hi or abs(b.x - m.x) <= 0.25 for _, m in g):
             g.append((j, b))
         else:
             groups.append([(j, b)])
