@@ -8,12 +8,13 @@ synthetic noisy LLC curve and wired to the real LLC job by the CLI (`llc-watch l
     >>> import numpy as np
     >>> from llc_watch.stages.synthetic import planted_llc
     >>> c = planted_llc(3)
+    >>> rng = np.random.default_rng(0)
     >>> def estimate(steps, draws):           # an LLC whose noise falls as 1/sqrt(draws)
     ...     sd = 0.03 * np.ptp(c.truth) * np.sqrt(400 / draws)
-    ...     rng = np.random.default_rng(int(draws) + len(steps))
-    ...     return np.interp(steps, c.steps, c.truth) + sd * rng.standard_normal(len(steps)), np.full(len(steps), sd)
-    >>> r = adaptive_estimate(estimate, c.steps[::2], AdaptiveSettings(), candidates=c.steps)
-    >>> r.total_draws < 0.3 * 400 * len(c.steps)
+    ...     truth = np.interp(np.log1p(steps), np.log1p(c.steps), c.truth)
+    ...     return truth + sd * rng.standard_normal(len(steps)), np.full(len(steps), sd)
+    >>> r = adaptive_estimate(estimate, c.steps, AdaptiveSettings())
+    >>> bool(r.total_draws < 400 * len(c.steps)) and len(r.boundaries) > 0
     True
 """
 from __future__ import annotations
@@ -34,7 +35,8 @@ class AdaptiveSettings:
     max_rounds: int = 5          # refinement rounds after the first pass
     width_goal: float = 0.5      # a boundary whose 90 % interval is narrower (in log step) ...
     support_goal: float = 0.9    # ... and that exists in this share of posterior draws needs nothing more
-    shrink: float = 0.1          # stop when the uncertain intervals' total width shrinks by less than this fraction
+    shrink: float = 0.1          # stop when the unsettled intervals' total width shrinks by less than this fraction
+    patience: int = 1            # ... in this many rounds in a row
     reach: float = 1.0           # refine checkpoints within the interval widened by this many half-widths
     per_boundary: int = 3        # at most this many checkpoints (refined or new) per unsettled boundary per round
     kind: str = "llc"            # how boundaries are read (see find_boundaries)
@@ -132,12 +134,12 @@ def adaptive_estimate(estimate: Callable, steps: Sequence[float], s: AdaptiveSet
 
     bs = read()
     # nothing to refine around: the first pass was too noisy to show any boundary; add draws everywhere
-    while not any(b.strong for b in bs) and dr.min() < s.full_draws:
+    while not bs and dr.min() < s.full_draws:
         total += pool(np.arange(len(st)), min(dr.min(), s.full_draws - dr.min()))  # double
         bs = read()
     history = [{"round": 0, "checkpoints": len(st), "draws": total, "unsettled": sum(needs_more(b, s) for b in bs),
                 "unsettled_width": sum(b.width for b in bs if needs_more(b, s))}]
-    stopped = "max_rounds"
+    stopped, stalls = "max_rounds", 0
     for r in range(1, s.max_rounds + 1):
         width = history[-1]["unsettled_width"]
         if history[-1]["unsettled"] == 0:
@@ -164,7 +166,8 @@ def adaptive_estimate(estimate: Callable, steps: Sequence[float], s: AdaptiveSet
         unsettled = [b for b in bs if needs_more(b, s)]
         history.append({"round": r, "checkpoints": len(st), "draws": spent, "unsettled": len(unsettled),
                         "unsettled_width": sum(b.width for b in unsettled)})
-        if unsettled and history[-1]["unsettled_width"] > (1 - s.shrink) * width:
+        stalls = stalls + 1 if history[-1]["unsettled_width"] > (1 - s.shrink) * width else 0
+        if unsettled and stalls >= s.patience:
             stopped = "intervals stopped shrinking"
             break
     else:
