@@ -199,6 +199,24 @@ class StageMap:
         """Every boundary, strongest evidence first: strong ones, then by support, then by strength."""
         return sorted(self.boundaries, key=lambda b: (not b.strong, -b.support, -np.nan_to_num(b.strength)))
 
+    def transitions(self) -> pd.DataFrame:
+        """One row per aligned group holding a strong boundary: what the summary calls a transition.
+
+        Columns: group, step (median over its strong members), lo, hi (the union of their
+        intervals), n_strong, what ("signal kind, ..." of its strong members).
+        """
+        cols = ["group", "step", "lo", "hi", "n_strong", "what"]
+        a = self.aligned
+        if not len(a) or "strong" not in a.columns:
+            return pd.DataFrame(columns=cols)
+        a = a[a["strong"].astype(bool)]
+        rows = []
+        for gid, g in a.groupby("group"):
+            rows.append({"group": gid, "step": float(step_of(np.median(np.log1p(g["step"])))),
+                         "lo": float(g["lo"].min()), "hi": float(g["hi"].max()), "n_strong": len(g),
+                         "what": ", ".join(f"{r.signal} {r.kind}" for r in g.itertuples())})
+        return pd.DataFrame(rows, columns=cols).sort_values("step").reset_index(drop=True)
+
     def first(self, signal: str, kind: str | None = None) -> Boundary | None:
         """The earliest boundary of `signal` (optionally of `kind`), or None."""
         bs = [b for b in self.boundaries if b.signal == signal and (kind is None or b.kind == kind)]
@@ -211,13 +229,13 @@ class StageMap:
             st[c] = st[c].round().astype("Int64")
         cols = [c for c in ["stage", "start_step", "end_step", "llc_trend", "loss_trend", "features_formed",
                             "ablation_effects", "quiet", "invalid_llc"] if c in st.columns]
-        strong = self.strong
-        lines = [f"{len(self.stages)} stages, {len(strong)} strong boundaries ({len(self.boundaries)} in all) in "
-                 f"{len({b.signal for b in self.boundaries})} signals", st[cols].to_string(index=False)]
-        if strong:
-            lines.append("strong boundaries:")
-            lines += [f"  step {b.step:.0f} ({b.lo:.0f}-{b.hi:.0f})  {b.signal} {b.kind}  support {b.support:.2f}"
-                      for b in strong]
+        strong, tr = self.strong, self.transitions()
+        lines = [f"{len(self.stages)} stages, {len(tr)} transitions ({len(strong)} strong boundaries, "
+                 f"{len(self.boundaries)} in all, in {len({b.signal for b in self.boundaries})} signals)",
+                 st[cols].to_string(index=False)]
+        if len(tr):
+            lines.append("transitions (aligned strong boundaries):")
+            lines += [f"  step {r.step:.0f} ({r.lo:.0f}-{r.hi:.0f}): {r.what}" for r in tr.itertuples()]
         lines += self.timeline()
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
