@@ -296,3 +296,84 @@ def test_best_probe_picks_the_max_and_falls_back_to_r2():
     b = best_probe(pd.DataFrame(rows)).set_index(["feature", "step"])
     assert b.loc[("carry", 10), "layer"] == 2 and np.isclose(b.loc[("carry", 10), "value"], 0.71)
     assert b.loc[("sum", 10), "measure"] == "r2"
+
+
+# --------------------------------------------------------------------------------------------------
+# strong boundaries, the loss drop, quiet stretches, other signal kinds
+
+
+def test_loss_drop_is_the_one_accuracy_follows(synth_map):
+    from llc_watch.stages import loss_drop
+    _, sm = synth_map
+    d = loss_drop(sm)
+    assert d.signal == "train_loss" and abs(d.drop.x - X(TRUTH["loss_drop"])) < 0.15
+    assert d.plateau_end.step < d.drop.step < d.drop_end.step
+
+
+def test_loss_drop_prefers_the_drop_near_the_accuracy_rise():
+    """A loss that first falls to the output-frequency level (no accuracy), then for real."""
+    from llc_watch.signals import Signal
+    from llc_watch.stages import loss_drop
+    loss = sigmoid_step(STEPS, 30, 0.3, 2.0, 1.2) - sigmoid_step(STEPS, 3000, 0.25, 0.0, 1.1)
+    acc = sigmoid_step(STEPS, 3300, 0.25)
+    sig = {"train_loss": Signal("train_loss", "loss", STEPS, _noisy(loss, 0.01), direction="down"),
+           "test_acc": Signal("test_acc", "loss", STEPS, _noisy(acc, 0.01), direction="up")}
+    sm = stage_map(sig, resamples=30)
+    assert len(_only(sm.boundaries, "drop")) == 3  # two loss drops, one accuracy rise
+    assert abs(loss_drop(sm).drop.x - X(3000)) < 0.15
+
+
+def test_quiet_needs_a_credibly_flat_loss(synth_map):
+    from llc_watch.stages import quiet_stages
+    _, sm = synth_map
+    q = quiet_stages(sm)
+    first = q.iloc[0]
+    assert first["quiet"] and "probe:carry:onset" in first["quiet_events"]
+    assert first["end_step"] < TRUTH["loss_drop"]
+    # the operand probe forms after the drop, on the lower plateau: no LLC or probe event makes the
+    # drop itself quiet
+    assert not any("operand" in e for e in q.iloc[0]["events"].split(", "))
+
+
+def test_rising_llc_alone_does_not_make_a_plateau_quiet():
+    """The old rule called every plateau quiet while the LLC rose; now an event must fall inside."""
+    from llc_watch.signals import Signal
+    loss = sigmoid_step(STEPS, 3000, 0.25, 2.0, 0.1)
+    llc = 5 + 2 * X(STEPS)  # a straight line in log step: no critical point anywhere
+    sm = stage_map({"train_loss": Signal("train_loss", "loss", STEPS, _noisy(loss, 0.01), direction="down"),
+                    "llc": Signal("llc", "llc", STEPS, _noisy(llc, 0.2), np.full(len(STEPS), 0.2))}, resamples=30)
+    assert not sm.stages["quiet"].any()
+
+
+def test_transitions_group_strong_boundaries(synth_map):
+    _, sm = synth_map
+    tr = sm.transitions()
+    assert 0 < len(tr) <= len(sm.strong) and (np.diff(tr["step"]) > 0).all()
+    assert "transitions" in sm.summary()
+    ranked = sm.ranked()
+    assert all(b.strong for b in ranked[: len(sm.strong)])
+
+
+def test_merge_joins_one_kind_and_short_plateaus():
+    from llc_watch.stages import merge_boundaries
+    ps = Boundary(100, 80, 140, "llc", "plateau-start", support=0.9)
+    pe = Boundary(120, 90, 150, "llc", "plateau-end", support=0.8)
+    (m,) = merge_boundaries([ps, pe])
+    assert m.kind == "slope-zero" and m.lo == 80 and m.hi == 150 and 100 < m.step < 120
+    other = Boundary(110, 100, 120, "train_loss", "drop")
+    assert len(merge_boundaries([ps, pe, other])) == 2  # other signals never merge
+
+
+def test_emergence_peaks():
+    x = X(STEPS)
+    density = np.exp(-0.5 * ((x - 6.0) / 0.3) ** 2) + 0.4 * np.exp(-0.5 * ((x - 8.5) / 0.3) ** 2)
+    bs = find_boundaries(STEPS, _noisy(density, 0.02), kind="emergence", signal="crosscoder:emergence", resamples=30)
+    assert [b.kind for b in bs] == ["peak", "peak"]
+    assert abs(bs[0].x - 6.0) < 0.1 and abs(bs[1].x - 8.5) < 0.1 and bs[0].strength > bs[1].strength
+
+
+def test_boundary_round_trips_new_fields():
+    b = Boundary(10.0, 8.0, 12.0, "llc", "plateau-end", support=0.9, strength=0.5, evidence=12.0, strong=True)
+    assert Boundary.from_dict(json.loads(json.dumps(b.to_dict()))) == b
+    old = {"step": 10.0, "lo": 8.0, "hi": 12.0, "signal": "llc", "kind": "onset", "support": 1.0, "strength": None}
+    assert Boundary.from_dict(old).strong is False

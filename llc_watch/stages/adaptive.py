@@ -176,11 +176,11 @@ def adaptive_estimate(estimate: Callable, steps: Sequence[float], s: AdaptiveSet
     return AdaptiveResult(st, v, e, dr, bs, total, history, stopped)
 
 
-def same_strong(a: Sequence[Boundary], b: Sequence[Boundary]) -> tuple[int, int, int]:
+def same_strong(a: Sequence[Boundary], b: Sequence[Boundary], strong_b: bool = True) -> tuple[int, int, int]:
     """(matched, only in a, only in b): strong boundaries of one kind family whose locations fall
-    within each other's intervals."""
+    within each other's intervals (with strong_b=False, a's strong ones against all of b's)."""
     from .boundaries import _FAMILY
-    sa, sb = [x for x in a if x.strong], [x for x in b if x.strong]
+    sa, sb = [x for x in a if x.strong], [x for x in b if x.strong or not strong_b]
     used, matched = set(), 0
     for p in sa:
         for j, q in enumerate(sb):
