@@ -1,6 +1,6 @@
 """Adaptive SGLD budget against the dense run, on synthetic LLC curves whose noise falls as 1/sqrt(draws).
 
-    PYTHONPATH=. python studies/adaptive_budget.py [n_curves] [sparse]
+    PYTHONPATH=. python studies/adaptive_budget.py [n_curves] [first_seed] [sparse]
 
 Dense: every checkpoint of the schedule at full draws. Adaptive: every checkpoint at first_draws
 (with `sparse`: every other one, the rest as candidates the loop may add), then refinement
@@ -47,8 +47,9 @@ def compare(seed, s=AdaptiveSettings(), sparse=False):
 if __name__ == "__main__":
     import pandas as pd
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 10
-    sparse = len(sys.argv) > 2 and sys.argv[2] == "sparse"
-    df = pd.DataFrame([compare(s, sparse=sparse) for s in range(n)])
+    first = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+    sparse = len(sys.argv) > 3 and sys.argv[3] == "sparse"
+    df = pd.DataFrame([compare(s, sparse=sparse) for s in range(first, first + n)])
     print(df.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     print(f"total: adaptive {df.adaptive_draws.sum()} draws = {df.adaptive_draws.sum() / df.dense_draws.sum():.0%} "
           f"of dense {df.dense_draws.sum()}; strong boundaries matched {df.matched.sum()} of {df.strong_dense.sum()} "

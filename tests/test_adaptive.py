@@ -42,8 +42,8 @@ def test_bad_estimate_shapes_are_named():
 
 
 def test_adaptive_spends_less_and_finds_most_dense_strong_boundaries():
-    """Measured state (studies/adaptive_budget.py, 8 curves: 32 % of dense draws, 28 of 34 strong
-    boundaries): below the issue's goal of all strong boundaries at <= 30 %; this guards it."""
+    """studies/adaptive_budget.py 16 0 measured 24 % of the dense draws, 65 of 67 dense strong
+    boundaries found again; on these 4 curves: ~30 %, all found."""
     s = AdaptiveSettings()
     spent = dense_cost = matched = n_dense = 0
     for seed in range(4):
@@ -53,7 +53,7 @@ def test_adaptive_spends_less_and_finds_most_dense_strong_boundaries():
         dense = find_boundaries(c.steps, dv, de, kind="llc")
         r = adaptive_estimate(est, c.steps, s)
         spent, dense_cost = spent + r.total_draws, dense_cost + s.full_draws * len(c.steps)
-        matched += same_strong(dense, r.boundaries)[0]
+        matched += same_strong(dense, r.boundaries, strong_b=False)[0]
         n_dense += sum(b.strong for b in dense)
-    assert spent < 0.4 * dense_cost
-    assert matched >= 0.6 * n_dense
+    assert spent < 0.35 * dense_cost
+    assert matched >= n_dense - 1

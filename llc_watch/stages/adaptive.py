@@ -38,7 +38,7 @@ class AdaptiveSettings:
     shrink: float = 0.1          # stop when the unsettled intervals' total width shrinks by less than this fraction
     patience: int = 1            # ... in this many rounds in a row
     reach: float = 1.0           # refine checkpoints within the interval widened by this many half-widths
-    per_boundary: int = 3        # at most this many checkpoints (refined or new) per unsettled boundary per round
+    per_boundary: int = 2        # at most this many checkpoints (refined or new) per unsettled boundary per round
     kind: str = "llc"            # how boundaries are read (see find_boundaries)
     min_support: float = 0.3     # boundaries kept while refining (the final reading is the caller's)
     resamples: int = 100
@@ -61,7 +61,7 @@ def plan(steps: np.ndarray, draws: np.ndarray, boundaries: Sequence[Boundary], s
         >>> more, new = plan(np.array([10., 60, 100, 150, 1000]), np.full(5, 50), [b], AdaptiveSettings(),
         ...                  candidates=[80, 120, 5000])
         >>> more.tolist(), new.tolist()
-        ([100.0], [120.0, 80.0])
+        ([100.0], [120.0])
     """
     steps = np.asarray(steps, float)
     x = np.log1p(steps)
