@@ -1,13 +1,16 @@
 """Stage maps: boundaries in each signal on log(step + 1), aligned across signals, cut into stages.
 
-The recipe follows Hoogland et al. (arXiv 2402.02364): fit a Gaussian process to the LLC against
-log(step + 1), take the derivative of the posterior mean, and put a boundary where the smoothed
-slope is near zero. We add kinks, loss plateaus and drops, and onsets of probe accuracy / ablation
-effects (Naidu et al., arXiv 2505.03997).
+The recipe follows Hoogland et al. (arXiv 2402.02364): fit a Gaussian process (hyperparameters by
+marginal likelihood) to the LLC against log(step + 1) and put boundaries where its slope comes to
+zero (critical points, plateau edges); intervals and support come from posterior function draws.
+We add kinks, loss plateaus and drops, onsets of probe accuracy / ablation effects (Naidu et al.,
+arXiv 2505.03997), emergence peaks and trajectory turning points (essential dynamics).
 
-    smoothing.py   GP fit of one signal (Smooth)
-    boundaries.py  Boundary, find_boundaries, align_boundaries
-    stage_map.py   stage_table, StageMap, stage_map(signals)
+    smoothing.py   GP fit of one signal (Smooth, with posterior draws)
+    boundaries.py  Boundary, find_boundaries, merge_boundaries, align_boundaries
+    stage_map.py   stage_table, StageMap, stage_map(signals), loss_drop, quiet_events, quiet_stages
+    adaptive.py    adaptive SGLD budget (which checkpoints need more draws; the loop)
+    synthetic.py   planted curves and the recall / spurious / coverage scorer
 
 This package takes Signals and knows no file names; a run folder's stage map (each analysis's
 signals from its table) is llc_watch.analyses.stage_map.run_stage_map.
@@ -22,11 +25,14 @@ signals from its table) is llc_watch.analyses.stage_map.run_stage_map.
     >>> 700 < b.step < 1400 and b.lo <= b.step <= b.hi
     True
 """
-from .boundaries import BOUNDARY_KINDS, Boundary, align_boundaries, find_boundaries
+from .boundaries import (BOUNDARY_KINDS, CRITICAL_KINDS, Boundary, align_boundaries, find_boundaries, is_strong,
+                         merge_boundaries)
 from .smoothing import Smooth, log_step, smooth_signal, step_of
-from .stage_map import StageMap, stage_map, stage_table
+from .stage_map import (LossDrop, StageMap, credibly_flat, loss_drop, quiet_events, quiet_stages, stage_map,
+                        stage_table)
 
 __all__ = [
     "Boundary", "Smooth", "smooth_signal", "find_boundaries", "align_boundaries", "stage_table",
-    "StageMap", "stage_map", "BOUNDARY_KINDS", "log_step", "step_of",
+    "StageMap", "stage_map", "BOUNDARY_KINDS", "log_step", "step_of", "CRITICAL_KINDS", "is_strong",
+    "merge_boundaries", "LossDrop", "loss_drop", "quiet_events", "quiet_stages", "credibly_flat",
 ]
