@@ -92,3 +92,33 @@ def test_bad_options_are_named():
         run_chains(loss_of, flat, S, observe_every=2, **kw)
     with pytest.raises(SamplerError, match="leading chain dimension"):
         run_chains(loss_of, flat, S, per_chain_batches=True, **kw)
+
+
+def test_batches_of_varying_shape_fall_back_to_direct_fetching():
+    flat, loss_of, data = problem()
+    sizes = [16, 16, 8, 24, 16, 12]
+    get = lambda t: data[:sizes[t]]
+    a = run_chains(loss_of, flat, S, chains=2, steps=6, get_batch=get, seed=0)
+    b = run_chains(loss_of, flat, S, chains=2, steps=6, get_batch=get, seed=0, vectorized=False)
+    np.testing.assert_allclose(a.losses, b.losses, rtol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_captured_step_equals_eager_step_on_cuda():
+    _, _, data = problem()
+    dev = torch.device("cuda")
+    task = get_task("addition", n_bits=3)
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig(n_layers=1, d_model=16, n_heads=2, d_mlp=32, vocab_size=5, n_ctx=task.seq_len)).to(dev)
+    f = FlatParams(m, {k: None for k, _ in m.named_parameters()})
+    lo = make_flat_loss(m, lambda mm, b: task.loss(mm(b.tokens), b), f)
+    d = data.to(dev)
+    get = lambda t: d[16 * (t % 8):16 * (t % 8 + 1)]
+    kw = dict(chains=4, steps=40, get_batch=get, seed=0, center_loss=True, observe_batch=d[:32],
+              observe_every=7, mala=True, draw_steps=range(30, 40, 3))
+    a = run_chains(lo, f, S, capture=True, **kw)
+    b = run_chains(lo, f, S, capture=False, **kw)
+    assert a.captured and not b.captured
+    for x, y in ((a.losses, b.losses), (a.center_losses, b.center_losses), (a.observed, b.observed),
+                 (a.final_w, b.final_w), (a.mala_accept, b.mala_accept)):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
