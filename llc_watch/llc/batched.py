@@ -214,6 +214,23 @@ def _stackable(calls: list[_Call]) -> bool:
     return True
 
 
+class _Tiled:
+    """Chain-stacked batches [C, ...] repeated for K checkpoints -> [K·C, ...] (row k·C + c is
+    chain c's batch); keeps `at` (a device-side step) when the source has it."""
+
+    def __init__(self, get_batch, K: int):
+        self.get_batch, self.K = get_batch, K
+        if hasattr(get_batch, "at"):
+            self.at = lambda t_dev: self._tile(get_batch.at(t_dev))
+
+    def _tile(self, batch):
+        leaves, rebuild = batch_leaves(batch)
+        return rebuild([x.repeat(self.K, *([1] * (x.dim() - 1))) for x in leaves])
+
+    def __call__(self, t: int):
+        return self._tile(self.get_batch(t))
+
+
 def _stacked_runs(calls: list[_Call]) -> list[ChainRun]:
     """Stack K checkpoints × C chains into one run; split it back into K ChainRuns.
 
@@ -228,12 +245,7 @@ def _stacked_runs(calls: list[_Call]) -> list[ChainRun]:
     C = kw["chains"]
     ids = list(kw.get("chain_ids") or range(C))
     get0 = kw["get_batch"]
-    if kw.get("per_chain_batches"):
-        def get_batch(t):
-            leaves, rebuild = batch_leaves(get0(t))
-            return rebuild([x.repeat(K, *([1] * (x.dim() - 1))) for x in leaves])
-    else:
-        get_batch = get0
+    get_batch = _Tiled(get0, K) if kw.get("per_chain_batches") else get0
     centers = torch.cat([c.args[1].w_star.to(flat.w_star.device).expand(C, -1) for c in calls])
     kw.update(chains=K * C, chain_ids=ids * K, centers=centers, get_batch=get_batch, progress=None)
     run = run_chains(loss_of, flat, s, **kw)

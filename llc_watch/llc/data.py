@@ -199,3 +199,48 @@ def chain_batch(stacked, c: int):
     """Chain c's own batch out of a chain-stacked batch (the inverse of stack_batches)."""
     leaves, rebuild = batch_leaves(stacked)
     return rebuild([t[c] for t in leaves])
+
+
+class DeviceBatches:
+    """get_batch for the sampler with everything on the device: step t -> its minibatch.
+
+    The data are moved to the device once; every step's indices (from a MinibatchStream, [B]
+    per step, or ChainMinibatchStreams, [C, B] per step: chain-stacked batches) are computed up
+    front and moved once; a step's batch is then one gather per tensor. `at(t)` takes the step
+    as a device tensor, so a captured step can fetch its own batch. Same examples as
+    `source.batch(stream.indices(t))`.
+
+        >>> src = DataSource((torch.arange(10.0), torch.arange(10) * 2))
+        >>> db = DeviceBatches(src, MinibatchStream(10, 4, seed=0), steps=3, device="cpu")
+        >>> x, y = db(2); bool((y == 2 * x).all()), tuple(x.shape)
+        (True, (4,))
+    """
+
+    def __init__(self, source: DataSource, stream, steps: int, device):
+        self.device = torch.device(device)
+        full = source.batch(torch.arange(len(source)))
+        leaves, self.rebuild = batch_leaves(full)
+        self.leaves = [x.to(self.device) for x in leaves]
+        self.index = torch.stack([stream.indices(t) for t in range(steps)]).to(self.device)  # [T, (C,) B]
+        self.steps = steps
+
+    def __call__(self, t: int):
+        return self.rebuild([x[self.index[t]] for x in self.leaves])
+
+    def at(self, t_dev: torch.Tensor):
+        idx = self.index.index_select(0, t_dev).squeeze(0)
+        return self.rebuild([x[idx] for x in self.leaves])
+
+
+def device_batches(source: DataSource, stream, steps: int, device):
+    """`DeviceBatches` when the data collate into tensors; else a plain per-step fetch (the same
+    examples, fetched and moved at each step)."""
+    try:
+        return DeviceBatches(source, stream, steps, device)
+    except (DataError, RuntimeError, TypeError):
+        def fetch(t):
+            idx = stream.indices(t)
+            if idx.dim() == 2:     # chain-stacked
+                return to_device(stack_batches([source.batch(i) for i in idx]), device)
+            return to_device(source.batch(idx), device)
+        return fetch

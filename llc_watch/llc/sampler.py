@@ -521,10 +521,11 @@ def _vectorised(r: _Run, capture: bool | None) -> tuple[torch.Tensor, bool]:
     if r.centers is not None and r.center_losses is not None and not r.per_chain_batches:
         uniq, uniq_index = _unique_rows(r.centers)          # loss at each distinct centre once
     center = r.w_star if r.centers is None else r.centers
-    feed = _BatchFeed.make(r.get_batch, r.steps)
+    # batches already on the device, indexable by a device step (data.DeviceBatches), are read
+    # in place; any other get_batch is fetched ahead into a device ring
+    feed = r.get_batch if hasattr(r.get_batch, "at") else _BatchFeed.make(r.get_batch, r.steps)
     if r.per_chain_batches:
-        _check_chain_stacked(feed.at(torch.zeros(1, dtype=torch.long, device=feed.ring[0].device))
-                             if feed else r.get_batch(0), chains)
+        _check_chain_stacked(r.get_batch(0), chains)
     t_dev = torch.zeros(1, dtype=torch.long, device=device)  # the step index, on the device
     W = C0.clone()
     state = init_state(s, W)
@@ -574,7 +575,7 @@ def _vectorised(r: _Run, capture: bool | None) -> tuple[torch.Tensor, bool]:
     observe_at = r.observe_at
     for t in range(r.steps):
         noise.fill_for(t)
-        if feed:
+        if isinstance(feed, _BatchFeed):
             try:
                 feed.fill_for(t)
             except _FormChanged:     # batch shapes vary: fetch each step's batch directly from now
