@@ -65,14 +65,23 @@ class TrainingData:
                            else task.sample(t.eval_size, derive_seed(seed, "train-eval")))
 
     def batch(self, step: int) -> Batch:
-        t, seed = self.cfg.train, derive_seed(self.cfg.seed, "batch", step)
         if self.train_set is None:
-            return self.task.sample(t.batch_size, seed)
-        n = len(self.train_set)
+            return sampled_batch(self.task, self.cfg, step)
+        idx = self.indices(step)
+        return self.train_set if idx is None else self.train_set[idx]
+
+    def indices(self, step: int) -> torch.Tensor | None:
+        """Rows of train_set in step's batch (None: the whole set, full-batch training)."""
+        t, n = self.cfg.train, len(self.train_set)
         if t.batch_size >= n:
-            return self.train_set
-        g = torch.Generator().manual_seed(seed)
-        return self.train_set[torch.randperm(n, generator=g)[: t.batch_size]]
+            return None
+        g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "batch", step))
+        return torch.randperm(n, generator=g)[: t.batch_size]
+
+
+def sampled_batch(task: Task, cfg: RunConfig, step: int) -> Batch:
+    """Step's training batch for runs trained on fresh samples: a pure function of (seed, step)."""
+    return task.sample(cfg.train.batch_size, derive_seed(cfg.seed, "batch", step))
 
 
 @torch.no_grad()
@@ -126,10 +135,132 @@ def _diff(old: dict, new: dict, prefix="") -> str:
     return "; ".join(out)
 
 
-def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, stop_after: int | None = None) -> Run:
+def new_model_and_optimizer(cfg: RunConfig, task: Task, device) -> tuple[Transformer, torch.optim.AdamW]:
+    """The run's initial model (seeded from the run's seed) on `device`, and its AdamW."""
+    t = cfg.train
+    torch.manual_seed(derive_seed(cfg.seed, "init"))
+    model = Transformer(cfg.model_config(task)).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay)
+    return model, opt
+
+
+def _training_arrays(task: Task, cfg: RunConfig, step: int) -> tuple:
+    """A worker's job: step's batch as the three arrays training reads (features are not sent)."""
+    b = sampled_batch(task, cfg, step)
+    return b.tokens.numpy(), b.targets.numpy(), b.loss_mask.numpy()
+
+
+class BatchPrefetcher:
+    """Step batches for runs on fresh samples, made ahead by worker processes (or threads).
+
+    Each worker computes `sampled_batch(task, cfg, step)`, the very batch the plain loop makes,
+    so the run's numbers do not change; the main process only pins and copies it (without
+    waiting) to the device. Why processes: batch generation is Python/numpy work that holds the
+    GIL (the icl-regression task's least-squares features cost ~60 ms a batch on one core).
+    """
+
+    def __init__(self, task: Task, cfg: RunConfig, device, workers: int, use_threads: bool = False):
+        from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+        self.task, self.cfg, self.device = task, cfg, torch.device(device)
+        if use_threads:
+            self.pool = ThreadPoolExecutor(max_workers=workers)
+        else:
+            import multiprocessing as mp
+            self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+        self.depth = 4 * workers
+        self.pending: dict = {}
+        self.pin = self.device.type == "cuda"
+
+    def get(self, step: int, stop: int) -> Batch:
+        for s in range(step, min(stop, step + self.depth)):
+            if s not in self.pending:
+                self.pending[s] = self.pool.submit(_training_arrays, self.task, self.cfg, s)
+        for s in [s for s in self.pending if s < step]:      # a jump (resume): drop stale work
+            self.pending.pop(s).cancel()
+        tokens, targets, mask = (torch.from_numpy(a) for a in self.pending.pop(step).result())
+        if self.pin:
+            tokens, targets, mask = (x.pin_memory() for x in (tokens, targets, mask))
+        nb = self.pin
+        return Batch(tokens.to(self.device, non_blocking=nb), targets.to(self.device, non_blocking=nb),
+                     mask.to(self.device, non_blocking=nb), {})
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class Stepper:
+    """The optimiser steps of a run, plain or fast; both give the same weights for a seed.
+
+    plain: the textbook loop (make the batch, copy it, forward, backward, clip, AdamW).
+    fast: the same arithmetic with the host kept off the GPU's critical path: a fixed training
+        set lives on the device (a step's batch is one gather with indices made on the host, or
+        the whole set for full-batch training); batches of fresh samples are made ahead by worker
+        processes and copied without waiting; no step reads a value back from the device.
+    `mode` says which ran. Evaluation happens only at checkpoints (in `train`), not here.
+    """
+
+    def __init__(self, cfg: RunConfig, task: Task, data: TrainingData, model, opt, device,
+                 fast: bool = True, workers: int | None = None, use_threads: bool = False):
+        import os
+        self.cfg, self.task, self.data, self.model, self.opt = cfg, task, data, model, opt
+        self.device = torch.device(device)
+        self.prefetch = None
+        self.train_set = None
+        self.mode = "plain"
+        if not fast:
+            return
+        if data.train_set is not None:
+            self.train_set = data.train_set.to(self.device)
+            self.mode = "fast (training set on the device)"
+        else:
+            n_workers = workers if workers is not None else min(8, max(0, (os.cpu_count() or 1) - 2))
+            if n_workers > 0 and (self.device.type == "cuda" or workers is not None):
+                self.prefetch = BatchPrefetcher(task, cfg, self.device, n_workers, use_threads)
+                self.mode = f"fast ({n_workers} batch workers)"
+
+    def batch(self, step: int, stop: int) -> Batch:
+        if self.train_set is not None:
+            idx = self.data.indices(step)
+            if idx is None:
+                return self.train_set
+            if self.device.type == "cuda":
+                idx = idx.pin_memory().to(self.device, non_blocking=True)
+            return self.train_set[idx]
+        if self.prefetch is not None:
+            return self.prefetch.get(step, stop)
+        return self.data.batch(step).to(self.device)
+
+    def step(self, step: int, stop: int) -> torch.Tensor:
+        t = self.cfg.train
+        for g in self.opt.param_groups:
+            g["lr"] = lr_at(step, self.cfg)
+        batch = self.batch(step, stop)
+        loss = self.task.loss(self.model(batch.tokens), batch)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if t.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.opt.step()
+        return loss
+
+    def run(self, start: int, stop: int, on_step=None) -> None:
+        """Steps start .. stop − 1."""
+        for s in range(start, stop):
+            self.step(s, stop)
+            if on_step:
+                on_step(s)
+
+    def close(self) -> None:
+        if self.prefetch is not None:
+            self.prefetch.close()
+
+
+def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, stop_after: int | None = None,
+          fast: bool = True) -> Run:
     """Train `cfg` into `run_dir`, resuming from its last checkpoint if it has one.
 
     stop_after: stop (as if killed) once this many steps are done; for tests of resuming.
+    fast: the fast step loop (`Stepper`); False runs the plain loop. Same weights either way.
     """
     cfg.validate()
     run_dir = Path(run_dir)
@@ -140,9 +271,7 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, stop_after
     device = resolve_device(t.device)
     task = cfg.make_task()
     data = TrainingData(task, cfg)
-    torch.manual_seed(derive_seed(cfg.seed, "init"))
-    model = Transformer(cfg.model_config(task)).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay)
+    model, opt = new_model_and_optimizer(cfg, task, device)
     ckpt_steps = checkpoint_steps(t.steps, cfg.checkpoints.n_log, cfg.checkpoints.n_linear)
 
     start, rows = 0, []
@@ -179,25 +308,29 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, stop_after
         atomic_write_bytes(resume, buf.getvalue())
 
     model.train()
-    bar = tqdm(range(start, t.steps), initial=start, total=t.steps, desc="train", disable=not progress,
-               dynamic_ncols=True)
-    for step in bar:
-        if step in ckpt_steps and not (step == start and resume.is_file()):
-            checkpoint(step)
-            if progress:
-                bar.set_postfix(test_acc=rows[-1]["value"], loss=f"{rows[-2]['value']:.3g}")
-        if stop_after is not None and step >= stop_after:
-            bar.close()
-            return Run(run_dir)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
-        batch = data.batch(step).to(device)
-        loss = task.loss(model(batch.tokens), batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if t.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        opt.step()
-    bar.close()
+    bar = tqdm(total=t.steps, initial=start, desc="train", disable=not progress, dynamic_ncols=True)
+    stepper = Stepper(cfg, task, data, model, opt, device, fast=fast)
+    # the steps between checkpoints run without a look at the device's values; a checkpoint
+    # (evaluation, saving) comes before the step of its number, as in a step-by-step loop
+    stop_early = None if stop_after is None else max(stop_after, start)
+    stops = sorted({s for s in ckpt_steps if start <= s < t.steps} | {t.steps}
+                   | ({stop_early} if stop_early is not None and stop_early < t.steps else set()))
+    step = start
+    try:
+        for stop in stops:
+            stepper.run(step, stop)
+            bar.update(stop - step)
+            step = stop
+            if step >= t.steps:
+                break
+            if step in ckpt_steps and not (step == start and resume.is_file()):
+                checkpoint(step)
+                if progress:
+                    bar.set_postfix(test_acc=rows[-1]["value"], loss=f"{rows[-2]['value']:.3g}")
+            if stop_early is not None and step >= stop_early:
+                return Run(run_dir)
+    finally:
+        stepper.close()
+        bar.close()
     checkpoint(t.steps)
     return Run(run_dir)

@@ -319,12 +319,16 @@ def run_chains(loss_of: Callable, flat: FlatParams, s: SGLDSettings, *, chains: 
     on the device and copied to the host once at the end.
     """
     handler = _INTERCEPT.get()
-    if handler is not None:
-        return handler(loss_of, flat, s, chains=chains, steps=steps, get_batch=get_batch, seed=seed,
-                       draw_steps=draw_steps, mala=mala, vectorized=vectorized,
-                       center_loss=center_loss, progress=progress, centers=centers,
-                       per_chain_batches=per_chain_batches, observe_batch=observe_batch,
-                       observe_every=observe_every, chain_ids=chain_ids, capture=capture)
+    if handler is not None:   # the handler runs with the intercept lifted, so it may call run_chains
+        token = _INTERCEPT.set(None)
+        try:
+            return handler(loss_of, flat, s, chains=chains, steps=steps, get_batch=get_batch, seed=seed,
+                           draw_steps=draw_steps, mala=mala, vectorized=vectorized,
+                           center_loss=center_loss, progress=progress, centers=centers,
+                           per_chain_batches=per_chain_batches, observe_batch=observe_batch,
+                           observe_every=observe_every, chain_ids=chain_ids, capture=capture)
+        finally:
+            _INTERCEPT.reset(token)
     s.validate()
     w_star = flat.w_star
     device, D = w_star.device, w_star.numel()
