@@ -79,3 +79,19 @@ def test_a_broken_checkpoint_is_reported_in_its_place():
         estimate_llc_many(models, loss_fn, data, **KW)
     with pytest.raises(LLCError, match="block_size"):
         estimate_llc_many(models, loss_fn, data, block_size=0, **KW)
+
+
+def test_checkpoints_of_a_run_with_the_job_settings(tmp_path):
+    from llc_watch.config import RunConfig
+    from llc_watch.llc.batched import estimate_checkpoints
+    from llc_watch.llc.job import checkpoint_problem, estimator_kwargs
+    from llc_watch.train import train
+    cfg = RunConfig.from_preset("addition-tiny").with_overrides(
+        ["train.steps=40", "checkpoints.n_log=3", "checkpoints.n_linear=2", "train.threads=1"])
+    ckpts = train(cfg, tmp_path / "run", progress=False).checkpoints()[-2:]
+    settings = {"chains": 2, "draws": 15, "burn_in": 5, "n_data": 256}
+    many = estimate_checkpoints(ckpts, settings)
+    for c, r in zip(ckpts, many):
+        s, model, loss_fn, data = checkpoint_problem(c, settings)
+        assert_same(r, estimate_llc(model, loss_fn, data, **estimator_kwargs(s, model)))
+    assert all(r.timing["batched_stacked"] for r in many)
