@@ -21,6 +21,7 @@ llc_watch runs with its defaults otherwise (the batch control variate on). Print
 from __future__ import annotations
 
 import argparse
+import copy
 import inspect
 import math
 import platform
@@ -115,7 +116,7 @@ def run_devinterp(model, task, data, chains, draws, batch, args, nbeta, dev, see
         warnings.simplefilter("ignore")
         sync(dev)
         t = time.perf_counter()
-        r = llc(PlainLM(model.to(dev)), ds, {}, lr=args.epsilon, n_beta=nbeta, localization=args.gamma,
+        r = llc(PlainLM(copy.deepcopy(model).to(dev)), ds, {}, lr=args.epsilon, n_beta=nbeta, localization=args.gamma,
                 num_chains=chains, num_draws=draws, batch_size=batch,
                 num_init_loss_batches=max(1, len(data) // batch), loss_fn=per_token_loss,
                 device=str(dev), init_seed=seed)
@@ -259,11 +260,13 @@ def main(argv=None):
          f"γ={args.gamma}, burn-in 0; fp32 matmul peak measured here {peak / 1e12:.2f} TFLOP/s\n")
     loss_fn = lambda m, b: task.loss(m(b.tokens), b)
     run_ours(model, task, data, 2, 4, 32, args, nbeta, dev, args.seed)     # warm-up
+    if ckpts and not args.no_whole_run:
+        whole_run(ckpts, task, data, args, nbeta, dev, args.out)
     di_cases = set(parse_cases(args.devinterp_cases)) if not args.skip_devinterp else set()
     lines = ["| chains × draws × batch | llc_watch s | sampling s | captured | devinterp s | ratio | "
              "llc_watch LLC | devinterp LLC | GFLOP/s | % of fp32 peak |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    emit(args.out, "\n".join(lines))
+    emit(args.out, "\n" + "\n".join(lines))
     cases = parse_cases(args.cases)
     for i, (C, N, B) in enumerate(cases):
         flops = flops_per_chain_step(model, loss_fn, data[:B]) * C * N
@@ -282,8 +285,6 @@ def main(argv=None):
                  f"{e[1]:.2f} ± {e[2]:.2f} | | {flops / e[3] / 1e9:.0f} | {100 * flops / e[3] / peak:.1f} |")
     emit(args.out, "\nGFLOP/s and % of peak count forward + backward FLOPs of the chains' steps over "
          "the sampling time (L_n(w*) and set-up excluded); llc_watch s is the whole estimate.")
-    if ckpts and not args.no_whole_run:
-        whole_run(ckpts, task, data, args, nbeta, dev, args.out)
     if args.stderr_seeds:
         stderr_race(model, task, data, args, nbeta, dev, args.out)
 

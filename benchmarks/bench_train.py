@@ -46,6 +46,22 @@ def steps_per_second(preset: str, steps: int, repeats: int, dev, fast: bool) -> 
     return statistics.median(rates), cfg.train.steps, stepper.mode
 
 
+def agreement(preset: str, steps: int, dev) -> tuple[float, str]:
+    """Largest |w_fast − w_plain| / max |w_plain| after `steps` steps from the same seed."""
+    out = []
+    for fast in (True, False):
+        cfg = RunConfig.from_preset(preset).with_overrides([f"train.device={dev.type}"])
+        task = cfg.make_task()
+        data = TrainingData(task, cfg)
+        model, opt = new_model_and_optimizer(cfg, task, dev)
+        stepper = Stepper(cfg, task, data, model, opt, dev, fast=fast)
+        stepper.run(0, steps)
+        stepper.close()
+        out.append((torch.cat([p.detach().reshape(-1) for p in model.parameters()]), stepper.mode))
+    (a, mode), (b, _) = out
+    return float((a - b).abs().max() / b.abs().max()), mode
+
+
 def profile(preset: str, steps: int, dev) -> dict:
     """Seconds per step of each phase of the plain loop, synchronised after each."""
     cfg = RunConfig.from_preset(preset).with_overrides([f"train.device={dev.type}"])
@@ -90,6 +106,8 @@ def main():
     ap.add_argument("--presets", nargs="*", default=list(CORE))
     ap.add_argument("--plain", action="store_true", help="also time the plain loop (no prefetch, no capture)")
     ap.add_argument("--profile", action="store_true", help="also print the plain loop's phase split")
+    ap.add_argument("--check", type=int, default=0, metavar="STEPS",
+                    help="also compare the fast and plain loops' weights after STEPS steps")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
@@ -102,6 +120,12 @@ def main():
         for fast in ((True, False) if args.plain else (True,)):
             rate, total, mode = steps_per_second(preset, args.steps, args.repeats, dev, fast)
             print(f"| {preset} | {mode} | {rate:.1f} | {total} | {total / rate / 60:.1f} |", flush=True)
+    if args.check:
+        print(f"\n| preset | fast path | max |w_fast − w_plain| / max |w| after {args.check} steps |")
+        print("|---|---|---|")
+        for preset in args.presets:
+            d, mode = agreement(preset, args.check, dev)
+            print(f"| {preset} | {mode} | {d:.2e} |", flush=True)
     if args.profile:
         print("\n| preset | " + " | ".join(("batch", "to_device", "forward_backward", "clip", "optimizer"))
               + " | (ms per step, plain loop, synchronised) |")

@@ -195,18 +195,33 @@ class Stepper:
     fast: the same arithmetic with the host kept off the GPU's critical path: a fixed training
         set lives on the device (a step's batch is one gather with indices made on the host, or
         the whole set for full-batch training); batches of fresh samples are made ahead by worker
-        processes and copied without waiting; no step reads a value back from the device.
+        processes and copied without waiting; no step reads a value back from the device. On
+        CUDA the step (forward, backward, clipping, AdamW in its capturable form) is captured as
+        a CUDA graph after CAPTURE_WARMUP steps and replayed; on a CPU nothing is captured and
+        the fast loop gives the plain loop's weights bit for bit (tests/test_train_speed_paths.py).
+        AdamW's capturable form keeps step counts on the device, so on CUDA the two loops agree
+        to float rounding rather than bitwise.
     `mode` says which ran. Evaluation happens only at checkpoints (in `train`), not here.
     """
 
+    CAPTURE_WARMUP = 3   # eager steps (on a side stream) before the step is captured
+
     def __init__(self, cfg: RunConfig, task: Task, data: TrainingData, model, opt, device,
-                 fast: bool = True, workers: int | None = None, use_threads: bool = False):
+                 fast: bool = True, workers: int | None = None, use_threads: bool = False,
+                 capture: bool | None = None):
         import os
         self.cfg, self.task, self.data, self.model, self.opt = cfg, task, data, model, opt
         self.device = torch.device(device)
         self.prefetch = None
         self.train_set = None
         self.mode = "plain"
+        self.graph = self.static = self.static_loss = None
+        self.capture = bool(fast and self.device.type == "cuda") if capture is None else capture
+        if self.capture and self.device.type != "cuda":
+            raise ConfigError("capturing the training step needs a CUDA device")
+        self.warm_steps, self.capture_error = 0, None
+        if self.capture:
+            _make_capturable(opt, self.device)
         if not fast:
             return
         if data.train_set is not None:
@@ -230,18 +245,80 @@ class Stepper:
             return self.prefetch.get(step, stop)
         return self.data.batch(step).to(self.device)
 
-    def step(self, step: int, stop: int) -> torch.Tensor:
-        t = self.cfg.train
+    def _set_lr(self, step: int) -> None:
+        lr = lr_at(step, self.cfg)
         for g in self.opt.param_groups:
-            g["lr"] = lr_at(step, self.cfg)
-        batch = self.batch(step, stop)
+            if isinstance(g["lr"], torch.Tensor):
+                g["lr"].fill_(lr)          # a captured step reads its learning rate from here
+            else:
+                g["lr"] = lr
+
+    def _forward_backward_update(self, batch: Batch) -> torch.Tensor:
         loss = self.task.loss(self.model(batch.tokens), batch)
-        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        if t.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        if self.cfg.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.opt.step()
         return loss
+
+    def step(self, step: int, stop: int) -> torch.Tensor:
+        self._set_lr(step)
+        batch = self.batch(step, stop)
+        if self.graph is not None and self._feed(batch):
+            self.graph.replay()
+            return self.static_loss
+        if not self.capture or self.capture_error is not None:
+            self.opt.zero_grad(set_to_none=True)
+            return self._forward_backward_update(batch)
+        # warm-up steps run on a side stream (as CUDA graph capture asks), then the step is captured
+        side, main = self._side(), torch.cuda.current_stream(self.device)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            self.opt.zero_grad(set_to_none=True)
+            loss = self._forward_backward_update(batch)
+        main.wait_stream(side)
+        self.warm_steps += 1
+        if self.warm_steps == self.CAPTURE_WARMUP and self.graph is None:
+            self._capture(batch)
+        return loss
+
+    def _side(self):
+        if not hasattr(self, "_side_stream"):
+            self._side_stream = torch.cuda.Stream(self.device)
+        return self._side_stream
+
+    def _capture(self, batch: Batch) -> None:
+        """Record forward, backward, clipping and AdamW as one CUDA graph on static inputs."""
+        full = self.train_set is not None and batch is self.train_set
+        self.static = batch if full else Batch(batch.tokens.clone(), batch.targets.clone(),
+                                               batch.loss_mask.clone(), {})
+        side = self._side()
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        try:
+            self.opt.zero_grad(set_to_none=True)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=side):
+                self.static_loss = self._forward_backward_update(self.static)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self.graph = graph
+            self.mode += ", step captured"
+        except Exception as e:  # noqa: BLE001 - the eager step gives the same update; say so in mode
+            self.capture_error = f"{type(e).__name__}: {e}"
+            self.mode += f", capture failed ({self.capture_error[:120]}); eager steps"
+            self.opt.zero_grad(set_to_none=True)
+
+    def _feed(self, batch: Batch) -> bool:
+        """Copy batch into the captured step's inputs; False if its shapes differ (run eager)."""
+        st = self.static
+        if batch is st:
+            return True
+        if (batch.tokens.shape != st.tokens.shape or batch.targets.shape != st.targets.shape
+                or batch.loss_mask.shape != st.loss_mask.shape):
+            return False
+        st.tokens.copy_(batch.tokens, non_blocking=True)
+        st.targets.copy_(batch.targets, non_blocking=True)
+        st.loss_mask.copy_(batch.loss_mask, non_blocking=True)
+        return True
 
     def run(self, start: int, stop: int, on_step=None) -> None:
         """Steps start .. stop − 1."""
@@ -253,6 +330,31 @@ class Stepper:
     def close(self) -> None:
         if self.prefetch is not None:
             self.prefetch.close()
+
+
+def _make_capturable(opt: torch.optim.Optimizer, device) -> None:
+    """AdamW in its capturable form: step counts and the learning rate as device tensors, so a
+    captured step reads them instead of baking in Python numbers."""
+    for g in opt.param_groups:
+        g["capturable"] = True
+        g["lr"] = torch.tensor(float(g["lr"]), device=device)
+    for st in opt.state.values():
+        if "step" in st:
+            st["step"] = st["step"].to(device=device, dtype=torch.float32)
+
+
+def portable_optimizer_state(opt: torch.optim.Optimizer) -> dict:
+    """opt.state_dict() in the plain form (learning rate a number, step counts on the CPU), so a
+    resume file loads into any optimizer on any device whichever loop wrote it."""
+    sd = opt.state_dict()
+    for g in sd["param_groups"]:
+        if isinstance(g.get("lr"), torch.Tensor):
+            g["lr"] = float(g["lr"])
+        if "capturable" in g:
+            g["capturable"] = False
+    sd["state"] = {k: {n: (v.detach().cpu() if n == "step" and isinstance(v, torch.Tensor) else v)
+                       for n, v in st.items()} for k, st in sd["state"].items()}
+    return sd
 
 
 def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, stop_after: int | None = None,
@@ -304,7 +406,7 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, stop_after
         # the resume state goes last: a kill before this line just redoes this checkpoint
         import io
         buf = io.BytesIO()
-        torch.save({"step": step, "model": model.state_dict(), "optim": opt.state_dict()}, buf)
+        torch.save({"step": step, "model": model.state_dict(), "optim": portable_optimizer_state(opt)}, buf)
         atomic_write_bytes(resume, buf.getvalue())
 
     model.train()

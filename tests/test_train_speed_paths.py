@@ -54,3 +54,20 @@ def test_stop_after_then_resume_matches_one_go(tmp_path):
     whole = train(cfg, tmp_path / "w", progress=False)
     sa, sb = resumed.checkpoints()[-1].load_model().state_dict(), whole.checkpoints()[-1].load_model().state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_captured_training_step_tracks_the_plain_loop_on_cuda():
+    cfg = RunConfig.from_preset("addition-tiny").with_overrides(["train.steps=40"])
+    task = cfg.make_task()
+    data = TrainingData(task, cfg)
+    ws = []
+    for fast in (True, False):
+        model, opt = new_model_and_optimizer(cfg, task, "cuda")
+        stepper = Stepper(cfg, task, data, model, opt, "cuda", fast=fast)
+        stepper.run(0, 40)
+        stepper.close()
+        ws.append((torch.cat([p.detach().reshape(-1) for p in model.parameters()]), stepper.mode))
+    (a, mode), (b, _) = ws
+    assert "step captured" in mode, mode
+    assert float((a - b).abs().max()) <= 1e-4 * float(b.abs().max())
