@@ -1,18 +1,30 @@
-"""Benchmark: llc_watch.estimate_llc against devinterp 2's llc() on the same work, one process.
+"""Benchmark: llc_watch's LLC against devinterp 2's llc() on the same work, device and process.
 
-Same model, data, ε, nβ, γ, chains, draws, batch size; burn-in 0 on both (devinterp averages every
-step, burn-in included, so only then are the two estimators the same quantity). Reports medians over
-repeats: wall time, the ratio, both estimates, and achieved FLOP/s against a matmul peak measured in
-this run (FLOPs counted with torch.utils.flop_counter for one chain-step, forward + backward).
+Same model, data, ε, nβ, γ, chains, draws, batch size, plain SGLD; burn-in 0 on both (devinterp
+averages every step, burn-in included, so only then are the two estimators the same quantity).
+llc_watch runs with its defaults otherwise (the batch control variate on). Prints markdown tables:
 
-    python benchmarks/bench_llc.py                      # addition-preset-sized model, trained briefly
-    python benchmarks/bench_llc.py --run runs/addition  # the run's final checkpoint
-    python benchmarks/bench_llc.py --chains 2 --draws 20 --repeats 1   # a quick smoke run
+1. chains × draws × batch cases: wall time of each (whole estimate, L_n(w*) included), the ratio,
+   achieved FLOP/s against an fp32 matmul peak measured in this run (FLOPs of one chain-step,
+   forward + backward, counted with torch.utils.flop_counter, × chains × draws);
+2. with --run: the LLC at every checkpoint of the run, stacked (estimate_llc_many) and one
+   checkpoint at a time (estimate_llc in a loop);
+3. with --stderr-seeds N: time to equal standard error: each implementation is run with N seeds;
+   its standard error is the spread of its estimate over the seeds (std over seeds, which includes
+   the minibatch noise chains share), and time-to-precision scales as wall × stderr² (stderr
+   falls as 1/√draws). Ratio = devinterp's wall·stderr² over ours.
+
+    python benchmarks/bench_llc.py --device cuda --run runs/addition
+    python benchmarks/bench_llc.py --device cpu --cases 4x100x32 --stderr-seeds 5 --threads 2
+    python benchmarks/bench_llc.py --cases 2x20x32 --devinterp-cases 2x20x32 --repeats 1   # smoke run
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import inspect
 import math
+import platform
 import statistics
 import time
 import warnings
@@ -21,17 +33,32 @@ import torch
 
 from llc_watch.llc.devinterp_ref import PlainLM
 
+ISSUE_CASES = "8x500x32,32x200x32,8x200x256,128x500x32,512x200x32,256x200x256"
 
-def matmul_peak(size: int = 1024, reps: int = 20) -> float:
-    """FLOP/s of a square fp32 matmul on this process's threads (best of 3)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    best = 0.0
-    for _ in range(3):
-        t = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        best = max(best, 2 * size ** 3 * reps / (time.perf_counter() - t))
+
+def sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def matmul_peak(dev, size: int | None = None, reps: int = 20) -> float:
+    """FLOP/s of a square fp32 matmul (TF32 off) on this device (best of 3)."""
+    size = size or (8192 if dev.type == "cuda" else 1024)
+    a, b = torch.randn(size, size, device=dev), torch.randn(size, size, device=dev)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        a @ b
+        sync(dev)
+        best = 0.0
+        for _ in range(3):
+            t = time.perf_counter()
+            for _ in range(reps):
+                a @ b
+            sync(dev)
+            best = max(best, 2 * size ** 3 * reps / (time.perf_counter() - t))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     return best
 
 
@@ -50,31 +77,33 @@ def build_case(args):
         from llc_watch.checkpoints import open_run
         from llc_watch.llc.job import llc_data
         run = open_run(args.run)
-        ckpt = run.checkpoints()[-1]
-        model, task = ckpt.load_model(), run.task
+        ckpts = run.checkpoints()
+        task = run.config.make_task() if not hasattr(run, "task") else run.task
         data = llc_data(task, run.config, args.n)
-        return model, task, data, f"{args.run} step {ckpt.step}"
+        return ckpts[-1].load_model(), task, data, f"{args.run} step {ckpts[-1].step}", ckpts
     task = get_task("addition", n_bits=8)
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(n_layers=args.n_layers, d_model=args.d_model, n_heads=args.n_heads,
-                                    d_mlp=args.d_mlp, vocab_size=5, n_ctx=task.seq_len))
+    model = Transformer(ModelConfig(n_layers=2, d_model=64, n_heads=4, d_mlp=256, vocab_size=5,
+                                    n_ctx=task.seq_len))
     data = task.sample(args.n, seed=0)
-    if args.train_steps:   # why: near a minimum the LLC is positive and meaningful
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        for s in range(args.train_steps):
-            b = task.sample(128, seed=1000 + s)
-            opt.zero_grad()
-            task.loss(model(b.tokens), b).backward()
-            opt.step()
-    return model.eval(), task, data, (f"{args.n_layers}-layer d_model={args.d_model} d_mlp={args.d_mlp} "
-                                      f"model on 8-bit addition, {args.train_steps} Adam steps")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for s in range(args.train_steps):   # why: near a minimum the LLC is positive and meaningful
+        b = task.sample(128, seed=1000 + s)
+        opt.zero_grad()
+        task.loss(model(b.tokens), b).backward()
+        opt.step()
+    return model.eval(), task, data, f"addition-preset-sized model, {args.train_steps} Adam steps", None
 
 
-def run_devinterp(model, task, data, args, nbeta):
+def parse_cases(text: str) -> list[tuple[int, int, int]]:
+    return [tuple(int(v) for v in c.lower().split("x")) for c in text.split(",") if c]
+
+
+def run_devinterp(model, task, data, chains, draws, batch, args, nbeta, dev, seed):
     import datasets
     from devinterp.slt.llc import llc
-    mask = data.loss_mask[0]
-    if not (data.loss_mask == mask).all():
+    mask = data.loss_mask[0].to(dev)
+    if not (data.loss_mask == data.loss_mask[0]).all():
         raise SystemExit("devinterp's per-token loss needs the same answer positions in every row")
     seq = torch.cat([data.tokens, data.targets[:, -1:]], dim=1)
     ds = datasets.Dataset.from_dict({"input_ids": seq.tolist()}).with_format("torch")
@@ -85,80 +114,179 @@ def run_devinterp(model, task, data, args, nbeta):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        sync(dev)
         t = time.perf_counter()
-        r = llc(PlainLM(model), ds, {}, lr=args.epsilon, n_beta=nbeta, localization=args.gamma,
-                num_chains=args.chains, num_draws=args.draws, batch_size=args.batch_size,
-                num_init_loss_batches=max(1, len(data) // args.batch_size), loss_fn=per_token_loss,
-                device="cpu", init_seed=args.seed)
+        r = llc(PlainLM(copy.deepcopy(model).to(dev)), ds, {}, lr=args.epsilon, n_beta=nbeta, localization=args.gamma,
+                num_chains=chains, num_draws=draws, batch_size=batch,
+                num_init_loss_batches=max(1, len(data) // batch), loss_fn=per_token_loss,
+                device=str(dev), init_seed=seed)
+        sync(dev)
         dt = time.perf_counter() - t
     per_chain = r.llc_per_chain.values
     return dt, float(r.llc_mean), float(per_chain.std(ddof=1) / math.sqrt(len(per_chain)))
 
 
-def run_ours(model, task, data, args, nbeta):
+def ours_kwargs(args, chains, draws, batch, nbeta, dev, seed):
     from llc_watch.llc import estimate_llc
+    kw = dict(epsilon=args.epsilon, nbeta=nbeta, gamma=args.gamma, chains=chains, draws=draws,
+              burn_in=0, batch_size=batch, seed=seed, device=dev)
+    if "per_chain_batches" in inspect.signature(estimate_llc).parameters:
+        kw["per_chain_batches"] = args.per_chain_batches   # devinterp's shared stream by default
+    return kw
+
+
+def run_ours(model, task, data, chains, draws, batch, args, nbeta, dev, seed, capture=None):
+    from llc_watch.llc import estimate_llc
+    from llc_watch.llc.sampler import intercept_runs, run_chains
+    seen = {}
+
+    def spy(*a, **k):       # records whether the step ran captured; can force it off
+        if capture is not None:
+            k["capture"] = capture
+        r = run_chains(*a, **k)
+        seen["captured"] = r.captured
+        return r
+
+    with intercept_runs(spy):
+        sync(dev)
+        t = time.perf_counter()
+        r = estimate_llc(model, lambda m, b: task.loss(m(b.tokens), b), data,
+                         **ours_kwargs(args, chains, draws, batch, nbeta, dev, seed))
+        sync(dev)
+        dt = time.perf_counter() - t
+    return dt, r.llc_mean, r.llc_stderr, r.timing["sampling_s"], seen.get("captured", False)
+
+
+def whole_run(ckpts, task, data, args, nbeta, dev, out):
+    from llc_watch.llc import estimate_llc
+    from llc_watch.llc.batched import estimate_llc_many
+    C, N, B = parse_cases(args.whole_run_case)[0]
+    models = [c.load_model() for c in ckpts]
+    loss_fn = lambda m, b: task.loss(m(b.tokens), b)
+    kw = ours_kwargs(args, C, N, B, nbeta, dev, args.seed)
+    estimate_llc_many(models[:2], loss_fn, data, **{**kw, "draws": 5})     # warm-up (CUDA context, cuBLAS)
+    sync(dev)
     t = time.perf_counter()
-    r = estimate_llc(model, lambda m, b: task.loss(m(b.tokens), b), data, epsilon=args.epsilon,
-                     nbeta=nbeta, gamma=args.gamma, chains=args.chains, draws=args.draws, burn_in=0,
-                     batch_size=args.batch_size, seed=args.seed)
-    return time.perf_counter() - t, r.llc_mean, r.llc_stderr, r
+    many = estimate_llc_many(models, loss_fn, data, **kw)
+    sync(dev)
+    t_many = time.perf_counter() - t
+    sampling_many = many[0].timing["block_sampling_s"] if len({r.timing["batched_checkpoints"] for r in many}) == 1 \
+        else sum(r.timing["sampling_s"] for r in many)
+    t = time.perf_counter()
+    one = [estimate_llc(m, loss_fn, data, **kw) for m in models]
+    sync(dev)
+    t_one = time.perf_counter() - t
+    sampling_one = sum(r.timing["sampling_s"] for r in one)
+    diff = max(abs(a.llc_mean - b.llc_mean) / max(b.llc_stderr, 1e-12) for a, b in zip(many, one))
+    blocks = sorted({r.timing["batched_checkpoints"] for r in many})
+    lines = [f"\n### All {len(models)} checkpoints of {args.run}: {C} chains × {N} draws × batch {B}\n",
+             "| path | wall s | sampling s |", "|---|---|---|",
+             f"| stacked (estimate_llc_many, blocks of {blocks} checkpoints) | {t_many:.1f} | {sampling_many:.1f} |",
+             f"| one checkpoint at a time (estimate_llc) | {t_one:.1f} | {sampling_one:.1f} |",
+             f"\nspeed-up {t_one / t_many:.1f}× wall; largest |stacked − single| LLC difference "
+             f"{diff:.2g} standard errors (same noise; float rounding of batched matmuls only)"]
+    emit(out, "\n".join(lines))
+
+
+def stderr_race(model, task, data, args, nbeta, dev, out):
+    C, N, B = parse_cases(args.stderr_case)[0]
+    seeds = list(range(args.stderr_seeds))
+    ours = [run_ours(model, task, data, C, N, B, args, nbeta, dev, 100 + s) for s in seeds]
+    rows = [("llc_watch", ours)]
+    if not args.skip_devinterp:
+        rows.append(("devinterp 2.0.1 llc()", [run_devinterp(model, task, data, C, N, B, args, nbeta, dev, 100 + s)
+                                               for s in seeds]))
+    lines = [f"\n### Time to equal standard error: {C} chains × {N} draws × batch {B}, {len(seeds)} seeds\n",
+             "stderr = std of the estimate over the seeds (each seed a whole run); cost = wall × stderr² "
+             "(time to reach a fixed stderr, since stderr ∝ 1/√draws)\n",
+             "| implementation | wall s (mean) | LLC (mean over seeds) | stderr over seeds | mean reported stderr | wall × stderr² |",
+             "|---|---|---|---|---|---|"]
+    cost = {}
+    for name, rs in rows:
+        wall = statistics.mean(r[0] for r in rs)
+        se = statistics.stdev(r[1] for r in rs)
+        cost[name] = wall * se ** 2
+        lines.append(f"| {name} | {wall:.1f} | {statistics.mean(r[1] for r in rs):.3f} | {se:.3f} | "
+                     f"{statistics.mean(r[2] for r in rs):.3f} | {cost[name]:.3g} |")
+    if len(cost) == 2:
+        lines.append(f"\ntime-to-equal-stderr ratio (devinterp / llc_watch): "
+                     f"{cost['devinterp 2.0.1 llc()'] / cost['llc_watch']:.2f}×; equal-draws wall ratio "
+                     f"{statistics.mean(r[0] for r in rows[1][1]) / statistics.mean(r[0] for r in ours):.2f}×")
+    emit(out, "\n".join(lines))
+
+
+def emit(out, text):
+    print(text, flush=True)
+    if out:
+        with open(out, "a") as f:
+            f.write(text + "\n")
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", help="run folder: use its final checkpoint")
-    p.add_argument("--chains", type=int, default=8)
-    p.add_argument("--draws", type=int, default=500)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--run", help="run folder: its final checkpoint for the cases, all for the whole-run table")
+    p.add_argument("--cases", default=ISSUE_CASES, help="comma list of CHAINSxDRAWSxBATCH")
+    p.add_argument("--devinterp-cases", default="8x500x32,32x200x32,8x200x256",
+                   help="cases devinterp also runs (it is slow)")
+    p.add_argument("--whole-run-case", default="8x500x32")
+    p.add_argument("--no-whole-run", action="store_true")
+    p.add_argument("--stderr-case", default="4x200x32")
+    p.add_argument("--stderr-seeds", type=int, default=0, help="0: skip the time-to-stderr table")
+    p.add_argument("--per-chain-batches", action="store_true",
+                   help="llc_watch with independent per-chain minibatch streams (default: one shared stream, as devinterp)")
+    p.add_argument("--eager-check", action="store_true", help="also time the first case with the step not captured")
     p.add_argument("--n", type=int, default=4096, help="data set size (n in nβ = n/log n)")
     p.add_argument("--epsilon", type=float, default=1e-4)
     p.add_argument("--gamma", type=float, default=100.0)
     p.add_argument("--nbeta", type=float, default=None, help="default n/log n")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--train-steps", type=int, default=300)
-    p.add_argument("--n-layers", type=int, default=2, help="without --run: the addition preset's sizes")
-    p.add_argument("--d-model", type=int, default=64)
-    p.add_argument("--n-heads", type=int, default=4)
-    p.add_argument("--d-mlp", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip-devinterp", action="store_true")
+    p.add_argument("--out", help="also append the tables to this markdown file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
 
-    model, task, data, what = build_case(args)
+    model, task, data, what, ckpts = build_case(args)
     nbeta = args.nbeta or len(data) / math.log(len(data))
     n_params = sum(q.numel() for q in model.parameters())
-    step_flops = flops_per_chain_step(model, lambda m, b: task.loss(m(b.tokens), b), data[: args.batch_size])
-    work = step_flops * args.chains * args.draws
-    peak = matmul_peak()
-    print(f"case: {what}; {n_params} parameters; n={len(data)}, nβ={nbeta:.1f}, ε={args.epsilon}, "
-          f"γ={args.gamma}, {args.chains} chains × {args.draws} draws, batch {args.batch_size}, "
-          f"{args.threads} thread(s)")
-    print(f"work: {step_flops / 1e6:.1f} MFLOP per chain-step, {work / 1e9:.1f} GFLOP in total; "
-          f"matmul peak {peak / 1e9:.1f} GFLOP/s")
-
-    ours, theirs = [], []
-    for i in range(args.repeats):
-        ours.append(run_ours(model, task, data, args, nbeta)[:3])
-        print(f"  repeat {i}: llc_watch {ours[-1][0]:.1f}s llc={ours[-1][1]:.3f}±{ours[-1][2]:.3f}", flush=True)
-        if not args.skip_devinterp:
-            theirs.append(run_devinterp(model, task, data, args, nbeta))
-            print(f"  repeat {i}: devinterp {theirs[-1][0]:.1f}s llc={theirs[-1][1]:.3f}±{theirs[-1][2]:.3f}", flush=True)
-
-    med = lambda rows, k: statistics.median(r[k] for r in rows)
-    print("\n| implementation | wall s (median) | LLC (median) | stderr | GFLOP/s | % of matmul peak |")
-    print("|---|---|---|---|---|---|")
-    for name, rows in (("llc_watch (vmap)", ours), ("devinterp 2.0.1 llc()", theirs)):
-        if rows:
-            t = med(rows, 0)
-            print(f"| {name} | {t:.1f} | {med(rows, 1):.3f} | {med(rows, 2):.3f} | {work / t / 1e9:.2f} | "
-                  f"{100 * work / t / peak:.1f} |")
-    if theirs:
-        print(f"\nspeed-up (devinterp wall / llc_watch wall, medians): {med(theirs, 0) / med(ours, 0):.2f}×")
-        diff = abs(med(ours, 1) - med(theirs, 1))
-        print(f"estimate difference {diff:.3f} = {diff / math.hypot(med(ours, 2), med(theirs, 2)):.1f} "
-              "combined standard errors")
+    peak = matmul_peak(dev)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{platform.processor() or 'cpu'}, {args.threads} thread(s)"
+    emit(args.out, f"\n## LLC benchmark on {name} (torch {torch.__version__})\n\n"
+         f"case: {what}; {n_params} parameters; n={len(data)}, nβ={nbeta:.1f}, ε={args.epsilon}, "
+         f"γ={args.gamma}, burn-in 0; fp32 matmul peak measured here {peak / 1e12:.2f} TFLOP/s\n")
+    loss_fn = lambda m, b: task.loss(m(b.tokens), b)
+    run_ours(model, task, data, 2, 4, 32, args, nbeta, dev, args.seed)     # warm-up
+    if ckpts and not args.no_whole_run:
+        whole_run(ckpts, task, data, args, nbeta, dev, args.out)
+    di_cases = set(parse_cases(args.devinterp_cases)) if not args.skip_devinterp else set()
+    lines = ["| chains × draws × batch | llc_watch s | sampling s | captured | devinterp s | ratio | "
+             "llc_watch LLC | devinterp LLC | GFLOP/s | % of fp32 peak |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    emit(args.out, "\n" + "\n".join(lines))
+    cases = parse_cases(args.cases)
+    for i, (C, N, B) in enumerate(cases):
+        flops = flops_per_chain_step(model, loss_fn, data[:B]) * C * N
+        ours = [run_ours(model, task, data, C, N, B, args, nbeta, dev, args.seed) for _ in range(args.repeats)]
+        t, llc, se, ts, cap = (statistics.median(r[k] for r in ours) if k < 4 else ours[0][k] for k in range(5))
+        theirs = ("—", "—", "—")
+        if (C, N, B) in di_cases:
+            d = run_devinterp(model, task, data, C, N, B, args, nbeta, dev, args.seed)
+            theirs = (f"{d[0]:.1f}", f"{d[0] / t:.1f}×", f"{d[1]:.2f} ± {d[2]:.2f}")
+        emit(args.out, f"| {C} × {N} × {B} | {t:.2f} | {ts:.2f} | {'yes' if cap else 'no'} | {theirs[0]} | "
+             f"{theirs[1]} | {llc:.2f} ± {se:.2f} | {theirs[2]} | {flops / ts / 1e9:.0f} | "
+             f"{100 * flops / ts / peak:.1f} |")
+        if i == 0 and args.eager_check and dev.type == "cuda":
+            e = run_ours(model, task, data, C, N, B, args, nbeta, dev, args.seed, capture=False)
+            emit(args.out, f"| {C} × {N} × {B}, step not captured | {e[0]:.2f} | {e[3]:.2f} | no | | | "
+                 f"{e[1]:.2f} ± {e[2]:.2f} | | {flops / e[3] / 1e9:.0f} | {100 * flops / e[3] / peak:.1f} |")
+    emit(args.out, "\nGFLOP/s and % of peak count forward + backward FLOPs of the chains' steps over "
+         "the sampling time (L_n(w*) and set-up excluded); llc_watch s is the whole estimate.")
+    if args.stderr_seeds:
+        stderr_race(model, task, data, args, nbeta, dev, args.out)
 
 
 if __name__ == "__main__":

@@ -65,14 +65,23 @@ class TrainingData:
                            else task.sample(t.eval_size, derive_seed(seed, "train-eval")))
 
     def batch(self, step: int) -> Batch:
-        t, seed = self.cfg.train, derive_seed(self.cfg.seed, "batch", step)
         if self.train_set is None:
-            return self.task.sample(t.batch_size, seed)
-        n = len(self.train_set)
+            return sampled_batch(self.task, self.cfg, step)
+        idx = self.indices(step)
+        return self.train_set if idx is None else self.train_set[idx]
+
+    def indices(self, step: int) -> torch.Tensor | None:
+        """Rows of train_set in step's batch (None: the whole set, full-batch training)."""
+        t, n = self.cfg.train, len(self.train_set)
         if t.batch_size >= n:
-            return self.train_set
-        g = torch.Generator().manual_seed(seed)
-        return self.train_set[torch.randperm(n, generator=g)[: t.batch_size]]
+            return None
+        g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "batch", step))
+        return torch.randperm(n, generator=g)[: t.batch_size]
+
+
+def sampled_batch(task: Task, cfg: RunConfig, step: int) -> Batch:
+    """Step's training batch for runs trained on fresh samples: a pure function of (seed, step)."""
+    return task.sample(cfg.train.batch_size, derive_seed(cfg.seed, "batch", step))
 
 
 @torch.no_grad()
@@ -126,10 +135,234 @@ def _diff(old: dict, new: dict, prefix="") -> str:
     return "; ".join(out)
 
 
-def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, stop_after: int | None = None) -> Run:
+def new_model_and_optimizer(cfg: RunConfig, task: Task, device) -> tuple[Transformer, torch.optim.AdamW]:
+    """The run's initial model (seeded from the run's seed) on `device`, and its AdamW."""
+    t = cfg.train
+    torch.manual_seed(derive_seed(cfg.seed, "init"))
+    model = Transformer(cfg.model_config(task)).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay)
+    return model, opt
+
+
+def _training_arrays(task: Task, cfg: RunConfig, step: int) -> tuple:
+    """A worker's job: step's batch as the three arrays training reads (features are not sent)."""
+    b = sampled_batch(task, cfg, step)
+    return b.tokens.numpy(), b.targets.numpy(), b.loss_mask.numpy()
+
+
+class BatchPrefetcher:
+    """Step batches for runs on fresh samples, made ahead by worker processes (or threads).
+
+    Each worker computes `sampled_batch(task, cfg, step)`, the very batch the plain loop makes,
+    so the run's numbers do not change; the main process only pins and copies it (without
+    waiting) to the device. Why processes: batch generation is Python/numpy work that holds the
+    GIL (the icl-regression task's least-squares features cost ~60 ms a batch on one core).
+    """
+
+    def __init__(self, task: Task, cfg: RunConfig, device, workers: int, use_threads: bool = False):
+        from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+        self.task, self.cfg, self.device = task, cfg, torch.device(device)
+        if use_threads:
+            self.pool = ThreadPoolExecutor(max_workers=workers)
+        else:
+            import multiprocessing as mp
+            self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+        self.depth = 4 * workers
+        self.pending: dict = {}
+        self.pin = self.device.type == "cuda"
+
+    def get(self, step: int, stop: int) -> Batch:
+        for s in range(step, min(stop, step + self.depth)):
+            if s not in self.pending:
+                self.pending[s] = self.pool.submit(_training_arrays, self.task, self.cfg, s)
+        for s in [s for s in self.pending if s < step]:      # a jump (resume): drop stale work
+            self.pending.pop(s).cancel()
+        tokens, targets, mask = (torch.from_numpy(a) for a in self.pending.pop(step).result())
+        if self.pin:
+            tokens, targets, mask = (x.pin_memory() for x in (tokens, targets, mask))
+        nb = self.pin
+        return Batch(tokens.to(self.device, non_blocking=nb), targets.to(self.device, non_blocking=nb),
+                     mask.to(self.device, non_blocking=nb), {})
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class Stepper:
+    """The optimiser steps of a run, plain or fast; both give the same weights for a seed.
+
+    plain: the textbook loop (make the batch, copy it, forward, backward, clip, AdamW).
+    fast: the same arithmetic with the host kept off the GPU's critical path: a fixed training
+        set lives on the device (a step's batch is one gather with indices made on the host, or
+        the whole set for full-batch training); batches of fresh samples are made ahead by worker
+        processes and copied without waiting; no step reads a value back from the device. On
+        CUDA the step (forward, backward, clipping, AdamW in its capturable form) is captured as
+        a CUDA graph after CAPTURE_WARMUP steps and replayed; on a CPU nothing is captured and
+        the fast loop gives the plain loop's weights bit for bit (tests/test_train_speed_paths.py).
+        AdamW's capturable form keeps step counts on the device, so on CUDA the two loops agree
+        to float rounding rather than bitwise.
+    `mode` says which ran. Evaluation happens only at checkpoints (in `train`), not here.
+    """
+
+    CAPTURE_WARMUP = 3   # eager steps (on a side stream) before the step is captured
+
+    def __init__(self, cfg: RunConfig, task: Task, data: TrainingData, model, opt, device,
+                 fast: bool = True, workers: int | None = None, use_threads: bool = False,
+                 capture: bool | None = None):
+        import os
+        self.cfg, self.task, self.data, self.model, self.opt = cfg, task, data, model, opt
+        self.device = torch.device(device)
+        self.prefetch = None
+        self.train_set = None
+        self.mode = "plain"
+        self.graph = self.static = self.static_loss = None
+        self.capture = bool(fast and self.device.type == "cuda") if capture is None else capture
+        if self.capture and self.device.type != "cuda":
+            raise ConfigError("capturing the training step needs a CUDA device")
+        self.warm_steps, self.capture_error = 0, None
+        if self.capture:
+            _make_capturable(opt, self.device)
+        if not fast:
+            return
+        if data.train_set is not None:
+            self.train_set = data.train_set.to(self.device)
+            self.mode = "fast (training set on the device)"
+        else:
+            n_workers = workers if workers is not None else min(8, max(0, (os.cpu_count() or 1) - 2))
+            if n_workers > 0 and (self.device.type == "cuda" or workers is not None):
+                self.prefetch = BatchPrefetcher(task, cfg, self.device, n_workers, use_threads)
+                self.mode = f"fast ({n_workers} batch workers)"
+
+    def batch(self, step: int, stop: int) -> Batch:
+        if self.train_set is not None:
+            idx = self.data.indices(step)
+            if idx is None:
+                return self.train_set
+            if self.device.type == "cuda":
+                idx = idx.pin_memory().to(self.device, non_blocking=True)
+            return self.train_set[idx]
+        if self.prefetch is not None:
+            return self.prefetch.get(step, stop)
+        return self.data.batch(step).to(self.device)
+
+    def _set_lr(self, step: int) -> None:
+        lr = lr_at(step, self.cfg)
+        for g in self.opt.param_groups:
+            if isinstance(g["lr"], torch.Tensor):
+                g["lr"].fill_(lr)          # a captured step reads its learning rate from here
+            else:
+                g["lr"] = lr
+
+    def _forward_backward_update(self, batch: Batch) -> torch.Tensor:
+        loss = self.task.loss(self.model(batch.tokens), batch)
+        loss.backward()
+        if self.cfg.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.opt.step()
+        return loss
+
+    def step(self, step: int, stop: int) -> torch.Tensor:
+        self._set_lr(step)
+        batch = self.batch(step, stop)
+        if self.graph is not None and self._feed(batch):
+            self.graph.replay()
+            return self.static_loss
+        if not self.capture or self.capture_error is not None:
+            self.opt.zero_grad(set_to_none=True)
+            return self._forward_backward_update(batch)
+        # warm-up steps run on a side stream (as CUDA graph capture asks), then the step is captured
+        side, main = self._side(), torch.cuda.current_stream(self.device)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            self.opt.zero_grad(set_to_none=True)
+            loss = self._forward_backward_update(batch)
+        main.wait_stream(side)
+        self.warm_steps += 1
+        if self.warm_steps == self.CAPTURE_WARMUP and self.graph is None:
+            self._capture(batch)
+        return loss
+
+    def _side(self):
+        if not hasattr(self, "_side_stream"):
+            self._side_stream = torch.cuda.Stream(self.device)
+        return self._side_stream
+
+    def _capture(self, batch: Batch) -> None:
+        """Record forward, backward, clipping and AdamW as one CUDA graph on static inputs."""
+        full = self.train_set is not None and batch is self.train_set
+        self.static = batch if full else Batch(batch.tokens.clone(), batch.targets.clone(),
+                                               batch.loss_mask.clone(), {})
+        side = self._side()
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        try:
+            self.opt.zero_grad(set_to_none=True)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=side):
+                self.static_loss = self._forward_backward_update(self.static)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self.graph = graph
+            self.mode += ", step captured"
+        except Exception as e:  # noqa: BLE001 - the eager step gives the same update; say so in mode
+            self.capture_error = f"{type(e).__name__}: {e}"
+            self.mode += f", capture failed ({self.capture_error[:120]}); eager steps"
+            self.opt.zero_grad(set_to_none=True)
+
+    def _feed(self, batch: Batch) -> bool:
+        """Copy batch into the captured step's inputs; False if its shapes differ (run eager)."""
+        st = self.static
+        if batch is st:
+            return True
+        if (batch.tokens.shape != st.tokens.shape or batch.targets.shape != st.targets.shape
+                or batch.loss_mask.shape != st.loss_mask.shape):
+            return False
+        st.tokens.copy_(batch.tokens, non_blocking=True)
+        st.targets.copy_(batch.targets, non_blocking=True)
+        st.loss_mask.copy_(batch.loss_mask, non_blocking=True)
+        return True
+
+    def run(self, start: int, stop: int, on_step=None) -> None:
+        """Steps start .. stop − 1."""
+        for s in range(start, stop):
+            self.step(s, stop)
+            if on_step:
+                on_step(s)
+
+    def close(self) -> None:
+        if self.prefetch is not None:
+            self.prefetch.close()
+
+
+def _make_capturable(opt: torch.optim.Optimizer, device) -> None:
+    """AdamW in its capturable form: step counts and the learning rate as device tensors, so a
+    captured step reads them instead of baking in Python numbers."""
+    for g in opt.param_groups:
+        g["capturable"] = True
+        g["lr"] = torch.tensor(float(g["lr"]), device=device)
+    for st in opt.state.values():
+        if "step" in st:
+            st["step"] = st["step"].to(device=device, dtype=torch.float32)
+
+
+def portable_optimizer_state(opt: torch.optim.Optimizer) -> dict:
+    """opt.state_dict() in the plain form (learning rate a number, step counts on the CPU), so a
+    resume file loads into any optimizer on any device whichever loop wrote it."""
+    sd = opt.state_dict()
+    for g in sd["param_groups"]:
+        if isinstance(g.get("lr"), torch.Tensor):
+            g["lr"] = float(g["lr"])
+        if "capturable" in g:
+            g["capturable"] = False
+    sd["state"] = {k: {n: (v.detach().cpu() if n == "step" and isinstance(v, torch.Tensor) else v)
+                       for n, v in st.items()} for k, st in sd["state"].items()}
+    return sd
+
+
+def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, stop_after: int | None = None,
+          fast: bool = True) -> Run:
     """Train `cfg` into `run_dir`, resuming from its last checkpoint if it has one.
 
     stop_after: stop (as if killed) once this many steps are done; for tests of resuming.
+    fast: the fast step loop (`Stepper`); False runs the plain loop. Same weights either way.
     """
     cfg.validate()
     run_dir = Path(run_dir)
@@ -140,9 +373,7 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, stop_after
     device = resolve_device(t.device)
     task = cfg.make_task()
     data = TrainingData(task, cfg)
-    torch.manual_seed(derive_seed(cfg.seed, "init"))
-    model = Transformer(cfg.model_config(task)).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay)
+    model, opt = new_model_and_optimizer(cfg, task, device)
     ckpt_steps = checkpoint_steps(t.steps, cfg.checkpoints.n_log, cfg.checkpoints.n_linear)
 
     start, rows = 0, []
@@ -175,29 +406,33 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, stop_after
         # the resume state goes last: a kill before this line just redoes this checkpoint
         import io
         buf = io.BytesIO()
-        torch.save({"step": step, "model": model.state_dict(), "optim": opt.state_dict()}, buf)
+        torch.save({"step": step, "model": model.state_dict(), "optim": portable_optimizer_state(opt)}, buf)
         atomic_write_bytes(resume, buf.getvalue())
 
     model.train()
-    bar = tqdm(range(start, t.steps), initial=start, total=t.steps, desc="train", disable=not progress,
-               dynamic_ncols=True)
-    for step in bar:
-        if step in ckpt_steps and not (step == start and resume.is_file()):
-            checkpoint(step)
-            if progress:
-                bar.set_postfix(test_acc=rows[-1]["value"], loss=f"{rows[-2]['value']:.3g}")
-        if stop_after is not None and step >= stop_after:
-            bar.close()
-            return Run(run_dir)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
-        batch = data.batch(step).to(device)
-        loss = task.loss(model(batch.tokens), batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if t.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        opt.step()
-    bar.close()
+    bar = tqdm(total=t.steps, initial=start, desc="train", disable=not progress, dynamic_ncols=True)
+    stepper = Stepper(cfg, task, data, model, opt, device, fast=fast)
+    # the steps between checkpoints run without a look at the device's values; a checkpoint
+    # (evaluation, saving) comes before the step of its number, as in a step-by-step loop
+    stop_early = None if stop_after is None else max(stop_after, start)
+    stops = sorted({s for s in ckpt_steps if start <= s < t.steps} | {t.steps}
+                   | ({stop_early} if stop_early is not None and stop_early < t.steps else set()))
+    step = start
+    try:
+        for stop in stops:
+            stepper.run(step, stop)
+            bar.update(stop - step)
+            step = stop
+            if step >= t.steps:
+                break
+            if step in ckpt_steps and not (step == start and resume.is_file()):
+                checkpoint(step)
+                if progress:
+                    bar.set_postfix(test_acc=rows[-1]["value"], loss=f"{rows[-2]['value']:.3g}")
+            if stop_early is not None and step >= stop_early:
+                return Run(run_dir)
+    finally:
+        stepper.close()
+        bar.close()
     checkpoint(t.steps)
     return Run(run_dir)

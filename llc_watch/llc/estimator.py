@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from . import diagnostics as dg
-from .data import DataSource, MinibatchStream, to_device
+from .data import DataSource, MinibatchStream, device_batches, to_device
 from .sampler import FlatParams, SGLDSettings, SamplerError, make_flat_loss, run_chains
 
 ParamsSpec = "None | str | list[str] | Callable[[str], bool] | dict[str, torch.Tensor | None]"
@@ -241,7 +241,7 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
     stream = MinibatchStream(n, batch_size, derive_seed(seed, "batches"))
     if batch_size > n:
         warn.append(f"batch_size={batch_size} > n={n}: using full batches of {n}")
-    get_batch = lambda t: to_device(src.batch(stream.indices(t)), dev)
+    get_batch = device_batches(src, stream, burn_in + (draws - 1) * steps_between_draws + 1, dev)
     steps = burn_in + (draws - 1) * steps_between_draws + 1
     draw_steps = list(range(burn_in, steps, steps_between_draws))
 
