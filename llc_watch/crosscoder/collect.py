@@ -164,5 +164,32 @@ class ActivationStore:
         return torch.from_numpy(np.array(self.maps[k]))
 
 
-__all__ = ["select_snapshots", "fixed_inputs", "answer_positions", "resolve_site", "write_snapshot",
+class PositionCentered:
+    """A RowSource minus each (snapshot, position) mean; rows are example-major with P positions.
+
+    >>> import torch
+    >>> from llc_watch.crosscoder.train import TensorRows
+    >>> x = torch.tensor([[[1.0], [10.0], [3.0], [20.0]]])        # K=1, 2 examples x P=2 positions
+    >>> PositionCentered(TensorRows(x), 2).rows(np.arange(4))[0, :, 0].tolist()
+    [-1.0, -5.0, 1.0, 5.0]
+    """
+
+    def __init__(self, src, n_positions: int):
+        K, N, d = src.shape
+        if N % n_positions:
+            raise ValueError(f"{N} rows are not whole examples of {n_positions} positions")
+        self.src, self.P, self.shape = src, n_positions, src.shape
+        self.means = torch.stack([src.snapshot(k).double().view(-1, n_positions, d).mean(0).float()
+                                  for k in range(K)])               # [K, P, d]
+
+    def rows(self, idx: np.ndarray) -> torch.Tensor:
+        idx = np.asarray(idx)
+        return self.src.rows(idx) - self.means[:, torch.as_tensor(idx % self.P)]
+
+    def snapshot(self, k: int) -> torch.Tensor:
+        x = self.src.snapshot(k)
+        return (x.view(-1, self.P, x.shape[-1]) - self.means[k]).view_as(x)
+
+
+__all__ = ["PositionCentered", "select_snapshots", "fixed_inputs", "answer_positions", "resolve_site", "write_snapshot",
            "collect_activations", "ActivationStore"]

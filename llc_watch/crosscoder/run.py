@@ -34,7 +34,7 @@ from ..checkpoints import open_run
 from ..io import atomic_write_bytes, atomic_write_csv, atomic_write_json
 from ..tasks import derive_seed
 from .ablate import ablate_at_snapshot, ablation_onset
-from .collect import answer_positions, collect_activations, fixed_inputs, resolve_site, select_snapshots
+from .collect import PositionCentered, answer_positions, collect_activations, fixed_inputs, resolve_site, select_snapshots
 from .features import best_label, cross_snapshot_cosine, emergence_index, match_labels, top_examples, trajectory_types
 from .settings import CrosscoderSettings
 from .train import CrosscoderFit, _resolve_device, train_crosscoder
@@ -119,6 +119,8 @@ def crosscode_run(run_dir: str | Path, settings: CrosscoderSettings | dict | Non
 
     cache = run_dir / "crosscoder_cache" / key
     store = collect_activations(run, steps, batch.tokens, site, positions, cache, s.chunk_size, device, progress)
+    if s.center_positions:
+        store = PositionCentered(store, P)
     timings["collect_s"] = time.time() - t0
 
     t1 = time.time()

@@ -39,6 +39,8 @@ class CrosscoderSettings:
     activation: str = "batchtopk"       # topk | batchtopk | jumprelu
     k: int = 8                          # TopK/BatchTopK: active latents per row (on average for BatchTopK)
     normalize: str = "snapshot"         # snapshot | global | none: per-snapshot RMS scaling (see train.py)
+    center_positions: bool = True       # subtract each (snapshot, position) mean first: otherwise position
+                                        # identity dominates the variance and takes most latents
     lr: float = 2e-3                    # Adam learning rate (warm-up 5 %, linear decay over the last 20 %)
     steps: int = 2000                   # optimiser steps
     batch_size: int = 512               # rows per step
@@ -57,7 +59,7 @@ class CrosscoderSettings:
     n_top_examples: int = 5             # top activating (example, position) rows kept per feature
     n_ablate: int = 16                  # features ablated at every snapshot (largest mean contribution,
                                         # plus the best match of each labelled feature)
-    n_ablate_examples: int = 256        # inputs the ablation is evaluated on
+    n_ablate_examples: int = 128        # inputs the ablation is evaluated on
     keep_activations: bool = False      # keep the collected activations (crosscoder_cache/) after success
 
     def __post_init__(self):
