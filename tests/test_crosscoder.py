@@ -24,12 +24,23 @@ def _recovery(fit, planted):
     return float(ok.float().mean()), cos, em
 
 
-@pytest.mark.parametrize("activation,extra", [("batchtopk", {"k": 2}), ("topk", {"k": 2})])
-def test_recovers_planted_directions_and_their_emergence(activation, extra):
+def _planted():
     # 16 directions in 32 dimensions switching on at 8 snapshots (two per snapshot), three of
     # them switching off again; sparse coefficients in [1, 2] with probability 0.08, noise 0.03
-    p = planted_features(n_snapshots=8, d=32, n_features=16, n_rows=4096, n_fading=3, seed=1)
-    fit = train_crosscoder(p.acts, n_latents=32, activation=activation, steps=800, batch_size=256, seed=0, **extra)
+    return planted_features(n_snapshots=8, d=32, n_features=16, n_rows=4096, n_fading=3, seed=1)
+
+
+@pytest.fixture(scope="module")
+def planted_fits():
+    p = _planted()
+    return p, {a: train_crosscoder(p.acts, n_latents=32, activation=a, k=2, steps=800, batch_size=256, seed=0)
+               for a in ("batchtopk", "topk")}
+
+
+@pytest.mark.parametrize("activation", ["batchtopk", "topk"])
+def test_recovers_planted_directions_and_their_emergence(planted_fits, activation):
+    p, fits = planted_fits
+    fit = fits[activation]
     share, cos, em = _recovery(fit, p)
     assert share >= 0.9, (share, cos, em, p.onsets)
     assert fit.metrics["fvu"] < 0.1
@@ -38,15 +49,15 @@ def test_recovers_planted_directions_and_their_emergence(activation, extra):
 def test_jumprelu_learns_a_sparse_accurate_code():
     # JumpReLU recovers fewer planted directions than BatchTopK on this data (31-75 % at cosine 0.9
     # across threshold settings tried), so it is not the default; it must still train and be sparse
-    p = planted_features(n_snapshots=8, d=32, n_features=16, n_rows=4096, n_fading=3, seed=1)
+    p = _planted()
     fit = train_crosscoder(p.acts, n_latents=32, activation="jumprelu", steps=800, batch_size=256, seed=0)
     assert fit.metrics["fvu"] < 0.05 and fit.metrics["l0"] < 5      # 32 latents start active at once
     assert (fit.model.log_threshold.exp() > 0.1).float().mean() > 0.5   # thresholds rose from their start
 
 
-def test_fading_features_are_typed_as_such():
-    p = planted_features(n_snapshots=8, d=32, n_features=16, n_rows=4096, n_fading=3, seed=1)
-    fit = train_crosscoder(p.acts, n_latents=32, k=2, steps=800, batch_size=256, seed=0)
+def test_fading_features_are_typed_as_such(planted_fits):
+    p, fits = planted_fits
+    fit = fits["batchtopk"]
     idx, _ = match_directions(feature_directions(fit.model.W_dec.detach()), p.directions)
     types = trajectory_types(fit.model.decoder_norms().detach())
     found = [types[i] for i in idx.tolist()]
