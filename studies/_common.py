@@ -45,14 +45,26 @@ def claims_markdown(claims) -> str:
                           f"{esc(c.verdict)} | {esc(c.why)} |\n" for c in claims)
 
 
+STEP_COLUMNS = ("step", "lo", "hi", "start", "end")
+
+
 def frame_markdown(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:
-    """A DataFrame as a markdown table (no tabulate dependency)."""
-    def cell(v):
+    """A DataFrame as a markdown table (no tabulate dependency); step-like columns as whole steps.
+
+    >>> print(frame_markdown(pd.DataFrame({"step": [12129.4], "value": [0.123456]})), end="")
+    | step | value |
+    |---|---|
+    | 12,129 | 0.1235 |
+    """
+    def cell(v, col):
         if isinstance(v, float):
-            return "" if not math.isfinite(v) else floatfmt.format(v)
+            if not math.isfinite(v):
+                return ""
+            return f"{v:,.0f}" if col in STEP_COLUMNS else floatfmt.format(v)
         return str(v).replace("|", "\\|")
     lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    lines += ["| " + " | ".join(cell(v, c) for v, c in zip(row, df.columns)) + " |"
+              for row in df.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
 
