@@ -65,8 +65,8 @@ QUICK_STOP = 1500
 # chain, no drift) at the last and middle checkpoints.
 LLC_FULL = {"epsilon": 1e-4, "nbeta": 60.0, "gamma": 6.0, "chains": 4, "draws": 200, "burn_in": 200,
             "batch_size": 1024, "n_data": 8192, "seed": 0}
-LLC_QUICK = {"epsilon": 1e-4, "nbeta": 60.0, "gamma": 6.0, "chains": 2, "draws": 60, "burn_in": 60,
-             "batch_size": 256, "n_data": 2048, "seed": 0, "threads": 1}
+LLC_QUICK = {"epsilon": 1e-4, "nbeta": 60.0, "gamma": 6.0, "chains": 2, "draws": 50, "burn_in": 50,
+             "batch_size": 64, "n_data": 1024, "seed": 0, "threads": 1}
 BATCH_N, BATCH_SEED = 256, 12345     # the fixed batch for behaviour and essential dynamics
 
 PAPER_STAGE_ENDS = {"LR1": 1000, "LR2": 40000, "LR3": 126000, "LR4": 320000, "LR5": 500000}
