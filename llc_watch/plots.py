@@ -28,6 +28,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
+from .axes import set_step_axis
+
 from .analyses.ablations import ablation_effect
 from .analyses.base import tables_signals
 from .analyses.llc import llc_rows as _llc_valid
@@ -57,17 +59,6 @@ def figure_png(fig: Figure, dpi: int = 100) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()
-
-
-def set_step_axis(ax: Axes, max_step: float | None = None) -> Axes:
-    """Symlog x axis (linear below step 1, log above): log(step + 1) up to a smooth join, and step 0 fits."""
-    ax.set_xscale("symlog", linthresh=1.0, linscale=0.5)
-    if max_step is not None:
-        ax.set_xlim(0, max_step * 1.05)
-    else:  # steps are never negative: without this, symlog's autoscale pads into -10^k
-        ax.set_xlim(left=0)
-    ax.set_xlabel("step")
-    return ax
 
 
 def _steps_and(df, col="value"):

@@ -16,7 +16,7 @@ successful set of results: a failed job leaves the previous table as it was.
 
     >>> from llc_watch.analyses import REGISTRY
     >>> list(REGISTRY)
-    ['calibration', 'llc', 'probes', 'ablations', 'fourier']
+    ['calibration', 'llc', 'probes', 'ablations', 'fourier', 'essential_dynamics']
     >>> REGISTRY["llc"].Settings().chains
     4
 """
@@ -45,7 +45,7 @@ class Analysis:
     name: ClassVar[str]
     Settings: ClassVar[type[SettingsBase]]
     schema: ClassVar[TableSchema]
-    job: ClassVar = None
+    job: ClassVar = None                        # per-checkpoint analyses: fn(checkpoint, settings) -> rows
     help: ClassVar[str] = ""
     description: ClassVar[str] = ""
     pipeline: ClassVar[bool] = True
@@ -80,6 +80,14 @@ class Analysis:
         """Whether the pipeline needs it on this run (calibration: not when already calibrated)."""
         return True
 
+    # --- run-level analyses ---------------------------------------------------------------------
+    def compute(self, run: Run, settings: SettingsBase, checkpoints: list[Checkpoint], progress: bool = True
+                ) -> pd.DataFrame:
+        """The whole table at once, for analyses that need many checkpoints together (a crosscoder over
+        snapshots, PCA of outputs over checkpoints). Such an analysis sets `job = None` and overrides
+        this; it must be resumable and write its side files atomically itself."""
+        raise NotImplementedError(f"analysis {self.name!r} has neither a per-checkpoint job nor compute()")
+
     # --- after the jobs ------------------------------------------------------------------------
     def finish(self, run: Run, table: pd.DataFrame, settings: SettingsBase) -> pd.DataFrame:
         """Whole-run post-processing of the rows (controls that need every step, side tables)."""
@@ -95,6 +103,11 @@ class Analysis:
 
     def summary(self, run: Run, table: pd.DataFrame) -> list[str]:
         """Lines the CLI prints after a run (default: none beyond 'wrote ...')."""
+        return []
+
+    def figures(self, run: Run, table: pd.DataFrame, stage_map=None) -> list[dict]:
+        """The report's section for this analysis: [{"fig": matplotlib Figure, "alt": ..., "caption": ...}]
+        (none by default; the stage figure already draws every signal)."""
         return []
 
     def __repr__(self):
@@ -134,6 +147,15 @@ def run_analysis(analysis: Analysis | str, run_dir, settings: Mapping | Settings
     if not a.applies_to(run.task):
         raise SettingsError(f"analysis {a.name!r} does not apply to task {run.task.name!r}")
     ckpts = a.checkpoints(run, checkpoints)
+    if a.job is None:   # a run-level analysis: one computation over all its checkpoints
+        table = a.finish(run, a.compute(run, s, ckpts, progress=progress), s)
+        run.write_table(a.schema.name, table)
+        attrs = dict(table.attrs)
+        table = a.schema.ordered(table)
+        table.attrs.update(attrs)
+        table.attrs.update(settings=s, summary=f"{len(ckpts)} checkpoints, computed together", ran=len(ckpts),
+                           skipped=0)
+        return table
     report = run_checkpoint_jobs(a.job, ckpts, a.job_settings(run, s), out_dir=run.results_dir(a.name),
                                  executor=executor, desc=a.name, progress=progress)
     if report.failures:

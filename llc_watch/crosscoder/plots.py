@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
-from ..plots import set_step_axis
+from ..axes import set_step_axis
 from .features import emergence_signal
 
 

@@ -170,6 +170,20 @@ def render_report(run: Run | str, sm: StageMap | None = None, title: str | None 
             except ValueError as e:
                 probe_figs.append({"png": None, "error": str(e)})
 
+    sections = []   # each registered analysis's own figures (essential dynamics, crosscoder, ...)
+    from llc_watch.analyses import REGISTRY
+    for a in REGISTRY.values():
+        t = tables.get(a.schema.name)
+        if t is None or not len(t):
+            continue
+        try:
+            figs = [{"png": _png(f["fig"]), "alt": f["alt"], "caption": f.get("caption", ""), "error": None}
+                    for f in a.figures(run, t, sm)]
+        except (ValueError, KeyError) as e:    # a table the figure cannot read: say so, draw the rest
+            figs = [{"png": None, "alt": a.name, "caption": "", "error": f"{a.schema.file} could not be drawn: {e}"}]
+        if figs:
+            sections.append({"title": a.help[:1].upper() + a.help[1:], "figs": figs})
+
     flat = _flatten(config)
     cols = [c for c in ["group", "signal", "kind", "step", "lo", "hi", "support", "n_signals"] if c in sm.aligned.columns]
     env = jinja2.Environment(loader=jinja2.PackageLoader("llc_watch", "report"), autoescape=True,
@@ -184,7 +198,7 @@ def render_report(run: Run | str, sm: StageMap | None = None, title: str | None 
         boundaries_table=_table(_int_steps(sm.aligned[cols]) if len(sm.aligned) else sm.aligned),
         missing=sorted(missing.items()), warnings=shown_warnings, oks=oks,
         llc_section=llc_chain_figures(llc) if llc is not None else None,
-        calibration=calibration, probe_figs=probe_figs,
+        calibration=calibration, probe_figs=probe_figs, sections=sections,
         config_table=_table(pd.DataFrame({"setting": list(flat), "value": [v if isinstance(v, str) else json.dumps(v)
                                                                            for v in flat.values()]})) if flat else None,
         llc_settings_table=_table(llc_settings_table(llc)) if llc is not None else None,
