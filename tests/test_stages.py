@@ -389,3 +389,13 @@ def test_boundary_round_trips_new_fields():
     assert Boundary.from_dict(json.loads(json.dumps(b.to_dict()))) == b
     old = {"step": 10.0, "lo": 8.0, "hi": 12.0, "signal": "llc", "kind": "onset", "support": 1.0, "strength": None}
     assert Boundary.from_dict(old).strong is False
+
+
+@pytest.mark.parametrize("module", ["llc_watch.signals", "llc_watch.stages.smoothing", "llc_watch.stages.boundaries",
+                                    "llc_watch.stages.stage_map", "llc_watch.stages.adaptive",
+                                    "llc_watch.stages.synthetic", "llc_watch.essential_dynamics"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+    r = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert r.failed == 0 and r.attempted > 0
