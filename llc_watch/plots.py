@@ -41,8 +41,9 @@ __all__ = ["new_figure", "plot_metrics", "plot_llc", "plot_probes", "plot_ablati
            "stage_figure", "plot_llc_traces", "plot_llc_chains", "parse_json_list", "plot_calibration", "plot_signals",
            "calibration_figure", "plot_probe_heatmap", "probe_heatmap_figure", "figure_png", "set_step_axis"]
 
-KIND_COLORS = {"slope-zero": "#d62728", "sharp-change": "#ff7f0e", "plateau-end": "#1f77b4",
-               "drop": "#17becf", "drop-end": "#9467bd", "onset": "#2ca02c"}
+KIND_COLORS = {"slope-zero": "#d62728", "plateau-start": "#aec7e8", "plateau-end": "#1f77b4",
+               "sharp-change": "#ff7f0e", "drop": "#17becf", "drop-end": "#9467bd", "onset": "#2ca02c",
+               "peak": "#e377c2", "turning-point": "#8c564b", "cusp": "#000000"}
 
 
 def new_figure(width: float = 8.0, height: float = 4.0) -> Figure:
@@ -215,10 +216,12 @@ def plot_signals(ax: Axes, signals: Sequence[Signal], ylabel: str | None = None)
 _DEDICATED = {"metrics": ("loss",), "llc": ("llc",), "probes": ("probe",), "ablations": ("ablation",)}
 
 
-def stage_figure(tables, stage_map: StageMap | None = None, width: float = 9.0, signals=None) -> Figure:
+def stage_figure(tables, stage_map: StageMap | None = None, width: float = 9.0, signals=None,
+                 show_all: bool = False) -> Figure:
     """The stage-boundary figure: stacked panels on one log-step axis (loss & accuracy; LLC ± s.e.;
     best probe accuracy per feature; ablation drop against random directions; one panel per other
-    signal family, e.g. Fourier), stages shaded, the boundaries of each panel's signals drawn.
+    signal family, e.g. Fourier), stages shaded, the strong boundaries of each panel's signals drawn
+    (show_all=True: every boundary; the table keeps them all either way).
 
     tables: {table name: DataFrame} (Run.tables() or synthetic ones); signals: the run's signals
     (default: every registered analysis's signals from `tables`).
@@ -252,12 +255,13 @@ def stage_figure(tables, stage_map: StageMap | None = None, width: float = 9.0, 
     for i, (ax, (name, draw, sigs)) in enumerate(zip(axes, panels)):
         draw(ax)
         plot_stages(ax, sm, label=(i == 0))
-        plot_boundaries(ax, sm.boundaries, sigs)
+        plot_boundaries(ax, sm.strong if show_all is False else sm.boundaries, sigs)
         set_step_axis(ax, max_step)
         if i < len(axes) - 1:
             ax.set_xlabel("")
+    drawn = sm.strong if show_all is False else sm.boundaries
     handles = [matplotlib.lines.Line2D([], [], color=c, ls="--", marker="v", label=k) for k, c in KIND_COLORS.items()
-               if any(b.kind == k for b in sm.boundaries)]
+               if any(b.kind == k for b in drawn)]
     handles.append(matplotlib.patches.Patch(color="#ffe680", alpha=0.6, label="quiet stage"))
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize="small", frameon=False)
     return fig

@@ -498,8 +498,12 @@ def loss_drop_step(metrics: pd.DataFrame, acc_level: float = 0.5) -> tuple[float
 
 def quiet_or_loud(probes: pd.DataFrame, metrics: pd.DataFrame, threshold: float = 0.9,
                   measure: str = "balanced_accuracy", acc_level: float = 0.5,
-                  reduce: str = "mean") -> pd.DataFrame:
+                  reduce: str = "mean", drop: tuple[float, str] | None = None) -> pd.DataFrame:
     """Per feature: the step its best probes first reach `threshold` vs the step the loss drops.
+
+    drop: (step, how it was found) of the loss drop. The run-level analysis passes the stage map's
+    one definition (llc_watch.stages.loss_drop, its steepest point); without it, the first step
+    test accuracy reaches `acc_level` stands in.
 
     At each step, each position's best probe (over sites) is taken, then reduced over positions
     (`mean`, `min` or `max`): the feature is 'held' when that value reaches `threshold`.
@@ -509,7 +513,7 @@ def quiet_or_loud(probes: pd.DataFrame, metrics: pd.DataFrame, threshold: float 
     p = probes[(probes.control == "probe") & (probes.measure == measure)]
     if measure not in ("accuracy", "balanced_accuracy", "r2"):
         raise ValueError(f"quiet_or_loud: measure {measure!r} must be higher-is-better (accuracy, balanced_accuracy, r2)")
-    drop, how = loss_drop_step(metrics, acc_level)
+    drop, how = drop if drop is not None else loss_drop_step(metrics, acc_level)
     loss = metrics[metrics.measure == "test_loss"].set_index("step").value
     out = []
     for feat, d in p.groupby("feature"):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from llc_watch.stages import stage_map
 from llc_watch.probes import ProbeSettings, add_step0_control, fit_checkpoint_probes, quiet_or_loud
 from llc_watch.run import Column, TableSchema, register_table
 from llc_watch.signals import Signal
@@ -109,7 +110,9 @@ class Probes(Analysis):
     def finish(self, run, table, settings):
         df = add_step0_control(table)
         try:
-            run.write_table("probes_quiet", quiet_or_loud(df, run.metrics(), threshold=settings.threshold))
+            metrics = run.metrics()
+            run.write_table("probes_quiet", quiet_or_loud(df, metrics, threshold=settings.threshold,
+                                                          drop=stage_map_drop(metrics)))
         except Exception as e:  # the table is still useful without the verdict
             warnings.warn(f"quiet-or-loud classification skipped: {e}")
         return df
@@ -135,3 +138,17 @@ def compute_probes(run_dir, settings=None, checkpoints=None, executor=None, prog
     if threshold is not None:
         given["threshold"] = threshold
     return run_analysis(PROBES, run_dir, given, checkpoints, executor, progress)
+
+
+def stage_map_drop(metrics: pd.DataFrame) -> tuple[float, str] | None:
+    """The loss drop as the stage map defines it (llc_watch.stages.loss_drop on the training curves),
+    so probes_quiet.csv and the stage map judge "quiet" against the same step."""
+    from llc_watch.stages import loss_drop
+    from .training import metrics_signals
+    try:
+        ld = loss_drop(stage_map(metrics_signals(metrics), resamples=30))
+    except ValueError:
+        return None
+    if ld is None:
+        return None
+    return float(ld.step), f"steepest point of the {ld.signal} drop (the stage map's loss drop)"

@@ -140,8 +140,8 @@ def render_report(run: Run | str, sm: StageMap | None = None, title: str | None 
 
     known = set(missing.values())
     shown_warnings = [w for w in sm.warnings if w not in known]
-    shown_warnings += [f"Boundary {b.signal}:{b.kind} at step {b.step:.0f} reappears in only {b.support:.0%} of "
-                       "resamples: treat it as tentative." for b in sm.boundaries if b.support < 0.8]
+    shown_warnings += [f"Boundary {b.signal}:{b.kind} at step {b.step:.0f} exists in only {b.support:.0%} of "
+                       "posterior draws: treat it as tentative." for b in sm.boundaries if b.support < 0.8]
     oks = []
     llc = tables.get("llc")
     if llc is not None and llc_rows(llc)["valid"].all():
@@ -185,14 +185,16 @@ def render_report(run: Run | str, sm: StageMap | None = None, title: str | None 
             sections.append({"title": a.help[:1].upper() + a.help[1:], "figs": figs})
 
     flat = _flatten(config)
-    cols = [c for c in ["group", "signal", "kind", "step", "lo", "hi", "support", "n_signals"] if c in sm.aligned.columns]
+    cols = [c for c in ["group", "signal", "kind", "step", "lo", "hi", "support", "strong", "evidence", "n_signals"]
+            if c in sm.aligned.columns]
     env = jinja2.Environment(loader=jinja2.PackageLoader("llc_watch", "report"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     return env.get_template("report.html.j2").render(
         title=title, css=Markup(_CSS), run_dir=str(run.dir), task=flat.get("task.name", ""),
         written=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"), figure=_figure,
         n_stages=len(sm.stages), n_quiet=int(sm.stages["quiet"].sum()) if len(sm.stages) else 0,
-        n_boundaries=len(sm.boundaries), n_signals=len({b.signal for b in sm.boundaries}), timeline=sm.timeline(),
+        n_boundaries=len(sm.boundaries), n_strong=len(sm.strong), n_signals=len({b.signal for b in sm.boundaries}),
+        timeline=sm.timeline(), transitions_table=_table(_int_steps(sm.transitions())),
         stage_png=_png(stage_figure(tables, sm, signals=signals)),
         stages_table=_table(_int_steps(sm.stages), row_class=lambda r: "quiet" if r["quiet"] else ""),
         boundaries_table=_table(_int_steps(sm.aligned[cols]) if len(sm.aligned) else sm.aligned),
