@@ -16,7 +16,7 @@ successful set of results: a failed job leaves the previous table as it was.
 
     >>> from llc_watch.analyses import REGISTRY
     >>> list(REGISTRY)
-    ['calibration', 'llc', 'probes', 'ablations', 'fourier', 'essential_dynamics']
+    ['calibration', 'llc', 'probes', 'ablations', 'fourier', 'essential_dynamics', 'crosscoder']
     >>> REGISTRY["llc"].Settings().chains
     4
 """

@@ -16,17 +16,19 @@ import json
 import math
 from dataclasses import dataclass
 
+from llc_watch.settings import SettingsBase, SettingsError
+
 from .model import ACTIVATIONS
 
 NORMALIZE = ("snapshot", "global", "none")
 
 
-class CrosscoderSettingsError(ValueError):
+class CrosscoderSettingsError(SettingsError):
     """A crosscoder setting that cannot work; the message names it and what to choose."""
 
 
 @dataclass(frozen=True)
-class CrosscoderSettings:
+class CrosscoderSettings(SettingsBase):
     # --- what to collect ------------------------------------------------------------------------
     site: str = "last"                  # "last": residual stream after the last block; or any site name
     positions: tuple[int, ...] | None = None  # input positions to read; None: the answer positions
@@ -62,7 +64,7 @@ class CrosscoderSettings:
     n_ablate_examples: int = 128        # inputs the ablation is evaluated on
     keep_activations: bool = False      # keep the collected activations (crosscoder_cache/) after success
 
-    def __post_init__(self):
+    def validate(self):
         def bad(field, why):
             raise CrosscoderSettingsError(f"crosscoder.{field}={getattr(self, field)!r}: {why}")
 
