@@ -110,3 +110,92 @@ class MinibatchStream:
         while len(self.perms) <= epoch:
             self.perms.append(torch.randperm(self.n, generator=self.gen))
         return self.perms[epoch][k * self.batch_size:(k + 1) * self.batch_size]
+
+
+class ChainMinibatchStreams:
+    """Independent minibatch streams, one per chain: step t -> indices [C, batch_size].
+
+    Chain c's stream is a `MinibatchStream` seeded from (seed, c) alone, so it does not depend on
+    how many chains run (chain 0 of a 2-chain run sees what chain 0 of an 8-chain run sees).
+
+        >>> s2, s8 = ChainMinibatchStreams(100, 10, seed=0, chains=2), ChainMinibatchStreams(100, 10, 0, 8)
+        >>> s8.indices(3).shape
+        torch.Size([8, 10])
+        >>> bool((s2.indices(3) == s8.indices(3)[:2]).all()), bool((s8.indices(3)[0] == s8.indices(3)[1]).all())
+        (True, False)
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, chains: int, chain_ids=None):
+        from llc_watch.tasks.base import derive_seed  # stable sha256-based seed derivation
+        ids = list(range(chains)) if chain_ids is None else list(chain_ids)
+        if len(ids) != chains:
+            raise DataError(f"chain_ids has {len(ids)} entries for {chains} chains")
+        self.streams = [MinibatchStream(n, batch_size, derive_seed(seed, "chain-batches", c)) for c in ids]
+        self.batch_size = self.streams[0].batch_size
+
+    def indices(self, t: int) -> torch.Tensor:
+        return torch.stack([s.indices(t) for s in self.streams])
+
+
+# --- chain-stacked batches: a batch whose every tensor has a leading chain dimension -----------
+
+def batch_leaves(batch) -> tuple[list[torch.Tensor], callable]:
+    """(the batch's tensors, rebuild(tensors) -> a batch of the same form).
+
+    Forms: a tensor, a tuple/list or dict of batches, a dataclass whose fields are batches (such
+    as llc_watch's task `Batch`). Used to vmap over, stack or slice batches of any of these forms.
+
+        >>> leaves, rebuild = batch_leaves({"x": torch.zeros(2, 3), "y": (torch.ones(2),)})
+        >>> [tuple(t.shape) for t in leaves], rebuild([t + 1 for t in leaves])["y"][0].tolist()
+        ([(2, 3), (2,)], [2.0, 2.0])
+    """
+    import dataclasses
+    if isinstance(batch, torch.Tensor):
+        return [batch], lambda ts: ts[0]
+    if isinstance(batch, (tuple, list)) or isinstance(batch, dict) or dataclasses.is_dataclass(batch):
+        if isinstance(batch, dict):
+            keys, parts = list(batch), list(batch.values())
+        elif isinstance(batch, (tuple, list)):
+            keys, parts = None, list(batch)
+        else:
+            keys = [f.name for f in dataclasses.fields(batch)]
+            parts = [getattr(batch, k) for k in keys]
+        sub = [batch_leaves(p) for p in parts]
+        counts = [len(ls) for ls, _ in sub]
+        leaves = [t for ls, _ in sub for t in ls]
+
+        def rebuild(ts):
+            out, i = [], 0
+            for (_, rb), k in zip(sub, counts):
+                out.append(rb(ts[i:i + k]))
+                i += k
+            if isinstance(batch, dict):
+                return dict(zip(keys, out))
+            if isinstance(batch, (tuple, list)):
+                return type(batch)(out)
+            return dataclasses.replace(batch, **dict(zip(keys, out)))
+        return leaves, rebuild
+    raise DataError(f"cannot split a batch of type {type(batch).__name__} into tensors: chain-stacked "
+                    "batches must be tensors, tuples/lists/dicts of tensors, or dataclasses of them")
+
+
+def stack_batches(batches: list):
+    """Chain-stack batches of one form: every tensor gets a leading chain dimension [C, ...].
+
+        >>> b = stack_batches([(torch.zeros(4, 2), torch.zeros(4)), (torch.ones(4, 2), torch.ones(4))])
+        >>> b[0].shape, b[1].shape
+        (torch.Size([2, 4, 2]), torch.Size([2, 4]))
+    """
+    if not batches:
+        raise DataError("stack_batches needs at least one batch")
+    split = [batch_leaves(b) for b in batches]
+    n = {len(ls) for ls, _ in split}
+    if len(n) != 1:
+        raise DataError("stack_batches: the batches have different forms")
+    return split[0][1]([torch.stack(ts) for ts in zip(*(ls for ls, _ in split))])
+
+
+def chain_batch(stacked, c: int):
+    """Chain c's own batch out of a chain-stacked batch (the inverse of stack_batches)."""
+    leaves, rebuild = batch_leaves(stacked)
+    return rebuild([t[c] for t in leaves])

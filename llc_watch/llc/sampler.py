@@ -21,10 +21,14 @@ devinterp's own pipeline is the reference in tests/test_llc_parity.py.
 All sampled weights live in one flat vector per chain (`FlatParams`), so a step is a handful of
 elementwise ops on a [C, D] tensor, not a Python loop over parameter tensors.
 
-Noise comes from one generator per chain, drawn as one flat [D] vector per step. The vectorised
-path fills row c of its [C, D] noise from generator c; the sequential path draws the same [D]
-vector from the same generator. Both paths are therefore fed identical noise by construction
-(the "shared-noise" property the tests check), whichever path runs.
+Noise comes from one generator per chain, seeded from (seed, chain id) so chain c's noise does
+not depend on how many chains run beside it. To keep the Python loop over chains out of the step,
+each generator draws a block of NOISE_BLOCK steps' noise at once ([NOISE_BLOCK, D] per chain, one
+call per chain every NOISE_BLOCK steps); step t uses row t mod NOISE_BLOCK of block t // NOISE_BLOCK.
+The vectorised and the sequential paths read the same `ChainNoise` blocks, so both are fed
+identical noise by construction (the "shared-noise" property the tests check). (A counter-based
+hash per (chain, step, coordinate) would remove even the per-block calls but costs ~20 integer
+ops per element per step outside a compiled kernel; the block scheme costs nothing extra.)
 
     >>> import torch
     >>> s = SGLDSettings(epsilon=1e-3, nbeta=100.0, gamma=10.0)
@@ -37,12 +41,14 @@ vector from the same generator. Both paths are therefore fed identical noise by 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
+
+from .data import batch_leaves, chain_batch
 
 SAMPLERS = ("sgld", "rmsprop_sgld")
 
@@ -166,25 +172,64 @@ def make_flat_loss(model: nn.Module, loss_fn: Callable, flat: FlatParams) -> Cal
 
 # --- the chains -------------------------------------------------------------------------------
 
+NOISE_BLOCK = 8   # steps of noise each chain's generator draws at once (part of the noise's definition)
+
+
 @dataclass
 class ChainRun:
     losses: torch.Tensor            # [C, T] minibatch loss at the weights before each step
     final_w: torch.Tensor           # [C, D]
     mala_accept: torch.Tensor | None  # [C] mean MALA acceptance probability over draw steps
     vectorized: bool                # which path actually ran
-    center_losses: torch.Tensor | None = None  # [T] minibatch loss at w* on each step's batch
+    center_losses: torch.Tensor | None = None  # minibatch loss at w* on each step's batch:
+                                    # [T] when every chain shares w* and the batch, else [C, T]
+    observed: torch.Tensor | None = None       # [C, K] loss on observe_batch at observe_steps
+    observe_steps: list[int] = field(default_factory=list)  # steps t of the observations (before
+                                    # step t's update, as for losses)
+    captured: bool = False          # whether the step ran as a captured CUDA graph
 
 
-def chain_generators(seed: int, chains: int, device) -> list[torch.Generator]:
-    """One noise generator per chain, seeded from (seed, chain) so chain c's noise does not
-    depend on how many chains run beside it."""
+def chain_generators(seed: int, chains: int, device, chain_ids=None) -> list[torch.Generator]:
+    """One noise generator per chain, seeded from (seed, chain id) so chain c's noise does not
+    depend on how many chains run beside it. chain_ids: the id of each row (default 0..C−1)."""
     from llc_watch.tasks.base import derive_seed  # stable sha256-based seed derivation
     gens = []
-    for c in range(chains):
+    for c in (range(chains) if chain_ids is None else chain_ids):
         g = torch.Generator(device=device)
-        g.manual_seed(derive_seed(seed, "sgld-noise", c))
+        g.manual_seed(derive_seed(seed, "sgld-noise", int(c)))
         gens.append(g)
     return gens
+
+
+class ChainNoise:
+    """Every chain's N(0, I) noise, drawn NOISE_BLOCK steps at a time per chain.
+
+    `at(t)` -> [C, D] (a view, valid until the next block is drawn). The block buffer is refilled
+    in place, so a captured step can read it at a fixed address.
+
+        >>> n3, n1 = ChainNoise(0, 3, 5, "cpu"), ChainNoise(0, 1, 5, "cpu")
+        >>> bool((n3.at(9)[0] == n1.at(9)[0]).all())          # chain 0 alone or beside others
+        True
+    """
+
+    def __init__(self, seed: int, chains: int, D: int, device, dtype=torch.float32, chain_ids=None,
+                 block: int = NOISE_BLOCK):
+        self.gens = chain_generators(seed, chains, device, chain_ids)
+        self.block = block
+        self.buf = torch.empty(chains, block, D, device=device, dtype=dtype)
+        self.filled = -1
+
+    def fill_for(self, t: int) -> None:
+        """Make sure the buffer holds step t's block (blocks are drawn in order, none skipped)."""
+        b = t // self.block
+        while self.filled < b:
+            for c, g in enumerate(self.gens):
+                self.buf[c].normal_(generator=g)
+            self.filled += 1
+
+    def at(self, t: int) -> torch.Tensor:
+        self.fill_for(t)
+        return self.buf[:, t % self.block]
 
 
 def _mala_log_accept(w, w_new, drift, drift_new, u, u_new, eps):
@@ -197,95 +242,200 @@ def _mala_log_accept(w, w_new, drift, drift_new, u, u_new, eps):
     return torch.clamp(u - u_new + (fwd - bwd) / (2 * eps), max=0.0)
 
 
+def _unique_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distinct rows [K, D], index [C] with x[i] == rows[index[i]]), first-seen order.
+
+    Why: many chains share a centre (chains of one checkpoint); the loss at the centre is then
+    computed once per distinct centre, not once per chain."""
+    C = x.shape[0]
+    index = torch.arange(C)
+    rows: list[int] = []
+    for i in range(C):
+        for k, j in enumerate(rows):
+            if x[i].data_ptr() == x[j].data_ptr() or torch.equal(x[i], x[j]):
+                index[i] = k
+                break
+        else:
+            index[i] = len(rows)
+            rows.append(i)
+    return x[rows], index.to(x.device)
+
+
 def run_chains(loss_of: Callable, flat: FlatParams, s: SGLDSettings, *, chains: int,
                steps: int, get_batch: Callable[[int], object], seed: int,
                draw_steps: Iterable[int] = (), mala: bool = False, vectorized: bool = True,
-               center_loss: bool = False,
-               progress: Callable[[int], None] | None = None) -> ChainRun:
-    """Run `chains` localised SGLD chains for `steps` steps from w*.
+               center_loss: bool = False, progress: Callable[[int], None] | None = None,
+               centers: torch.Tensor | None = None, per_chain_batches: bool = False,
+               observe_batch=None, observe_every: int = 0,
+               chain_ids: Sequence[int] | None = None) -> ChainRun:
+    """Run `chains` localised SGLD chains for `steps` steps, chain c from its centre.
 
-    get_batch(t) gives step t's minibatch (shared by every chain). Losses are recorded at every
-    step (before the update), so burn-in can be inspected. With mala=True, at each step in
-    draw_steps the MH acceptance of the proposal just taken is estimated on that step's batch
-    (one extra gradient evaluation per draw; plain SGLD only). With center_loss=True, the loss at w*
-    on each step's batch is recorded too (one forward per step, shared by all chains).
+    get_batch(t) gives step t's minibatch, shared by every chain; with per_chain_batches=True it
+    gives a chain-stacked batch (every tensor [C, ...], row c chain c's own minibatch; see
+    data.stack_batches / data.ChainMinibatchStreams). Losses are recorded at every step (before
+    the update), so burn-in can be inspected.
+    centers: [C, D] per-chain w* (start point and localisation centre); default flat.w_star for all.
+    mala: at each step in draw_steps, the MH acceptance of the proposal just taken is estimated on
+        that step's batch (one extra gradient evaluation per draw; plain SGLD only).
+    center_loss: also record the loss at each chain's centre on its step's batch (one forward per
+        distinct (centre, batch) per step).
+    observe_batch / observe_every: a fixed evaluation batch (shared by all chains); at every step
+        t that is a multiple of observe_every, the loss at each chain's current w (before step t's
+        update) on it is recorded -> ChainRun.observed [C, K], observe_steps [K].
+    chain_ids: the noise identity of each row (default 0..C−1): row i draws the noise of chain
+        chain_ids[i] (the batched checkpoint path gives chain c of every checkpoint the noise
+        estimate_llc gives chain c).
+    Everything is accumulated on the device and copied to the host once at the end.
     """
     s.validate()
     w_star = flat.w_star
     device, D = w_star.device, w_star.numel()
+    if centers is not None:
+        centers = torch.as_tensor(centers).to(device=device, dtype=w_star.dtype)
+        if centers.shape != (chains, D):
+            raise SamplerError(f"centers has shape {tuple(centers.shape)}; it must be [chains, D] = "
+                               f"[{chains}, {D}] (one w* per chain)")
+    if chain_ids is not None and len(chain_ids) != chains:
+        raise SamplerError(f"chain_ids has {len(chain_ids)} entries for {chains} chains")
+    if observe_every < 0 or (observe_every > 0) != (observe_batch is not None):
+        raise SamplerError("observe_batch and observe_every > 0 go together: pass both (a fixed "
+                           "evaluation batch and how often to evaluate on it) or neither")
     mask = flat.mask
-    gens = chain_generators(seed, chains, device)
+    noise = ChainNoise(seed, chains, D, device, w_star.dtype, chain_ids)
     draw_set = set(draw_steps) if mala and s.kind == "sgld" else set()
+    observe_steps = list(range(0, steps, observe_every)) if observe_every else []
+    observe_at = {t: k for k, t in enumerate(observe_steps)}
+    per_chain_center = centers is not None or per_chain_batches
     losses = torch.full((chains, steps), float("nan"), device=device)
+    observed = torch.full((chains, len(observe_steps)), float("nan"), device=device) if observe_steps else None
     accept_sum = torch.zeros(chains, device=device)
-    centers = torch.full((steps,), float("nan"), device=device) if center_loss else None
+    center_losses = None
+    if center_loss:
+        shape = (chains, steps) if per_chain_center else (steps,)
+        center_losses = torch.full(shape, float("nan"), device=device)
+    C0 = w_star.expand(chains, D) if centers is None else centers   # [C, D] view
 
-    def record_center(t, batch):
-        if centers is not None:
-            with torch.no_grad():
-                centers[t] = loss_of(w_star, batch).detach()
-
-    def gv(w, batch):   # (∇L, L) for one chain's w [D]
-        w = w.detach().requires_grad_(True)
-        L = loss_of(w, batch)
-        return torch.autograd.grad(L, w)[0], L.detach()
-
-    def vgv(W, batch):  # (∇L, L) for all chains: a vmapped forward, one ordinary backward.
-        # why not vmap(grad(...)): chains are independent, so ∂(ΣL_c)/∂W row c = ∇L_c, and plain
-        # autograd through a vmapped forward has less per-step overhead than functorch's grad.
-        W = W.detach().requires_grad_(True)
-        L = vmap(loss_of, in_dims=(0, None))(W, batch)
-        return torch.autograd.grad(L.sum(), W)[0], L.detach()
-
-    def potential(w, loss):
+    def potential(w, loss, center):
         u = s.nbeta * loss
-        return u + 0.5 * s.gamma * (w - w_star).pow(2).sum(-1) if s.gamma else u
+        return u + 0.5 * s.gamma * (w - center).pow(2).sum(-1) if s.gamma else u
 
     if vectorized:
-        W = w_star.expand(chains, D).clone()
-        state = init_state(s, W)
-        noise = torch.empty(chains, D, device=device, dtype=w_star.dtype)
-        for t in range(steps):
-            batch = get_batch(t)
-            record_center(t, batch)
-            G, L = vgv(W, batch)
-            losses[:, t] = L.detach()
-            for c in range(chains):
-                noise[c].normal_(generator=gens[c])
-            W_new = sgld_update(W, G, w_star, noise, state, s, mask)
-            if t in draw_set:
-                G2, L2 = vgv(W_new, batch)
-                d0, d1 = drift_of(W, G, w_star, s), drift_of(W_new, G2, w_star, s)
-                if mask is not None:
-                    d0, d1 = d0 * mask, d1 * mask
-                accept_sum += _mala_log_accept(W, W_new, d0, d1, potential(W, L),
-                                               potential(W_new, L2), s.epsilon).exp()
-            W = W_new.detach()
-            if progress:
-                progress(t)
-        final = W
+        run = _vectorised(loss_of, s, mask, w_star, centers, C0, per_chain_batches, noise, get_batch,
+                          steps, losses, center_losses, observed, observe_at, observe_batch,
+                          draw_set, accept_sum, potential, progress)
+        final = run
     else:
-        ws = [w_star.clone() for _ in range(chains)]
+        def gv(w, batch):   # (∇L, L) for one chain's w [D]
+            w = w.detach().requires_grad_(True)
+            L = loss_of(w, batch)
+            return torch.autograd.grad(L, w)[0], L.detach()
+
+        ws = [C0[c].clone() for c in range(chains)]
         states = [init_state(s, w) for w in ws]
         for t in range(steps):
             batch = get_batch(t)
-            record_center(t, batch)
+            xi = noise.at(t)
+            if per_chain_batches:
+                _check_chain_stacked(batch, chains)
             for c in range(chains):
-                g, L = gv(ws[c], batch)
-                losses[c, t] = L.detach()
-                xi = torch.empty(D, device=device, dtype=w_star.dtype).normal_(generator=gens[c])
-                w_new = sgld_update(ws[c], g, w_star, xi, states[c], s, mask)
+                b_c = chain_batch(batch, c) if per_chain_batches else batch
+                if center_losses is not None:
+                    with torch.no_grad():
+                        if per_chain_center:
+                            center_losses[c, t] = loss_of(C0[c], b_c).detach()
+                        elif c == 0:
+                            center_losses[t] = loss_of(w_star, batch).detach()
+                if t in observe_at:
+                    with torch.no_grad():
+                        observed[c, observe_at[t]] = loss_of(ws[c], observe_batch).detach()
+                g, L = gv(ws[c], b_c)
+                losses[c, t] = L
+                w_new = sgld_update(ws[c], g, C0[c], xi[c], states[c], s, mask)
                 if t in draw_set:
-                    g2, L2 = gv(w_new, batch)
-                    d0, d1 = drift_of(ws[c], g, w_star, s), drift_of(w_new, g2, w_star, s)
+                    g2, L2 = gv(w_new, b_c)
+                    d0, d1 = drift_of(ws[c], g, C0[c], s), drift_of(w_new, g2, C0[c], s)
                     if mask is not None:
                         d0, d1 = d0 * mask, d1 * mask
-                    accept_sum[c] += _mala_log_accept(ws[c], w_new, d0, d1, potential(ws[c], L),
-                                                      potential(w_new, L2), s.epsilon).exp()
+                    accept_sum[c] += _mala_log_accept(ws[c], w_new, d0, d1, potential(ws[c], L, C0[c]),
+                                                      potential(w_new, L2, C0[c]), s.epsilon).exp()
                 ws[c] = w_new.detach()
             if progress:
                 progress(t)
         final = torch.stack(ws)
     mala_accept = accept_sum / len(draw_set) if draw_set else None
     return ChainRun(losses.cpu(), final, None if mala_accept is None else mala_accept.cpu(),
-                    vectorized, None if centers is None else centers.cpu())
+                    vectorized, None if center_losses is None else center_losses.cpu(),
+                    None if observed is None else observed.cpu(), observe_steps)
+
+
+def _check_chain_stacked(batch, chains: int) -> None:
+    for x in batch_leaves(batch)[0]:
+        if x.dim() == 0 or x.shape[0] != chains:
+            raise SamplerError(f"per_chain_batches=True: every tensor of get_batch(t) must have a "
+                               f"leading chain dimension of {chains}; got shape {tuple(x.shape)} "
+                               "(stack the chains' batches with llc.data.stack_batches)")
+
+
+def _vmapped_loss(loss_of, w_dim, per_chain_batches):
+    """(W, batch) -> [C] losses, vmapped over W's rows (w_dim=0) and/or the batch's chain dim."""
+    if not per_chain_batches:
+        return vmap(loss_of, in_dims=(w_dim, None))
+
+    def f(W, batch):
+        leaves, rebuild = batch_leaves(batch)
+        inner = lambda w, *ls: loss_of(w, rebuild(list(ls)))
+        return vmap(inner, in_dims=(w_dim,) + (0,) * len(leaves))(W, *leaves)
+    return f
+
+
+def _vectorised(loss_of, s, mask, w_star, centers, C0, per_chain_batches, noise, get_batch, steps,
+                losses, center_losses, observed, observe_at, observe_batch, draw_set, accept_sum,
+                potential, progress):
+    """All chains at once: a vmapped forward, one ordinary backward per step; returns final W."""
+    chains = C0.shape[0]
+    vloss = _vmapped_loss(loss_of, 0, per_chain_batches)
+    vloss_shared_w = _vmapped_loss(loss_of, None, True)     # w* shared, per-chain batches
+    plain = vmap(loss_of, in_dims=(0, None))
+    if centers is not None and center_losses is not None and not per_chain_batches:
+        uniq, uniq_index = _unique_rows(centers)            # loss at each distinct centre once
+    center = w_star if centers is None else centers
+
+    def vgv(W, batch):  # (∇L, L) for all chains.
+        # why not vmap(grad(...)): chains are independent, so ∂(ΣL_c)/∂W row c = ∇L_c, and plain
+        # autograd through a vmapped forward has less per-step overhead than functorch's grad.
+        W = W.detach().requires_grad_(True)
+        L = vloss(W, batch)
+        return torch.autograd.grad(L.sum(), W)[0], L.detach()
+
+    W = C0.clone()
+    state = init_state(s, W)
+    for t in range(steps):
+        batch = get_batch(t)
+        if per_chain_batches and t == 0:
+            _check_chain_stacked(batch, chains)
+        with torch.no_grad():
+            if center_losses is not None:
+                if centers is None and not per_chain_batches:
+                    center_losses[t] = loss_of(w_star, batch)
+                elif centers is None:
+                    center_losses[:, t] = vloss_shared_w(w_star, batch)
+                elif per_chain_batches:
+                    center_losses[:, t] = vloss(centers, batch)
+                else:
+                    center_losses[:, t] = plain(uniq, batch)[uniq_index]
+            if t in observe_at:
+                observed[:, observe_at[t]] = plain(W, observe_batch)
+        G, L = vgv(W, batch)
+        losses[:, t] = L
+        W_new = sgld_update(W, G, center, noise.at(t), state, s, mask)
+        if t in draw_set:
+            G2, L2 = vgv(W_new, batch)
+            d0, d1 = drift_of(W, G, center, s), drift_of(W_new, G2, center, s)
+            if mask is not None:
+                d0, d1 = d0 * mask, d1 * mask
+            accept_sum += _mala_log_accept(W, W_new, d0, d1, potential(W, L, center),
+                                           potential(W_new, L2, center), s.epsilon).exp()
+        W = W_new.detach()
+        if progress:
+            progress(t)
+    return W
