@@ -72,6 +72,8 @@ class LLCResult:
     hyperparameters: dict                # every setting used
     diagnostics: dict                    # rhat, ess, drift, negative, mala, ...
     timing: dict = field(default_factory=dict)
+    final_weights: torch.Tensor | None = field(default=None, repr=False, compare=False)
+                                         # [C, D] each chain's last w (not serialised)
 
     @property
     def n_healthy(self) -> int:
@@ -79,7 +81,8 @@ class LLCResult:
 
     def to_dict(self) -> dict:
         """JSON-safe dict (NaN/Inf become None)."""
-        return _json_safe(asdict(self))
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "final_weights"}
+        return _json_safe(copy.deepcopy(d))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -428,4 +431,4 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
     timing = dict(sampling_s=t_sample, total_s=time.perf_counter() - t_start, steps=steps,
                   grad_evals=steps * chains + (len(draw_steps) * chains if mala and sampler == "sgld" else 0))
     return LLCResult(mean, stderr, per_chain.tolist(), failed, valid, warn, init_loss, init_method,
-                     losses.tolist(), draw_steps, hyper, diag, timing)
+                     losses.tolist(), draw_steps, hyper, diag, timing, run.final_w.detach().cpu())

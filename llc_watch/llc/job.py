@@ -37,10 +37,12 @@ DEFAULT_SETTINGS: dict = {
     "threads": 0,             # torch CPU threads in the job; 0 = leave torch's default
     "min_healthy_fraction": 0.75,
     "batch_control": True,    # subtract the batch loss at w* per draw (control variate)
+    "per_chain_batches": True,  # every chain its own minibatch stream (independent chains)
+    "terms_per_example": None,  # None: answer tokens per example of the LLC data (nβ = k·n/log n)
 }
 ESTIMATOR_KEYS = ("epsilon", "nbeta", "gamma", "chains", "draws", "burn_in", "steps_between_draws",
                   "batch_size", "sampler", "seed", "eval_size", "params", "device",
-                  "min_healthy_fraction", "batch_control")
+                  "min_healthy_fraction", "batch_control", "per_chain_batches", "terms_per_example")
 CALIBRATION_FILE = "calibration.json"
 
 
@@ -116,6 +118,14 @@ def _finite(x):
     return x if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
+def answer_terms(data) -> float:
+    """Loss terms per example of a task batch: its answer tokens (the task loss is a mean over
+    them, so nβ = terms·n/log n puts β = 1/log n on the data set's total NLL; see
+    estimator.nbeta_definition). 1 for data without a loss mask."""
+    mask = getattr(data, "loss_mask", None)
+    return float(mask.sum()) / len(data) if mask is not None and len(data) else 1.0
+
+
 def checkpoint_problem(checkpoint, settings: dict):
     """(settings with defaults, model, loss_fn, data) for sampling at one checkpoint: what the LLC
     job and the calibration job share."""
@@ -125,7 +135,10 @@ def checkpoint_problem(checkpoint, settings: dict):
     cfg = checkpoint.config()
     task = cfg.make_task()
     model = checkpoint.load_model()
-    return s, model, (lambda m, b: task.loss(m(b.tokens), b)), llc_data(task, cfg, s["n_data"])
+    data = llc_data(task, cfg, s["n_data"])
+    if s.get("terms_per_example") is None:
+        s["terms_per_example"] = answer_terms(data)
+    return s, model, (lambda m, b: task.loss(m(b.tokens), b)), data
 
 
 def llc_job(checkpoint, settings: dict) -> list[dict]:
@@ -147,6 +160,7 @@ def llc_job(checkpoint, settings: dict) -> list[dict]:
         "epsilon": h["epsilon"], "nbeta": h["nbeta"], "gamma": h["gamma"], "draws": h["draws"],
         "burn_in": h["burn_in"], "batch_size": h["batch_size"], "sampler": h["sampler"],
         "seed": h["seed"], "n": h["n"], "n_params_sampled": h["n_params_sampled"],
+        "terms_per_example": h["terms_per_example"], "nbeta_rule": h["nbeta_rule"],
         "params": json.dumps(h["params"]),
         "mean_loss_trace": json.dumps([_finite(v) for v in mean_trace]),
         "draws_per_chain": len(draws[0]) if draws else 0,
