@@ -385,6 +385,21 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
         warn.append(f"the chains' shared minibatch noise (stderr ≈ {shared_se:.2g} from the averaged "
                     f"trace) exceeds the cross-chain stderr {stderr:.2g}: use draws covering whole "
                     "epochs (n / batch_size steps each), a larger batch, or per_chain_batches=True")
+    # gradient-noise ratio ρ = ε·nβ²·v·(1/B − 1/n)/4 (v: per-example gradient variance per weight,
+    # at w* and at the first healthy chain's final w, the larger): minibatch noise against the
+    # injected noise; it inflates λ̂ by about ρ (calibration.py). 16 small gradients: cheap.
+    from .calibration import NOISE_RATIO_MAX, gradient_variance, noise_ratio
+    v_at = [gradient_variance(loss_of, flat, src, dev, seed=seed)["v"]]
+    if healthy.any():
+        c0 = int(np.argmax(healthy))
+        if torch.isfinite(run.final_w[c0]).all():
+            v_at.append(gradient_variance(loss_of, flat, src, dev, seed=seed, at=run.final_w[c0])["v"])
+    B_used = min(batch_size, n)
+    rho = noise_ratio(float(epsilon), nbeta_value, max(v_at), B_used, n)
+    if sampler == "sgld" and rho > NOISE_RATIO_MAX:
+        warn.append(f"gradient-noise ratio ρ = ε·nβ²·v·(1/B − 1/n)/4 = {rho:.2g} > {NOISE_RATIO_MAX}: "
+                    f"minibatch noise inflates λ̂ by about {100 * min(rho, 10):.0f} %; use a larger "
+                    "batch or a smaller epsilon (calibrate_llc picks both)")
     review = bool((~healthy).any())
     if review:
         warn.append("REVIEW: a chain was excluded; the estimate rests on the others")
@@ -420,7 +435,7 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
         hyper.update(rmsprop_alpha=rmsprop_alpha, rmsprop_eps=rmsprop_eps)
     diag = dict(rhat=rhat, ess=ess, ess_bulk=mix["ess_bulk"], ess_tail=mix["ess_tail"],
                 ess_needed=mix["ess_needed"], mixed=mix["mixed"], mixing_on=mix_on, review=review,
-                **obs_stats, shared_noise_stderr=shared_se, batch_offset=batch_offset,
+                **obs_stats, noise_ratio=rho, shared_noise_stderr=shared_se, batch_offset=batch_offset,
                 drift=drift, drift_stderr=drift_se, drifting=drifting,
                 negative=negative, n_failed=int((~healthy).sum()), min_healthy=need,
                 mala_acceptance=(None if run.mala_accept is None else run.mala_accept.tolist()),
