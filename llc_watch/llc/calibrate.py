@@ -228,3 +228,52 @@ def calibrate_run(run_dir, *, steps: list[int] | None = None, epsilons=None, nbe
             "choice": choice, "rule": RULE, "warnings": cal.warnings, "grid": grid, "steps": steps, "n": n,
             "default_nbeta": default_nbeta(n)})
     return cal
+
+
+def default_auto_steps(steps: list[int]) -> list[int]:
+    """Early (a quarter in), middle and final checkpoints: the LLC's range over training."""
+    return sorted({steps[len(steps) // 4], steps[len(steps) // 2], steps[-1]})
+
+
+def calibrate_run_auto(run_dir, *, steps: list[int] | None = None, settings: dict | None = None,
+                       save: bool = True, progress: bool = False, **calibrate_kw) -> Calibration:
+    """calibration.calibrate_llc on early, middle and late checkpoints of a run; one choice for all.
+
+    The combined choice is the most careful of the per-checkpoint ones: the smallest ε, the
+    largest batch, the most draws and burn-in (γ, nβ and the sampler are shared). Saves
+    RUN/calibration.json (choice, evidence per checkpoint, warnings, rule) and
+    RUN/calibration_sweep.csv (every pilot, with its step), which `compute_llc` then reads.
+    """
+    from llc_watch.checkpoints import open_run
+    from llc_watch.io import atomic_write_csv, atomic_write_json
+    from .calibration import RULE as AUTO_RULE, calibrate_llc
+    from .estimator import _json_safe
+    from .job import CALIBRATION_FILE, checkpoint_problem, resolve_params
+    run = open_run(run_dir)
+    all_steps = [c.step for c in run.checkpoints()]
+    if not all_steps:
+        raise CalibrationError(f"{run_dir} has no checkpoints; train it first")
+    steps = steps or default_auto_steps(all_steps)
+    sweeps, per, warns, choices = [], {}, [], []
+    for ck in run.checkpoints(steps):
+        s, model, loss_fn, data = checkpoint_problem(ck, settings or {})
+        cal = calibrate_llc(model, loss_fn, data, terms_per_example=s["terms_per_example"],
+                            chains=s["chains"], seed=s["seed"], params=resolve_params(model, s["params"]),
+                            device=None if s["device"] == "auto" else s["device"], progress=progress,
+                            **calibrate_kw)
+        sweeps.append(cal.sweep.assign(step=ck.step))
+        per[str(ck.step)] = {"status": cal.status, "choice": cal.choice, "llc": cal.llc,
+                             "llc_stderr": cal.llc_stderr, "evidence": cal.evidence}
+        warns += [f"step {ck.step}: {w}" for w in cal.warnings]
+        choices.append(cal.choice)
+    choice = dict(choices[0])
+    choice.update(epsilon=min(c["epsilon"] for c in choices), batch_size=max(c["batch_size"] for c in choices),
+                  draws=max(c["draws"] for c in choices), burn_in=max(c["burn_in"] for c in choices))
+    df = pd.concat(sweeps, ignore_index=True)
+    cal = Calibration(df, choice, AUTO_RULE, warns)
+    if save:
+        atomic_write_csv(Path(run_dir) / "calibration_sweep.csv", df)
+        atomic_write_json(Path(run_dir) / CALIBRATION_FILE, _json_safe({
+            "choice": choice, "rule": AUTO_RULE, "method": "calibrate_llc", "warnings": warns,
+            "steps": steps, "per_checkpoint": per}))
+    return cal
