@@ -131,6 +131,7 @@ def test_calibrated_regular_model():
     assert abs(r.llc_mean - lam) <= GOAL * lam + K * r.llc_stderr, (r.llc_mean, lam)
 
 
+@pytest.mark.slow
 def test_calibrated_normal_crossing_hits_its_finite_n_target():
     ks = [1, 2]
     model, loss_fn, data, lam = exact.make_normal_crossing(ks, 2000)
