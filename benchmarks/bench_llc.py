@@ -75,7 +75,7 @@ def build_case(args):
     from llc_watch.tasks import get_task
     if args.run:
         from llc_watch.checkpoints import open_run
-        from llc_watch.llc.job import llc_data
+        from llc_watch.analyses.llc import llc_data
         run = open_run(args.run)
         ckpts = run.checkpoints()
         task = run.config.make_task() if not hasattr(run, "task") else run.task

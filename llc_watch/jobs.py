@@ -104,7 +104,11 @@ def execute_job(fn: JobFn, checkpoint: Checkpoint, settings: dict, path: str) ->
 
     A job that raises writes nothing: its checkpoint stays unfinished and a rerun retries it.
     """
-    rows = fn(checkpoint, settings)
+    return write_record(path, checkpoint, settings, fn(checkpoint, settings))
+
+
+def write_record(path, checkpoint: Checkpoint, settings: dict, rows: list[dict]) -> dict:
+    """Write one checkpoint's finished rows atomically (the result file a rerun skips on)."""
     record = {"step": checkpoint.step, "checkpoint": checkpoint.path, "settings": settings,
               "settings_key": settings_key(settings), "rows": rows}
     atomic_write_json(path, record)
@@ -180,8 +184,13 @@ def _describe(e: BaseException) -> str:
 
 def run_checkpoint_jobs(fn: JobFn, checkpoints: list[Checkpoint], settings: dict, out_dir: str | Path,
                         executor: Executor | None = None, desc: str = "jobs",
-                        progress: bool = True) -> JobReport:
+                        progress: bool = True, batch_fn=None) -> JobReport:
     """Run `fn` on every checkpoint not already done with these settings; collect all rows.
+
+    batch_fn: optionally, (checkpoints, settings) -> [rows or the exception, per checkpoint],
+    computing what `fn` would for many checkpoints in one pass (the LLC stacks checkpoints × chains
+    on a GPU). Its results are written to the same per-checkpoint result files, under `fn`'s keys,
+    so resuming and kill -9 behave exactly as with one job per checkpoint.
 
     Failures (an exception in a job, a corrupt checkpoint) are reported per checkpoint; the other
     jobs still finish. Results of other settings in `out_dir` are left alone and never mixed in.
@@ -208,6 +217,20 @@ def run_checkpoint_jobs(fn: JobFn, checkpoints: list[Checkpoint], settings: dict
 
     bar = tqdm(total=len(checkpoints), initial=report.skipped, desc=desc, disable=not progress,
                unit="ckpt", dynamic_ncols=True)
+    if batch_fn is not None and pending:
+        try:
+            outs = list(batch_fn([c for c, _ in pending], settings))
+        except Exception as e:  # the whole batch failed: every checkpoint in it did
+            outs = [e] * len(pending)
+        for (ckpt, path), out in zip(pending, outs):
+            if isinstance(out, BaseException):
+                report.failures.append(JobFailure(ckpt.step, ckpt.path, _describe(out),
+                                                  "".join(traceback.format_exception(out))))
+            else:
+                report.records.append(write_record(path, ckpt, settings, out))
+                report.ran += 1
+            bar.update(1)
+        pending = []
     for ckpt, path in pending:
         try:
             todo[executor.submit(execute_job, fn, ckpt, settings, str(path))] = ckpt

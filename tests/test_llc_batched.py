@@ -83,8 +83,7 @@ def test_a_broken_checkpoint_is_reported_in_its_place():
 
 def test_checkpoints_of_a_run_with_the_job_settings(tmp_path):
     from llc_watch.config import RunConfig
-    from llc_watch.llc.batched import estimate_checkpoints
-    from llc_watch.llc.job import checkpoint_problem, estimator_kwargs
+    from llc_watch.analyses.llc import checkpoint_problem, estimate_checkpoints, estimator_kwargs
     from llc_watch.train import train
     cfg = RunConfig.from_preset("addition-tiny").with_overrides(
         ["train.steps=40", "checkpoints.n_log=3", "checkpoints.n_linear=2", "train.threads=1"])
@@ -95,3 +94,27 @@ def test_checkpoints_of_a_run_with_the_job_settings(tmp_path):
         s, model, loss_fn, data = checkpoint_problem(c, settings)
         assert_same(r, estimate_llc(model, loss_fn, data, **estimator_kwargs(s, model)))
     assert all(r.timing["batched_stacked"] for r in many)
+
+
+def test_llc_command_stacked_equals_one_job_per_checkpoint(tmp_path):
+    """The driver's stacked path (the default on a GPU) writes the same llc.csv values as one job per
+    checkpoint, into the same result files (so a rerun of either skips the other's work)."""
+    import pandas as pd
+    from llc_watch.analyses import compute_llc
+    from llc_watch.config import RunConfig
+    from llc_watch.train import train
+    cfg = RunConfig.from_preset("addition-tiny").with_overrides(
+        ["train.steps=40", "checkpoints.n_log=3", "checkpoints.n_linear=2", "train.threads=1"])
+    run = train(cfg, tmp_path / "run", progress=False)
+    settings = {"chains": 2, "draws": 15, "burn_in": 5, "n_data": 256}
+    stacked = compute_llc(run.dir, {**settings, "stack_checkpoints": True}, progress=False)
+    results = sorted((run.dir / "results" / "llc").glob("*.json"))
+    for p in results:
+        p.unlink()
+    single = compute_llc(run.dir, {**settings, "stack_checkpoints": False}, progress=False)
+    assert sorted(p.name for p in (run.dir / "results" / "llc").glob("*.json")) == [p.name for p in results]
+    a, b = stacked.reset_index(drop=True), single.reset_index(drop=True)
+    assert a["step"].tolist() == b["step"].tolist() and a["valid"].tolist() == b["valid"].tolist()
+    # same noise, same batches: only float32 summation order differs (stacked matmuls), so the
+    # estimates agree to a tiny fraction of their own standard error
+    assert ((a["value"] - b["value"]).abs() <= 1e-3 * b["stderr"]).all(), (a["value"], b["value"])

@@ -92,7 +92,8 @@ def test_burn_in_excluded_and_draw_spacing(batch_control):
     assert len(r.loss_traces[0]) == 20
     tr = np.array(r.loss_traces)
     if batch_control:   # control variate: the batch loss at w* replaces L_n(w*) draw by draw
-        tr = tr - np.array(r.diagnostics["center_loss_trace"])[None, :] + r.init_loss
+        c = np.array(r.diagnostics["center_loss_trace"])     # [C, T] per-chain batches, [T] shared
+        tr = tr - (c if c.ndim == 2 else c[None, :]) + r.init_loss
     else:
         assert r.diagnostics["center_loss_trace"] is None
     expect = r.hyperparameters["nbeta"] * (tr[:, r.draw_steps].mean(1) - r.init_loss)
@@ -102,7 +103,8 @@ def test_burn_in_excluded_and_draw_spacing(batch_control):
 def test_batch_control_keeps_the_mean_and_removes_shared_noise():
     # small batches, draws not covering whole epochs: the shared batch noise is large without it
     model, loss_fn, data, lam = exact.make_regular(4, 2000)
-    kw = dict(epsilon=2e-4, gamma=1.0, chains=8, draws=300, burn_in=200, batch_size=32, seed=0)
+    kw = dict(epsilon=2e-4, gamma=1.0, chains=8, draws=300, burn_in=200, batch_size=32, seed=0,
+              per_chain_batches=False)
     raw = estimate_llc(model, loss_fn, data, batch_control=False, **kw)
     cv = estimate_llc(model, loss_fn, data, batch_control=True, **kw)
     assert raw.loss_traces == cv.loss_traces                   # same chains, same batches

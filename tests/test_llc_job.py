@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -122,12 +123,18 @@ def test_choose_rule():
                                 (1e-2, True, 0)]:
         for step in (1, 2):
             rows.append({"step": step, "epsilon": eps, "nbeta": 100.0, "gamma": 100.0, "stable": stable,
-                         "valid": True, "failed_chains": failed})
-    rows.append({"step": 1, "epsilon": 1e-4, "nbeta": 1000.0, "gamma": 100.0, "stable": True, "valid": True, "failed_chains": 0})
-    rows.append({"step": 2, "epsilon": 1e-4, "nbeta": 1000.0, "gamma": 100.0, "stable": False, "valid": True, "failed_chains": 0})
+                         "valid": True, "failed_chains": failed, "llc_mean": 10.0, "llc_stderr": 0.1})
+    rows.append({"step": 1, "epsilon": 1e-4, "nbeta": 1000.0, "gamma": 100.0, "stable": True, "valid": True,
+                 "failed_chains": 0, "llc_mean": 10.0, "llc_stderr": 0.1})
+    rows.append({"step": 2, "epsilon": 1e-4, "nbeta": 1000.0, "gamma": 100.0, "stable": False, "valid": True,
+                 "failed_chains": 0, "llc_mean": 10.0, "llc_stderr": 0.1})
     df = pd.DataFrame(rows)
-    # 1e-2 is stable but above a diverging 1e-3: not usable; nβ=1000 unstable on step 2
+    # 1e-2 is stable but above a diverging 1e-3: not usable; nβ=1000 unstable on step 2;
+    # 1e-4 agrees with 1e-5 (a plateau): the larger of the two
     assert choose(df, n=500) == {"epsilon": 1e-4, "nbeta": 100.0, "gamma": 100.0}
+    # no plateau (the LLC grows with ε on step 2): the smallest usable ε, never the largest
+    moved = df.assign(llc_mean=np.where((df["epsilon"] == 1e-4) & (df["step"] == 2), 13.0, 10.0))
+    assert choose(moved, n=500) == {"epsilon": 1e-5, "nbeta": 100.0, "gamma": 100.0}
     marked = mark_usable(df)
     assert not marked.query("epsilon == 0.01")["usable"].any()
     assert marked.query("epsilon == 1e-5")["usable"].all()

@@ -68,13 +68,19 @@ class Analysis:
             d.pop(k, None)
         return d
 
-    def checkpoints(self, run: Run, steps: Sequence[int] | None) -> list[Checkpoint]:
+    def checkpoints(self, run: Run, steps: Sequence[int] | None, settings: SettingsBase | None = None
+                    ) -> list[Checkpoint]:
         """Which checkpoints to run on: the given steps (or Checkpoints), else all."""
         if steps is None:
             return run.checkpoints()
         if all(hasattr(c, "path") and hasattr(c, "step") for c in steps):   # Checkpoint-like handles
             return list(steps)
         return run.checkpoints([int(s) for s in steps])
+
+    def batch_job(self, run: Run, settings: SettingsBase):
+        """Optionally a function (checkpoints, job settings) -> [rows | exception per checkpoint] that
+        computes many checkpoints' jobs in one pass (used by the local driver; None: one job each)."""
+        return None
 
     def should_run(self, run: Run, settings: SettingsBase) -> bool:
         """Whether the pipeline needs it on this run (calibration: not when already calibrated)."""
@@ -146,7 +152,7 @@ def run_analysis(analysis: Analysis | str, run_dir, settings: Mapping | Settings
     s = a.settings(run, settings)
     if not a.applies_to(run.task):
         raise SettingsError(f"analysis {a.name!r} does not apply to task {run.task.name!r}")
-    ckpts = a.checkpoints(run, checkpoints)
+    ckpts = a.checkpoints(run, checkpoints, s)
     if a.job is None:   # a run-level analysis: one computation over all its checkpoints
         table = a.finish(run, a.compute(run, s, ckpts, progress=progress), s)
         run.write_table(a.schema.name, table)
@@ -157,7 +163,8 @@ def run_analysis(analysis: Analysis | str, run_dir, settings: Mapping | Settings
                            skipped=0)
         return table
     report = run_checkpoint_jobs(a.job, ckpts, a.job_settings(run, s), out_dir=run.results_dir(a.name),
-                                 executor=executor, desc=a.name, progress=progress)
+                                 executor=executor, desc=a.name, progress=progress,
+                                 batch_fn=a.batch_job(run, s) if executor is None else None)
     if report.failures:
         kept = "was left as it was" if run.has_table(a.schema.name) else "was not written"
         raise JobsFailed(f"{a.name} ({a.schema.file} {kept})", report)

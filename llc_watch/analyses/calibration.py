@@ -1,5 +1,14 @@
-"""Calibrate SGLD on a run: sweep ε × nβ × γ on a few checkpoints, choose by the engine's rule
-(llc_watch.llc.calibrate.choose), save the choice in RUN/calibration.json for `llc-watch llc`.
+"""Calibrate SGLD on a run and save the choice in RUN/calibration.json for `llc-watch llc`.
+
+Two methods (setting `method`):
+  auto (default)  llc_watch.llc.calibration.calibrate_llc at an early, a middle and the last
+                  checkpoint: an ε ladder from the Hessian's top curvature, the batch from the
+                  gradient-noise ratio, a plateau of λ̂ in ε judged with its Monte-Carlo error (else
+                  an extrapolation to ε → 0 and the smallest ε), checks of batch, γ, MALA, R̂ and ESS.
+                  One choice for the run: the most careful of the three (smallest ε, largest batch,
+                  most draws and burn-in).
+  grid            the older ε × nβ × γ sweep on the middle and last checkpoints, chosen by
+                  llc_watch.llc.calibrate.choose.
 
     >>> cal = calibrate_run("runs/addition")                          # doctest: +SKIP
     >>> cal.choice["epsilon"]                                          # doctest: +SKIP
@@ -12,23 +21,29 @@ import math
 from dataclasses import dataclass
 
 from llc_watch.io import atomic_write_json
+import json
+
 from llc_watch.llc.calibrate import (DEFAULT_GRID, RULE, Calibration, CalibrationError, choice_warnings, choose,
                                      mark_usable, sweep)
-from llc_watch.llc.estimator import default_nbeta
+from llc_watch.llc.calibration import RULE as AUTO_RULE, calibrate_llc
+from llc_watch.llc.estimator import _json_safe, default_nbeta
 from llc_watch.run import Column, TableSchema, register_table
 
 from .base import Analysis, run_analysis
-from .llc import CALIBRATION_FILE, LLCSettings, checkpoint_problem, estimator_kwargs, load_calibration
+from .llc import CALIBRATION_FILE, LLCSettings, checkpoint_problem, estimator_kwargs, load_calibration, resolve_params
 
 
 @dataclass(frozen=True)
 class CalibrationSettings(LLCSettings):
+    method: str = "auto"              # auto: calibrate_llc's rule (plateau in ε, batch from the gradient
+                                      # noise, checks); grid: the ε × nβ × γ sweep below
     epsilons: tuple[float, ...] = tuple(DEFAULT_GRID["epsilons"])  # step sizes ε to sweep
     nbetas: tuple = (None,)           # nβ values to sweep; None: n/log n
     gammas: tuple[float, ...] = (100.0,)  # localisation strengths γ to sweep
 
     def validate(self):
         super().validate()
+        self.one_of("method", ("auto", "grid"))
         if not self.epsilons or not all(e is not None and math.isfinite(e) and e > 0 for e in self.epsilons):
             self._fail("epsilons", "give positive finite step sizes, e.g. 1e-5,1e-4,1e-3")
         if not self.nbetas or not all(b is None or (math.isfinite(b) and b > 0) for b in self.nbetas):
@@ -38,20 +53,42 @@ class CalibrationSettings(LLCSettings):
 
 
 _GRID_POINT = ("epsilon", "nbeta", "gamma")
+_O = dict(required=False)
 CALIBRATION_TABLE = register_table(TableSchema("calibration", "calibration_sweep.csv", "llc-watch calibrate RUN", (
-    Column("step", "int"), Column("measure", "str"), Column("value", "float", "llc_mean"),
+    Column("step", "int"), Column("measure", "str"), Column("value", "float", "the cell's λ̂"),
     Column("epsilon", "float"), Column("nbeta", "float"), Column("gamma", "float"),
-    Column("llc_mean", "float"), Column("llc_std", "float"), Column("llc_stderr", "float"),
-    Column("valid", "bool"), Column("drift", "float"), Column("rhat", "float"), Column("failed_chains", "int"),
-    Column("burn_in", "int"), Column("chains", "int"), Column("draws", "int"), Column("drift_stderr", "float"),
-    Column("drifting", "bool"), Column("ess", "float"), Column("mean_loss_trace", "json"), Column("n", "int"),
-    Column("negative", "bool"), Column("stable", "bool"), Column("usable", "bool"),
+    Column("valid", "bool"), Column("failed_chains", "int"), Column("rhat", "float"),
+    Column("method", "str", "auto (calibrate_llc) or grid", **_O),
+    # grid sweep
+    Column("llc_mean", "float", **_O), Column("llc_std", "float", **_O), Column("llc_stderr", "float", **_O),
+    Column("drift", "float", **_O), Column("burn_in", "int", **_O), Column("chains", "int", **_O),
+    Column("draws", "int", **_O), Column("drift_stderr", "float", **_O), Column("drifting", "bool", **_O),
+    Column("ess", "float", **_O), Column("mean_loss_trace", "json", **_O), Column("n", "int", **_O),
+    Column("negative", "bool", **_O), Column("stable", "bool", **_O), Column("usable", "bool", **_O),
+    # calibrate_llc's cells
+    Column("role", "str", "ladder, ladder_short, batch_check, gamma_check, mala_check", **_O),
+    Column("batch_size", "int", **_O), Column("sampler", "str", **_O), Column("llc", "float", **_O),
+    Column("llc_se", "float", "Monte-Carlo standard error", **_O), Column("llc_observed", "float", **_O),
+    Column("ess_bulk", "float", **_O), Column("ess_tail", "float", **_O), Column("mixed", "bool", **_O),
+    Column("mala", "float", **_O), Column("grad_evals", "float", **_O), Column("seconds", "float", **_O),
+    Column("status", "str", "this checkpoint's verdict: plateau, extrapolated, untrusted", **_O),
+    Column("choice", "json", "this checkpoint's chosen estimate_llc settings", **_O),
+    Column("cal_llc", "float", "the calibration's own λ̂ at this checkpoint", **_O),
+    Column("cal_llc_stderr", "float", **_O),
+    Column("evidence", "json", "why the cell won: probes, plateau test, checks, cost", **_O),
+    Column("cal_warnings", "json", **_O),
 )))
 
 
+def settings_method(settings) -> str:
+    return getattr(settings, "method", "auto") if settings is not None else "auto"
+
+
 def calibration_job(checkpoint, settings: dict) -> list[dict]:
-    """The sweep at one checkpoint, as tidy rows (measure 'llc'). Top level: picklable."""
+    """The calibration at one checkpoint, as tidy rows (measure 'llc'). Top level: picklable."""
     s, model, loss_fn, data = checkpoint_problem(checkpoint, settings)
+    if s.get("method", "auto") == "auto":
+        return auto_rows(checkpoint, s, model, loss_fn, data)
     kw = {k: v for k, v in estimator_kwargs(s, model).items() if k not in _GRID_POINT}
     df = sweep(model, loss_fn, data, epsilons=s["epsilons"], nbetas=s["nbetas"], gammas=s["gammas"], **kw)
     df.insert(0, "step", checkpoint.step)
@@ -59,6 +96,30 @@ def calibration_job(checkpoint, settings: dict) -> list[dict]:
     df["value"] = df["llc_mean"]
     return [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
             for row in df.to_dict("records")]
+
+
+def _clean(v):
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def auto_rows(checkpoint, s: dict, model, loss_fn, data) -> list[dict]:
+    """calibrate_llc at one checkpoint: its cells as rows, each carrying the checkpoint's verdict."""
+    cal = calibrate_llc(model, loss_fn, data, nbeta=s.get("nbeta"), terms_per_example=s["terms_per_example"],
+                        chains=s["chains"], seed=s["seed"], params=resolve_params(model, s["params"]),
+                        device=None if s["device"] == "auto" else s["device"])
+    verdict = {"method": "auto", "status": cal.status, "choice": json.dumps(_json_safe(cal.choice)),
+               "cal_llc": _clean(float(cal.llc)), "cal_llc_stderr": _clean(float(cal.llc_stderr)),
+               "evidence": json.dumps(_json_safe(cal.evidence)), "cal_warnings": json.dumps(cal.warnings)}
+    rows = []
+    for r in cal.sweep.to_dict("records"):
+        row = {k: _clean(v) for k, v in r.items()}
+        rows.append({"step": checkpoint.step, "measure": "llc", "value": row.get("llc"), **row, **verdict})
+    return rows
+
+
+def default_auto_steps(steps: list[int]) -> list[int]:
+    """Early (a quarter in), middle and final checkpoints: the LLC's range over training."""
+    return sorted({steps[len(steps) // 4], steps[len(steps) // 2], steps[-1]})
 
 
 def default_calibration_steps(steps: list[int]) -> list[int]:
@@ -78,25 +139,31 @@ class CalibrationAnalysis(Analysis):
                    "each cell stable or not (failed chains, drift after burn-in, split-R-hat), choose by the "
                    "documented rule and save calibration.json, which `llc-watch llc` then uses.")
 
+    def checkpoints(self, run, steps, settings=None):
+        if steps is None:
+            all_steps = [c.step for c in run.checkpoints()]
+            if not all_steps:
+                raise CalibrationError(f"{run.dir} has no checkpoints; train it first")
+            steps = (default_auto_steps if settings_method(settings) == "auto" else default_calibration_steps)(all_steps)
+        return super().checkpoints(run, steps, settings)
+
     def job_settings(self, run, settings):
         d = settings.to_dict()
         for k in _GRID_POINT:
             d.pop(k)
         d["epsilons"] = sorted(d["epsilons"])
+        if d["method"] == "auto":           # the grid plays no part: keep it out of the job's key
+            for k in ("epsilons", "nbetas", "gammas"):
+                d.pop(k)
+            d["nbeta"] = settings.nbeta
         return d
-
-    def checkpoints(self, run, steps):
-        if steps is None:
-            all_steps = [c.step for c in run.checkpoints()]
-            if not all_steps:
-                raise CalibrationError(f"{run.dir} has no checkpoints; train it first")
-            steps = default_calibration_steps(all_steps)
-        return super().checkpoints(run, steps)
 
     def should_run(self, run, settings):
         return load_calibration(run) is None
 
     def finish(self, run, table, settings):
+        if settings.method == "auto":
+            return self._finish_auto(run, table, settings)
         df = mark_usable(table)
         n = int(df["n"].iloc[0])
         base = {k: v for k, v in settings.to_dict().items()
@@ -110,13 +177,43 @@ class CalibrationAnalysis(Analysis):
         df.attrs.update(choice=choice, choice_warnings=warns)   # plain data: attrs are copied with the frame
         return df
 
+    def _finish_auto(self, run, table, settings):
+        per, choices, warns = {}, [], []
+        for step, g in table.groupby("step", sort=True):
+            r0 = g.iloc[0]
+            choice = json.loads(r0["choice"])
+            choices.append(choice)
+            per[str(int(step))] = {"status": r0["status"], "choice": choice, "llc": r0["cal_llc"],
+                                   "llc_stderr": r0["cal_llc_stderr"], "evidence": json.loads(r0["evidence"])}
+            warns += [f"step {int(step)}: {w}" for w in json.loads(r0["cal_warnings"])]
+            if r0["status"] != "plateau":
+                warns.append(f"step {int(step)}: no plateau of λ̂ in ε ({r0['status']}); λ̂ there was extrapolated "
+                             "to ε → 0 and the smallest ε taken" if r0["status"] == "extrapolated" else
+                             f"step {int(step)}: calibration untrusted ({r0['status']})")
+        choice = dict(choices[0])
+        choice.update(epsilon=min(c["epsilon"] for c in choices), batch_size=max(c["batch_size"] for c in choices),
+                      draws=max(c["draws"] for c in choices), burn_in=max(c["burn_in"] for c in choices))
+        choice = {k: v for k, v in choice.items() if k in LLCSettings.__dataclass_fields__}
+        atomic_write_json(run.dir / CALIBRATION_FILE, _json_safe({
+            "choice": choice, "rule": AUTO_RULE, "method": "calibrate_llc", "warnings": warns,
+            "steps": sorted(int(s) for s in table["step"].unique()), "per_checkpoint": per}))
+        table = table.copy()
+        table.attrs.update(choice=choice, choice_warnings=warns)
+        return table
+
     def summary(self, run, table):
         choice = table.attrs.get("choice")
         cols = [c for c in ("step", "epsilon", "nbeta", "gamma", "llc_mean", "llc_std", "valid", "drift", "rhat",
                             "failed_chains", "usable") if c in table.columns]
         lines = [table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}")]
+        if "role" in table.columns and table["role"].notna().any():
+            cols = [c for c in ("step", "role", "epsilon", "gamma", "batch_size", "draws", "llc", "llc_se", "valid",
+                                "rhat", "mixed", "status") if c in table.columns]
+            lines = [table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}")]
         if choice is not None:
-            lines.append("chosen: " + ", ".join(f"{k}={choice[k]}" for k in _GRID_POINT))
+            lines.append("chosen: " + ", ".join(f"{k}={choice[k]}" for k in
+                                                ("epsilon", "nbeta", "gamma", "batch_size", "draws", "burn_in", "sampler")
+                                                if k in choice))
             lines += [f"warning: {w}" for w in table.attrs.get("choice_warnings") or []]
         lines.append(f"wrote {run.dir / CALIBRATION_FILE} (used by `llc-watch llc` unless overridden)")
         return lines
@@ -133,6 +230,9 @@ def calibrate_run(run_dir, *, steps: list[int] | None = None, epsilons=None, nbe
     the chosen ε, nβ, γ are saved with them in RUN/calibration.json, which `compute_llc` then uses.
     """
     given = {k: v for k, v in dict(settings or {}).items() if k not in _GRID_POINT}
+    if epsilons or nbetas or gammas:
+        given.setdefault("method", "grid")      # a grid was asked for
     given.update({k: v for k, v in (("epsilons", epsilons), ("nbetas", nbetas), ("gammas", gammas)) if v})
     df = run_analysis(CALIBRATION_ANALYSIS, run_dir, given, steps, executor, progress)
-    return Calibration(df, df.attrs["choice"], RULE, df.attrs["choice_warnings"])
+    method = df["method"].iloc[0] if "method" in df.columns else "grid"
+    return Calibration(df, df.attrs["choice"], AUTO_RULE if method == "auto" else RULE, df.attrs["choice_warnings"])

@@ -63,7 +63,7 @@ class CrosscoderAnalysis(Analysis):
                    "trajectory type, best-matching task label and ablation effect. Writes crosscoder_features.csv "
                    "and crosscoder_*.csv side tables.")
 
-    def checkpoints(self, run, steps):
+    def checkpoints(self, run, steps, settings=None):
         return run.checkpoints()      # the crosscoder picks its K snapshots itself (log-spaced)
 
     def compute(self, run, settings, checkpoints, progress=True):

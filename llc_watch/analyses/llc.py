@@ -50,6 +50,10 @@ class LLCSettings(SettingsBase):
     threads: int = 0                  # torch CPU threads in the job; 0: leave torch's default
     min_healthy_fraction: float = 0.75  # an estimate needs this share of its chains healthy to be valid
     batch_control: bool = True        # subtract the batch loss at w* per draw (a control variate)
+    per_chain_batches: bool = True    # every chain its own minibatch stream (independent chains)
+    terms_per_example: Optional[float] = None  # loss terms per example; None: the task's answer tokens per
+                                      # example, so nβ = terms·n/log n puts β = 1/log n on the total NLL
+    stack_checkpoints: Optional[bool] = None  # sample many checkpoints × chains in one pass; None: on a GPU
     backend: str = "ours"             # ours | devinterp: devinterp's reference llc() on the same checkpoints,
                                       # to cross-check (no diagnostics; valid = every chain finite)
 
@@ -67,12 +71,13 @@ class LLCSettings(SettingsBase):
         if self.backend == "devinterp" and (self.params is not None or self.sampler != "sgld"):
             self._fail("backend", "devinterp runs plain SGLD on every weight here: leave params and sampler unset")
         self.within("min_healthy_fraction", 0.0, 1.0)
+        self.positive("terms_per_example", allow_none=True)
         self.device_name("device")
 
 
 ESTIMATOR_KEYS = ("epsilon", "nbeta", "gamma", "chains", "draws", "burn_in", "steps_between_draws",
                   "batch_size", "sampler", "seed", "eval_size", "params", "device",
-                  "min_healthy_fraction", "batch_control")
+                  "min_healthy_fraction", "batch_control", "per_chain_batches", "terms_per_example")
 
 _S, _C = "setting", "column"
 LLC_TABLE = register_table(TableSchema("llc", "llc.csv", "llc-watch llc RUN", (
@@ -89,6 +94,8 @@ LLC_TABLE = register_table(TableSchema("llc", "llc.csv", "llc-watch llc RUN", (
     Column("draws", "int", _S), Column("burn_in", "int", _S), Column("batch_size", "int", _S),
     Column("sampler", "str", _S), Column("seed", "int", _S), Column("n", "int", _S),
     Column("n_params_sampled", "int", _S), Column("params", "json", _S),
+    Column("terms_per_example", "float", _S, required=False),
+    Column("nbeta_rule", "str", "how nβ was set (the definition used)", required=False),
     Column("mean_loss_trace", "json", "sampled loss per step, mean over chains"),
     Column("draws_per_chain", "int"), Column("sampling_s", "float"),
     Column("backend", "str", _S, required=False),
@@ -175,7 +182,18 @@ def checkpoint_problem(checkpoint, settings: dict):
     cfg = checkpoint.config()
     task = cfg.make_task()
     model = checkpoint.load_model()
-    return s, model, (lambda m, b: task.loss(m(b.tokens), b)), llc_data(task, cfg, s["n_data"])
+    data = llc_data(task, cfg, s["n_data"])
+    if s.get("terms_per_example") is None:
+        s["terms_per_example"] = answer_terms(data)
+    return s, model, (lambda m, b: task.loss(m(b.tokens), b)), data
+
+
+def answer_terms(data) -> float:
+    """Loss terms per example of a task batch: its answer tokens (the task loss is a mean over
+    them, so nβ = terms·n/log n puts β = 1/log n on the data set's total NLL; see
+    llc.estimator.nbeta_definition). 1 for data without a loss mask."""
+    mask = getattr(data, "loss_mask", None)
+    return float(mask.sum()) / len(data) if mask is not None and len(data) else 1.0
 
 
 def _finite(x):
@@ -215,10 +233,15 @@ def llc_job(checkpoint, settings: dict) -> list[dict]:
     if s.get("backend") == "devinterp":
         return [devinterp_row(checkpoint, s, model, loss_fn, data)]
     r = estimate_llc(model, loss_fn, data, **estimator_kwargs(s, model))
+    return [llc_row(checkpoint, r)]
+
+
+def llc_row(checkpoint, r) -> dict:
+    """The llc.csv row of one estimate (an LLCResult) at one checkpoint."""
     h, d = r.hyperparameters, r.diagnostics
     draws = [[tr[t] for t in r.draw_steps] for tr in r.loss_traces]
     mean_trace = [sum(col) / len(col) for col in zip(*r.loss_traces)]
-    return [{
+    return {
         "step": checkpoint.step, "measure": "llc", "value": _finite(r.llc_mean) if r.valid else None,
         "stderr": _finite(r.llc_stderr) if r.valid else None, "valid": r.valid,
         "n_healthy": r.n_healthy, "chains": h["chains"],
@@ -231,10 +254,36 @@ def llc_job(checkpoint, settings: dict) -> list[dict]:
         "burn_in": h["burn_in"], "batch_size": h["batch_size"], "sampler": h["sampler"],
         "seed": h["seed"], "n": h["n"], "n_params_sampled": h["n_params_sampled"],
         "params": json.dumps(h["params"]),
+        "terms_per_example": h.get("terms_per_example"), "nbeta_rule": h.get("nbeta_rule"),
         "mean_loss_trace": json.dumps([_finite(v) for v in mean_trace]),
         "draws_per_chain": len(draws[0]) if draws else 0,
         "sampling_s": r.timing["sampling_s"], "backend": "ours",
-    }]
+    }
+
+
+def estimate_checkpoints(checkpoints, settings: dict, *, block_size: int | None = None,
+                         return_exceptions: bool = True) -> list:
+    """The LLC at checkpoints of one run with the LLC job's settings, stacked: what
+    `llc_job` computes for each checkpoint, as a list of LLCResult (or, with
+    return_exceptions, the exception a checkpoint raised, in its place).
+
+    For a driver: group the checkpoints whose jobs are not finished, call this once per group
+    (on a GPU, all of them), then write each result through the job's own row builder and
+    atomic result file, so resume and kill -9 behave as with one job per checkpoint.
+    """
+    checkpoints = list(checkpoints)
+    if not checkpoints:
+        return []
+    problems = [checkpoint_problem(c, settings) for c in checkpoints]
+    configs = {c.config().to_json() for c in checkpoints}
+    if len(configs) != 1:
+        raise ValueError("estimate_checkpoints: the checkpoints come from runs with different configs; "
+                       "group them by run")
+    s, model0, loss_fn, data = problems[0]
+    kwargs = estimator_kwargs(s, model0)
+    from llc_watch.llc.batched import estimate_llc_many
+    return estimate_llc_many([p[1] for p in problems], loss_fn, data, block_size=block_size,
+                             return_exceptions=return_exceptions, **kwargs)
 
 
 # --- run level -----------------------------------------------------------------------------------
@@ -295,6 +344,7 @@ class LLC(Analysis):
     Settings = LLCSettings
     schema = LLC_TABLE
     job = staticmethod(llc_job)
+    run_level = ("stack_checkpoints",)   # how the jobs are computed, not what: same results, same keys
     help = "estimate the local learning coefficient at every checkpoint"
     description = ("Estimate the LLC at every checkpoint with localised SGLD, chains batched. Resumable: "
                    "finished checkpoints are skipped; changed settings are stored beside the old ones. "
@@ -304,6 +354,22 @@ class LLC(Analysis):
     def settings(self, run, given=None):
         calib = load_calibration(run) if run is not None else None
         return self.Settings.from_mapping(given, base=calib)
+
+    def batch_job(self, run, settings):
+        from llc_watch.device import resolve_device
+        stack = settings.stack_checkpoints
+        if stack is None:
+            stack = resolve_device(settings.device).type == "cuda"
+        if not stack or settings.backend != "ours":
+            return None
+        return llc_batch
+
+
+def llc_batch(checkpoints, settings: dict) -> list:
+    """llc_job for many checkpoints at once: checkpoints × chains stacked in one SGLD pass (per-chain
+    values equal to one job per checkpoint on the same noise; tests/test_llc_batched.py)."""
+    results = estimate_checkpoints(checkpoints, settings, return_exceptions=True)
+    return [r if isinstance(r, BaseException) else [llc_row(c, r)] for c, r in zip(checkpoints, results)]
 
     def signals(self, table):
         v = llc_rows(table)

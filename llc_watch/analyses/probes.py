@@ -101,8 +101,8 @@ class Probes(Analysis):
             s.check_task(run.task)
         return s
 
-    def checkpoints(self, run, steps):
-        ckpts = super().checkpoints(run, steps)
+    def checkpoints(self, run, steps, settings=None):
+        ckpts = super().checkpoints(run, steps, settings)
         if 0 not in {c.step for c in ckpts}:  # step 0 is the untrained-model control
             ckpts = [c for c in run.checkpoints() if c.step == 0] + ckpts
         return ckpts

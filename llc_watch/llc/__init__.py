@@ -13,14 +13,16 @@ Modules, each about one thing:
     estimator    estimate_llc -> LLCResult
     diagnostics  failed chains, split-R̂, ESS, drift, validity rule
     exact        exact learning coefficients and models that have them
-    calibrate    ε × nβ × γ sweeps and the selection rule
+    calibration  calibrate_llc: settings at which the LLC is right, with the evidence
+    calibrate    ε × nβ × γ sweeps and the grid selection rule
 """
 from . import diagnostics, exact
 from .calibrate import Calibration, CalibrationError, choose, sweep
+from .calibration import calibrate_llc
 from .estimator import LLCError, LLCResult, default_nbeta, devinterp_nbeta, estimate_llc, select_params
 from .sampler import SGLDSettings, SamplerError
 
 __all__ = ["estimate_llc", "LLCResult", "LLCError", "SamplerError", "SGLDSettings",
            "default_nbeta", "devinterp_nbeta", "select_params",
-           "sweep", "choose", "Calibration", "CalibrationError",
+           "calibrate_llc", "sweep", "choose", "Calibration", "CalibrationError",
            "diagnostics", "exact"]

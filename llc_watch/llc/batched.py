@@ -263,28 +263,3 @@ def _stacked_runs(calls: list[_Call]) -> list[ChainRun]:
             observed=None if run.observed is None else run.observed[rows],
             observe_steps=list(run.observe_steps), captured=run.captured))
     return out
-
-
-def estimate_checkpoints(checkpoints, settings: dict, *, block_size: int | None = None,
-                         return_exceptions: bool = True) -> list:
-    """The LLC at checkpoints of one run with the LLC job's settings, stacked: what
-    `llc.job.llc_job` computes for each checkpoint, as a list of LLCResult (or, with
-    return_exceptions, the exception a checkpoint raised, in its place).
-
-    For a driver: group the checkpoints whose jobs are not finished, call this once per group
-    (on a GPU, all of them), then write each result through the job's own row builder and
-    atomic result file, so resume and kill -9 behave as with one job per checkpoint.
-    """
-    from .job import checkpoint_problem, estimator_kwargs
-    checkpoints = list(checkpoints)
-    if not checkpoints:
-        return []
-    problems = [checkpoint_problem(c, settings) for c in checkpoints]
-    configs = {c.config().to_json() for c in checkpoints}
-    if len(configs) != 1:
-        raise LLCError("estimate_checkpoints: the checkpoints come from runs with different configs; "
-                       "group them by run")
-    s, model0, loss_fn, data = problems[0]
-    kwargs = estimator_kwargs(s, model0)
-    return estimate_llc_many([p[1] for p in problems], loss_fn, data, block_size=block_size,
-                             return_exceptions=return_exceptions, **kwargs)

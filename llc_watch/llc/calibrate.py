@@ -3,14 +3,19 @@
 Selection rule (`choose`):
   1. A cell (ε, nβ, γ) is *stable* on a checkpoint when its estimate is valid, no chain failed,
      the traces are flat after burn-in (no drift flag: second-half − first-half LLC within
-     3 standard errors or 10 % of max(|λ̂|, 1)) and split-R̂ ≤ 1.1. A negative LLC does not make a
+     3 standard errors or 10 % of max(|λ̂|, 1)) and the rank-normalised R̂ of the fixed-batch
+     observable is <= 1.05 (sweep-length chains; the final estimate is held to 1.01). A negative LLC does not make a
      cell unstable (an untrained checkpoint's LLC is negative at every ε).
   2. A cell is *usable* when it is stable on every chosen checkpoint *and* no smaller ε of the grid
      at the same (nβ, γ) diverged (a failed chain or an invalid estimate) on any of them: a lucky
      large step above a diverging one is not picked. (A smaller ε that merely mixes too slowly,
      flagged by R̂ or drift, does not disqualify larger ones: that is what a larger ε cures.)
-  3. Among usable cells: nβ closest to the default n/log n (in log scale), then the largest ε
-     (fastest mixing), then the smallest γ (least localisation bias).
+  3. Among usable cells: nβ closest to the default n/log n (in log scale), then the smallest γ;
+     then the largest ε whose LLC agrees with the next smaller usable ε (within 2 combined
+     stderrs + 5 %) on every checkpoint (a plateau in ε); with no such pair, the SMALLEST usable
+     ε (the least biased; `choice_warnings` says there is no plateau). The old rule took the
+     largest stable ε, the most biased one (issue 10). For a fuller rule with a gradient-noise
+     check, MCSE and extrapolation, see calibration.calibrate_llc.
 No usable cell: no choice; the message says to lower the ε grid or raise γ.
 
 The run-level driver (sweep a run's checkpoints, save calibration.json) is
@@ -39,10 +44,13 @@ DEFAULT_GRID = {
     "nbetas": [None],          # None = n/log n
     "gammas": [100.0],
 }
-RULE = ("stable = valid, no failed chain, no drift after burn-in, split-R̂ <= 1.1 (negative LLC "
+STABLE_RHAT = 1.05   # rank-normalised R̂ on the fixed-batch observable, sweep-length chains
+RULE = ("stable = valid, no failed chain, no drift after burn-in, rank-normalised R̂ <= 1.05 on the "
+        "fixed-batch observable (negative LLC "
         "allowed); usable = stable on every chosen checkpoint and no smaller ε at the same (nβ, γ) "
-        "diverged (failed chain or invalid) on any; choose nβ closest to n/log n, then the largest "
-        "ε, then the smallest γ")
+        "diverged (failed chain or invalid) on any; choose nβ closest to n/log n, then the smallest γ, "
+        "then the largest ε on a plateau (LLC within 2 se + 5 % of the next smaller ε), else the "
+        "smallest usable ε")
 
 
 class CalibrationError(RuntimeError):
@@ -54,7 +62,7 @@ def cell_row(r, **extra) -> dict:
     h, d = r.hyperparameters, r.diagnostics
     healthy = [v for v, f in zip(r.llc_per_chain, r.chain_failed) if f is None]
     stable = bool(r.valid and d["n_failed"] == 0 and not d["drifting"]
-                  and not (math.isfinite(d["rhat"]) and d["rhat"] > dg.RHAT_MAX))
+                  and not (math.isfinite(d["rhat"]) and d["rhat"] > STABLE_RHAT))
     return {**extra, "epsilon": h["epsilon"], "nbeta": h["nbeta"], "gamma": h["gamma"],
             "llc_mean": r.llc_mean, "llc_std": float(np.std(healthy, ddof=1)) if len(healthy) > 1 else float("nan"),
             "llc_stderr": r.llc_stderr, "valid": r.valid, "drift": d["drift"],
@@ -98,9 +106,32 @@ def choose(df: pd.DataFrame, n: int) -> dict:
             "no (ε, nβ, γ) cell of the grid is stable on every chosen checkpoint; add smaller "
             "epsilons or larger gammas to the grid, or more burn-in")
     target = math.log(default_nbeta(n))
-    nb, g, e = min(usable.itertuples(index=False, name=None),
-                   key=lambda c: (round(abs(math.log(c[0]) - target), 9), -c[2], c[1]))
+    nb, g, _ = min(usable.itertuples(index=False, name=None),
+                   key=lambda c: (round(abs(math.log(c[0]) - target), 9), c[1]))
+    eps = sorted(usable[np.isclose(usable["nbeta"], nb) & np.isclose(usable["gamma"], g)]["epsilon"])
+    same = df[np.isclose(df["nbeta"], nb) & np.isclose(df["gamma"], g)]
+    # the largest ε whose LLC agrees with the next smaller usable ε on every checkpoint (a
+    # plateau); none: the smallest usable ε (the least biased), never the largest
+    e = eps[0]
+    for lo, hi in zip(eps[:-1], eps[1:]):
+        if _agree_on_all_steps(same, hi, lo):
+            e = hi
     return {"epsilon": float(e), "nbeta": float(nb), "gamma": float(g)}
+
+
+def _agree_on_all_steps(df: pd.DataFrame, e_hi: float, e_lo: float) -> bool:
+    """LLC at e_hi within 2 combined stderrs + 5 % of the LLC at e_lo, on every checkpoint."""
+    steps = df.groupby("step") if "step" in df.columns else [(None, df)]
+    for _, grp in steps:
+        a = grp[np.isclose(grp["epsilon"], e_hi)]
+        b = grp[np.isclose(grp["epsilon"], e_lo)]
+        if a.empty or b.empty:
+            return False
+        a, b = a.iloc[0], b.iloc[0]
+        se = math.hypot(float(a["llc_stderr"] or 0.0), float(b["llc_stderr"] or 0.0))
+        if not abs(a["llc_mean"] - b["llc_mean"]) <= 2 * se + 0.05 * max(abs(a["llc_mean"]), abs(b["llc_mean"])):
+            return False
+    return True
 
 
 def choice_warnings(df: pd.DataFrame, choice: dict) -> list[str]:

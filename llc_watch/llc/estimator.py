@@ -6,17 +6,17 @@ E_w is the mean minibatch loss over SGLD draws after burn-in, per chain, then av
 healthy chains. L_n(w*) is computed once, deterministically, on a fixed seeded evaluation subset of
 the data (size `eval_size`, default all of it), not from one noisy batch.
 
-Every chain sees the same seeded minibatch stream (epochs of fresh permutations, as devinterp's
-default of matching input ids across chains), so one batch serves all chains' forward pass. The
-stderr is the cross-chain spread; minibatch noise common to all chains is not in it, so the
-diagnostics also give `shared_noise_stderr` (from the chain-averaged trace) and warn when it
-dominates. Draws covering whole epochs (multiples of n / batch_size) make that noise cancel.
+By default every chain draws its own seeded minibatch stream (per_chain_batches=True), so the
+chains are independent and the stderr (their spread / √chains) includes the minibatch noise; the
+batch control variate subtracts each chain's batch loss at w*. With one shared stream the common
+noise is not in the cross-chain stderr, so `shared_noise_stderr` measures it and warns.
 
-Default nβ: n / log n with n = len(data), the training-set size (Watanabe's WBIC temperature
-β = 1/log n, as in the exact-answer tests of tests/test_llc_exact.py). devinterp's default,
-`devinterp.utils.default_nbeta`, is batch_size / log(batch_size): it treats the minibatch as n,
-which for batch 32 gives nβ ≈ 9.2 against ≈ 263 for n = 2000 here. Pass nbeta="devinterp" for
-theirs, or a number. The LLC scales with the nβ used, so compare curves only at equal nβ.
+Diagnostics are computed on a low-noise observable, the loss at each chain's w on one fixed
+evaluation batch every few steps (`observe_every`), not on the minibatch trace (diagnostics.py).
+
+Default nβ: terms_per_example · n / log n with n = len(data) (`nbeta_definition` says why and
+how it relates to devinterp's batch_size / log(batch_size)). Pass nbeta="devinterp" for theirs,
+or a number. The LLC scales with the nβ used, so compare curves only at equal nβ.
 
     >>> import torch
     >>> _ = torch.manual_seed(0)
@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from . import diagnostics as dg
-from .data import DataSource, MinibatchStream, device_batches, to_device
+from .data import ChainMinibatchStreams, DataSource, MinibatchStream, device_batches, to_device
 from .sampler import FlatParams, SGLDSettings, SamplerError, make_flat_loss, run_chains
 
 ParamsSpec = "None | str | list[str] | Callable[[str], bool] | dict[str, torch.Tensor | None]"
@@ -72,6 +72,8 @@ class LLCResult:
     hyperparameters: dict                # every setting used
     diagnostics: dict                    # rhat, ess, drift, negative, mala, ...
     timing: dict = field(default_factory=dict)
+    final_weights: torch.Tensor | None = field(default=None, repr=False, compare=False)
+                                         # [C, D] each chain's last w (not serialised)
 
     @property
     def n_healthy(self) -> int:
@@ -79,7 +81,8 @@ class LLCResult:
 
     def to_dict(self) -> dict:
         """JSON-safe dict (NaN/Inf become None)."""
-        return _json_safe(asdict(self))
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "final_weights"}
+        return _json_safe(copy.deepcopy(d))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -109,6 +112,33 @@ def default_nbeta(n: int) -> float:
     if n < 2:
         raise LLCError(f"default nβ = n/log n needs n >= 2 examples, got n={n}; pass nbeta")
     return n / math.log(n)
+
+
+def resolve_nbeta(nbeta, n: int, batch_size: int, terms_per_example: float = 1.0) -> tuple[float, str]:
+    """(nβ, the rule in words). See `estimate_llc`'s nbeta and `nbeta_definition`."""
+    k = float(terms_per_example)
+    if not (math.isfinite(k) and k > 0):
+        raise LLCError(f"terms_per_example={terms_per_example!r} must be a positive number")
+    if nbeta is None:
+        return k * default_nbeta(n), (f"terms_per_example·n/log n = {k:g}·{n}/log {n} (llc_watch "
+                                      "default: β = 1/log n on the data set's total NLL)")
+    if nbeta == "devinterp":
+        return devinterp_nbeta(batch_size), (f"batch_size/log(batch_size), batch_size={batch_size} "
+                                             "(devinterp default)")
+    if isinstance(nbeta, str):
+        raise LLCError(f"nbeta={nbeta!r}: pass None (n/log n), 'devinterp', or a number")
+    return float(nbeta), "given"
+
+
+nbeta_definition = """nβ in llc_watch: the posterior is exp(−nβ·L(w) − (γ/2)‖w − w*‖²) with L = loss_fn's value,
+the mean loss. By default nβ = k·n/log n, n = len(data) (examples), k = terms_per_example
+(how many terms loss_fn averages per example, e.g. answer tokens per sequence), so that
+nβ·L_n = β·(total negative log-likelihood of the data set) with Watanabe's WBIC temperature
+β = 1/log n. The LLC so measured is the learning coefficient of the per-example likelihood.
+devinterp's default is batch_size/log(batch_size): for batch 32 that is 9.2, against 263 here
+for n = 2000 (k = 1); λ̂ scales with nβ away from the asymptotic regime, so compare numbers only
+at one nβ definition (the result's hyperparameters state which: nbeta, nbeta_rule, beta,
+terms_per_example)."""
 
 
 def devinterp_nbeta(batch_size: int) -> float:
@@ -180,14 +210,22 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
                  eval_size: int | None = None, eval_seed: int = 0, device=None,
                  vectorized: bool = True, mala: bool = False, min_healthy_fraction: float = 0.75,
                  rmsprop_alpha: float = 0.99, rmsprop_eps: float = 0.1,
-                 batch_control: bool = True, progress: bool = False) -> LLCResult:
+                 batch_control: bool = True, per_chain_batches: bool = True,
+                 terms_per_example: float = 1.0, observe_every: int | None = None,
+                 observe_size: int | None = 1024, progress: bool = False) -> LLCResult:
     """Estimate the local learning coefficient of `model` at its current weights.
 
     model: any nn.Module; it is copied (to `device`), never modified. Sampled in eval() mode.
     loss_fn: (model, batch) -> scalar mean loss (the per-example negative log-likelihood).
     data: a tensor, tuple/list/dict of tensors, Dataset, DataLoader, or index-tensor-indexable
         object (a task Batch); len(data) is n.
-    nbeta: None -> n / log n (ours); "devinterp" -> batch_size / log(batch_size); or a number.
+    nbeta: the multiplier of loss_fn's value in the posterior exp(−nβ·L − (γ/2)‖w − w*‖²).
+        None -> terms_per_example · n / log n (ours: β = 1/log n, and nβ·L_n = β·(the data set's
+        total negative log-likelihood); see `nbeta_definition`); "devinterp" ->
+        batch_size / log(batch_size); or a number (used as given).
+    terms_per_example: how many terms loss_fn averages per example (e.g. answer tokens of a
+        sequence, when loss_fn is a mean over tokens and n counts sequences). 1 when loss_fn is
+        the mean per-example negative log-likelihood.
     params: weight restriction (see `select_params`); the rest are held at w*.
     eval_size / eval_seed: the fixed evaluation subset for L_n(w*) (None = all the data).
     vectorized: all chains in one vmapped forward/backward; falls back (with a warning) to the
@@ -200,6 +238,13 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
         step, shared by all chains). The estimate's expectation is unchanged (E_b L_b(w*) = L_n(w*))
         but the minibatch noise common to all chains cancels, so the estimate is tighter and its
         cross-chain stderr honest. False gives devinterp's estimator exactly.
+    per_chain_batches: every chain draws its own seeded minibatch stream (independent chains, so
+        the cross-chain stderr includes the minibatch noise). False: one stream shared by all
+        chains (devinterp's default; cheaper when the forward pass dominates).
+    observe_every / observe_size: every k steps record the loss at each chain's w on one fixed
+        evaluation batch of observe_size examples (seeded by eval_seed; None = all the data):
+        the low-noise observable the R̂ / ESS diagnostics and `llc_observed` use. None = about
+        200 observations over the draws; 0 = off.
     """
     t_start = time.perf_counter()
     for name, v in (("chains", chains), ("draws", draws), ("steps_between_draws", steps_between_draws),
@@ -210,12 +255,7 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
         raise LLCError(f"burn_in={burn_in!r} must be an integer >= 0")
     src = DataSource(data)
     n = len(src)
-    if nbeta is None:
-        nbeta_value, nbeta_rule = default_nbeta(n), f"n/log n with n={n} (llc_watch default)"
-    elif nbeta == "devinterp":
-        nbeta_value, nbeta_rule = devinterp_nbeta(batch_size), f"batch_size/log(batch_size), batch_size={batch_size} (devinterp default)"
-    else:
-        nbeta_value, nbeta_rule = float(nbeta), "given"
+    nbeta_value, nbeta_rule = resolve_nbeta(nbeta, n, batch_size, terms_per_example)
     settings = SGLDSettings(float(epsilon), nbeta_value, float(gamma), sampler,
                             rmsprop_alpha, rmsprop_eps)
     try:
@@ -238,19 +278,38 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
                        "weights is NaN/Inf; check the checkpoint and loss_fn")
 
     from llc_watch.tasks.base import derive_seed
-    stream = MinibatchStream(n, batch_size, derive_seed(seed, "batches"))
     if batch_size > n:
         warn.append(f"batch_size={batch_size} > n={n}: using full batches of {n}")
-    get_batch = device_batches(src, stream, burn_in + (draws - 1) * steps_between_draws + 1, dev)
+    n_steps = burn_in + (draws - 1) * steps_between_draws + 1
+    if per_chain_batches:
+        streams = ChainMinibatchStreams(n, batch_size, derive_seed(seed, "batches"), chains)
+        get_batch = device_batches(src, streams, n_steps, dev)
+        probe_batch = lambda: to_device(src.batch(streams.streams[0].indices(0)), dev)
+    else:
+        stream = MinibatchStream(n, batch_size, derive_seed(seed, "batches"))
+        get_batch = device_batches(src, stream, n_steps, dev)
+        probe_batch = lambda: get_batch(0)
     steps = burn_in + (draws - 1) * steps_between_draws + 1
     draw_steps = list(range(burn_in, steps, steps_between_draws))
+    if observe_every is None:
+        observe_every = max(1, (steps - burn_in) // 200)
+    if not isinstance(observe_every, int) or observe_every < 0:
+        raise LLCError(f"observe_every={observe_every!r} must be an integer >= 0 (0 = off)")
+    observe_batch, observe_init = None, float("nan")
+    if observe_every:
+        n_obs = n if observe_size is None else min(int(observe_size), n)
+        g_obs = torch.Generator().manual_seed(int(eval_seed) + 1)
+        obs_idx = torch.randperm(n, generator=g_obs)[:n_obs] if n_obs < n else torch.arange(n)
+        observe_batch = to_device(src.batch(obs_idx), dev)
+        with torch.no_grad():
+            observe_init = float(loss_of(flat.w_star, observe_batch))
 
     used_vectorized = vectorized
     if vectorized:
         try:   # probe: can this model's loss be vmapped?
             from torch.func import vmap
             W = flat.w_star.expand(2, -1).clone().requires_grad_(True)
-            torch.autograd.grad(vmap(loss_of, in_dims=(0, None))(W, get_batch(0)).sum(), W)
+            torch.autograd.grad(vmap(loss_of, in_dims=(0, None))(W, probe_batch()).sum(), W)
         except Exception as e:  # noqa: BLE001 - any vmap failure means: use the fallback
             used_vectorized = False
             warn.append(f"vectorised sampling failed ({type(e).__name__}: {str(e)[:200]}); "
@@ -263,7 +322,8 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
     t0 = time.perf_counter()
     run = run_chains(loss_of, flat, settings, chains=chains, steps=steps, get_batch=get_batch,
                      seed=seed, draw_steps=draw_steps, mala=mala, vectorized=used_vectorized,
-                     center_loss=batch_control,
+                     center_loss=batch_control, per_chain_batches=per_chain_batches,
+                     observe_batch=observe_batch, observe_every=observe_every,
                      progress=(lambda t: bar.update(1)) if bar else None)
     t_sample = time.perf_counter() - t0
     if bar:
@@ -271,9 +331,10 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
 
     losses = run.losses.double().numpy()                         # [C, T]
     if batch_control:   # L_b(w) − L_b(w*) + L_n(w*): same mean, without the shared batch noise
-        centers = run.center_losses.double().numpy()             # [T]
-        losses_used = losses - centers[None, :] + init_loss
-        batch_offset = float(nbeta_value * (centers[draw_steps].mean() - init_loss))
+        centers = run.center_losses.double().numpy()             # [T] shared, or [C, T]
+        c2 = centers if centers.ndim == 2 else centers[None, :]
+        losses_used = losses - c2 + init_loss
+        batch_offset = float(nbeta_value * (c2[:, draw_steps].mean() - init_loss))
     else:
         centers, losses_used, batch_offset = None, losses, float("nan")
     draws_arr = losses_used[:, draw_steps]                       # [C, N]
@@ -294,20 +355,64 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
         warn.append(f"INVALID: {int(healthy.sum())}/{chains} healthy chains, need {need}; "
                     "lower epsilon (see `llc-watch calibrate`)")
     hd = draws_arr[healthy]
-    rhat = dg.split_rhat(hd) if hd.shape[0] >= 1 else float("nan")
-    ess = dg.ess(hd) if hd.shape[0] >= 1 else float("nan")
+    # R̂ / ESS on the low-noise observable (fixed evaluation batch) when recorded: minibatch noise,
+    # independent from step to step, makes slow chains look mixed on the batch trace
+    obs_stats = {"llc_observed": float("nan"), "llc_observed_stderr": float("nan"),
+                 "observe_every": observe_every, "observe_size": None, "observe_steps": []}
+    if run.observed is not None:
+        ob_all = run.observed.double().numpy()                       # [C, K]
+        keep = [k for k, t in enumerate(run.observe_steps) if t >= burn_in]
+        ob = ob_all[healthy][:, keep]
+        mix_on, trace = "observed", ob
+        lam_obs = nbeta_value * (ob.mean(1) - observe_init) if ob.size else np.array([])
+        obs_stats.update(
+            llc_observed=float(lam_obs.mean()) if lam_obs.size else float("nan"),
+            llc_observed_stderr=(float(lam_obs.std(ddof=1) / math.sqrt(lam_obs.size))
+                                 if lam_obs.size > 1 else float("nan")),
+            observe_size=int(len(DataSource(observe_batch)) if observe_batch is not None else 0),
+            observe_init_loss=observe_init, observe_steps=list(run.observe_steps),
+            observed=ob_all.tolist())
+    else:
+        mix_on, trace = "minibatch trace (no observable recorded)", hd
+    mix = dg.mixing(trace) if trace.shape[0] >= 1 and trace.shape[1] >= 8 else \
+        {"rhat": float("nan"), "ess_bulk": float("nan"), "ess_tail": float("nan"),
+         "ess_needed": dg.ESS_MIN_PER_CHAIN * max(int(healthy.sum()), 1), "mixed": False}
+    rhat, ess = mix["rhat"], mix["ess_bulk"]
     drift, drift_se = dg.drift(hd, init_loss, nbeta_value) if hd.shape[0] >= 1 else (float("nan"),) * 2
     drifting = dg.drift_flag(drift, drift_se, mean)
     shared_se = dg.shared_noise_stderr(hd, nbeta_value) if hd.shape[0] >= 1 else float("nan")
-    if math.isfinite(shared_se) and math.isfinite(stderr) and shared_se > 2 * stderr:
+    if (not per_chain_batches and math.isfinite(shared_se) and math.isfinite(stderr)
+            and shared_se > 2 * stderr):
         warn.append(f"the chains' shared minibatch noise (stderr ≈ {shared_se:.2g} from the averaged "
                     f"trace) exceeds the cross-chain stderr {stderr:.2g}: use draws covering whole "
-                    "epochs (n / batch_size steps each) or a larger batch")
+                    "epochs (n / batch_size steps each), a larger batch, or per_chain_batches=True")
+    # gradient-noise ratio ρ = ε·nβ²·v·(1/B − 1/n)/4 (v: per-example gradient variance per weight,
+    # at w* and at the first healthy chain's final w, the larger): minibatch noise against the
+    # injected noise; it inflates λ̂ by about ρ (calibration.py). 16 small gradients: cheap.
+    from .calibration import NOISE_RATIO_MAX, gradient_variance, noise_ratio
+    v_at = [gradient_variance(loss_of, flat, src, dev, seed=seed)["v"]]
+    if healthy.any():
+        c0 = int(np.argmax(healthy))
+        if torch.isfinite(run.final_w[c0]).all():
+            v_at.append(gradient_variance(loss_of, flat, src, dev, seed=seed, at=run.final_w[c0])["v"])
+    B_used = min(batch_size, n)
+    rho = noise_ratio(float(epsilon), nbeta_value, max(v_at), B_used, n)
+    if sampler == "sgld" and rho > NOISE_RATIO_MAX:
+        warn.append(f"gradient-noise ratio ρ = ε·nβ²·v·(1/B − 1/n)/4 = {rho:.2g} > {NOISE_RATIO_MAX}: "
+                    f"minibatch noise inflates λ̂ by about {100 * min(rho, 10):.0f} %; use a larger "
+                    "batch or a smaller epsilon (calibrate_llc picks both)")
+    review = bool((~healthy).any())
+    if review:
+        warn.append("REVIEW: a chain was excluded; the estimate rests on the others")
     negative = bool(math.isfinite(mean) and mean < 0)
     if math.isfinite(rhat) and rhat > dg.RHAT_MAX:
-        warn.append(f"split-R̂ = {rhat:.3f} > {dg.RHAT_MAX}: chains disagree; more draws or burn-in")
-    if math.isfinite(ess) and ess < dg.ESS_MIN:
-        warn.append(f"effective sample size {ess:.0f} < {dg.ESS_MIN}: more draws")
+        warn.append(f"rank-normalised split-R̂ = {rhat:.3f} > {dg.RHAT_MAX} on the {mix_on}: the "
+                    "chains have not mixed; more draws or burn-in, or a larger epsilon")
+    for kind in ("ess_bulk", "ess_tail"):
+        v = mix[kind]
+        if math.isfinite(v) and v < mix["ess_needed"]:
+            warn.append(f"{kind.replace('_', '-')} {v:.0f} < {mix['ess_needed']} "
+                        f"({dg.ESS_MIN_PER_CHAIN} per chain) on the {mix_on}: more draws")
     if drifting:
         warn.append(f"loss traces drift after burn-in (second-half − first-half LLC = {drift:.3g} "
                     f"± {drift_se:.2g}): more burn-in, or a smaller epsilon/larger gamma")
@@ -324,10 +429,14 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
                  n=n, n_params_sampled=flat.n_sampled,
                  params=[k if m is None else f"{k}[mask]" for k, m in selection.items()],
                  vectorized=used_vectorized, device=str(dev),
-                 min_healthy_fraction=min_healthy_fraction, mala=mala, batch_control=batch_control)
+                 min_healthy_fraction=min_healthy_fraction, mala=mala, batch_control=batch_control,
+                 per_chain_batches=per_chain_batches, terms_per_example=float(terms_per_example),
+                 beta=1.0 / math.log(n) if n > 1 else float("nan"))
     if sampler == "rmsprop_sgld":
         hyper.update(rmsprop_alpha=rmsprop_alpha, rmsprop_eps=rmsprop_eps)
-    diag = dict(rhat=rhat, ess=ess, shared_noise_stderr=shared_se, batch_offset=batch_offset,
+    diag = dict(rhat=rhat, ess=ess, ess_bulk=mix["ess_bulk"], ess_tail=mix["ess_tail"],
+                ess_needed=mix["ess_needed"], mixed=mix["mixed"], mixing_on=mix_on, review=review,
+                **obs_stats, noise_ratio=rho, shared_noise_stderr=shared_se, batch_offset=batch_offset,
                 drift=drift, drift_stderr=drift_se, drifting=drifting,
                 negative=negative, n_failed=int((~healthy).sum()), min_healthy=need,
                 mala_acceptance=(None if run.mala_accept is None else run.mala_accept.tolist()),
@@ -338,4 +447,4 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
     timing = dict(sampling_s=t_sample, total_s=time.perf_counter() - t_start, steps=steps,
                   grad_evals=steps * chains + (len(draw_steps) * chains if mala and sampler == "sgld" else 0))
     return LLCResult(mean, stderr, per_chain.tolist(), failed, valid, warn, init_loss, init_method,
-                     losses.tolist(), draw_steps, hyper, diag, timing)
+                     losses.tolist(), draw_steps, hyper, diag, timing, run.final_w.detach().cpu())

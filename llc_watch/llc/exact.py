@@ -143,6 +143,40 @@ def make_rrr(M: int, H: int, N: int, r: int, n: int, seed: int = 0):
     return model, _half_mse, (x, y), rrr(M, H, N, r)
 
 
+def make_dln(widths, r: int, n: int, seed: int = 0):
+    """Deep linear network x -> W_L ⋯ W_1 x (no biases), widths H_0 (input), …, H_L (output),
+    sitting at a true parameter whose product has rank r; y = product·x + N(0, I) noise.
+
+    Layer 1 maps x onto r random directions (rows scaled 1/√H_0), the middle layers carry those r
+    coordinates through a random r×r block each (scaled 1/√r), the last layer spreads them over
+    the outputs; every other weight is 0. λ = dln(widths, r) (Aoyagi 2024).
+
+        >>> model, loss_fn, (x, y), lam = make_dln([5, 4, 3, 5], 1, n=100)
+        >>> sum(p.numel() for p in model.parameters()), lam, tuple(y.shape)
+        (47, 7.5, (100, 5))
+    """
+    H = list(widths)
+    lam = dln(H, r)                                            # validates widths and r
+    g = torch.Generator().manual_seed(seed)
+    layers = [nn.Linear(H[i], H[i + 1], bias=False) for i in range(len(H) - 1)]
+    with torch.no_grad():
+        for i, lin in enumerate(layers):
+            W = torch.zeros(H[i + 1], H[i])
+            if r:
+                if i == 0:
+                    W[:r] = torch.randn(r, H[0], generator=g) / math.sqrt(H[0])
+                elif i == len(layers) - 1:
+                    W[:, :r] = torch.randn(H[-1], r, generator=g) / math.sqrt(r)
+                else:
+                    W[:r, :r] = torch.randn(r, r, generator=g) / math.sqrt(r) + torch.eye(r)
+            lin.weight.copy_(W)
+    model = nn.Sequential(*layers)
+    x = torch.randn(n, H[0], generator=g)
+    with torch.no_grad():
+        y = model(x) + torch.randn(n, H[-1], generator=g)
+    return model, _half_mse, (x, y), lam
+
+
 def normal_crossing_expected_llc(ks, nbeta: float, gamma: float, a: float = 1.0, b: float = 0.0,
                                  half_width: float | None = None, points: int = 1201) -> float:
     """E[nβ·(L_n(w) − L_n(0))] under the localised tempered posterior, by quadrature (1–2 weights).

@@ -1,0 +1,456 @@
+"""calibrate_llc: choose SGLD settings at which the LLC of any model is right, with the evidence.
+
+    >>> from llc_watch.llc import exact
+    >>> model, loss_fn, data, lam = exact.make_regular(2, 500)
+    >>> cal = calibrate_llc(model, loss_fn, data, draws=200, checks=False, seed=0)
+    >>> cal.status in ("plateau", "extrapolated"), sorted(cal.choice)[:5]
+    (True, ['batch_control', 'batch_size', 'burn_in', 'chains', 'draws'])
+    >>> r = estimate_llc(model, loss_fn, data, **cal.choice)          # doctest: +SKIP
+    >>> cal.summary()                                                 # doctest: +SKIP
+    'plateau: ε=0.000... γ=10 nβ=80.46 batch=... draws=... λ̂ ≈ 0.9... cost 2.6× one estimate'
+
+
+THE RULE (`RULE` below, in words; every number it uses is in `cal.evidence`):
+
+ 0. nβ is fixed first (`estimator.nbeta_definition`: terms_per_example·n/log n), because the
+    LLC is measured at one temperature; γ is given (default 1: at n in the thousands a singular
+    posterior spreads over ~nβ^(-1/4) in its flat directions, and γ = 10 measurably shrank
+    reduced-rank regression's λ̂ (3.8 against 5.5) and normal crossing's in the accuracy study;
+    the γ check below flags such a case).
+ 1. Probe the loss at w* (cheap, no sampling): the largest curvature h_max of L_n (power
+    iteration on Hessian-vector products) and the per-example gradient variance v (per weight).
+    SGLD on a quadratic with curvature h inflates the posterior variance by ≈ ε·h/4 (the
+    discretisation bias); minibatch gradients add noise of variance (ε²/4)·nβ²·v·(1/B − 1/n) per
+    weight against the injected ε, the *gradient-noise ratio* ρ = ε·nβ²·v·(1/B − 1/n)/4, which
+    inflates λ̂ by about ρ (the issue's batch-32 case: ρ ≈ 0.7, λ̂ 2.80 against 1.62). Both budgets are kept at
+    2.5 % so that, added, they stay well inside the 15 % goal.
+ 2. Ladder of step sizes ε_k = ε_top/3^k (k = 0 … 4), ε_top = 0.1/(nβ·h_max + γ) (≈ 2.5 %
+    discretisation bias at the top rung, under 1 % one rung down). The batch B is the smallest
+    power of two from 32 (or n) with ρ(ε_top, B) <= NOISE_RATIO_MAX = 0.025 (a 2.5 % bias bound); if
+    the caller fixes B, ε_top is lowered until ρ <= 0.05 instead.
+ 3. Pilots (2 chains, independent minibatch streams, the batch control variate) from the top
+    rung down; a rung's pilot gets min(ε_top/ε, 3)× the draws, as a smaller step mixes slower.
+    Each is judged on λ̂ with its Monte-Carlo standard error (pooled draws over their multi-chain
+    ESS, at least the cross-chain stderr) and on R̂ / bulk-tail ESS of the low-noise observable
+    (the loss on one fixed evaluation batch). A rung with a failed chain or an invalid estimate is
+    skipped (the ladder goes down). A pilot whose observable R̂ exceeds 1.05 is rerun once with
+    3× the draws: an unmixed chain started at w* reads low, and two unmixed rungs can fake a
+    plateau.
+ 4. PLATEAU: the largest healthy ε whose λ̂ agrees, within 2 combined standard errors +
+    PLATEAU_REL (5 %) of λ̂, with the λ̂ one rung (3×) down: λ̂ flat for a 3× change of ε is the
+    definition the issue asks for (Lau et al. 2023 and devinterp's calibration notebooks keep
+    settings where λ̂ is flat in ε; Furman & Lau 2024 show the same plateau for deep linear
+    networks at scale). The next rung is run only when the pair above disagrees. No agreeing
+    pair: EXTRAPOLATE λ̂ linearly to ε → 0 (weighted least squares over the healthy rungs, SGLD's
+    bias being first order in ε), say so in `.status` and `.warnings`, and choose the
+    *smallest* ε (the least biased), never the largest.
+ 5. Checks at the chosen cell, each a warning when it fails (and in `.evidence`):
+    λ̂ unchanged when the batch doubles (within 2 se + 5 %); λ̂ insensitive to γ (at 3γ, same
+    test); MALA acceptance (short full-batch run) >= 0.9, devinterp's "healthy" level;
+    R̂ <= 1.01 and ESS >= 100 per chain on the observable (Vehtari et al. 2021).
+ 6. Draws: the pilot's bulk ESS per draw on the observable sets the draws for 100 ESS per chain
+    (at least the pilot's, at most MAX_DRAWS_FACTOR times); burn-in as in the pilot.
+
+Cost: the calibration's per-example gradient evaluations are counted against one estimate at
+the chosen settings (`evidence['cost']['ratio']`). With a plateau at the top rung: 2-chain pilots
+of 1 + 3 draw units, a γ check (1) and a 2×-batch check (2): (2/4)·7 = 3.5 units of a 4-chain
+estimate at the pilot's draws; less when the ESS rule gives the final run more draws.
+
+Anchors: Lau, Furman, Wang, Murfet & Wei 2023, "The local learning coefficient" (arXiv
+2308.12108); Furman & Lau 2024, "Estimating the local learning coefficient at scale" (arXiv
+2402.03698); devinterp's calibration guidance (sweep ε and nβ, keep λ̂/nβ flat in ε, reject
+traces that spike or go negative, MALA ≈ 0.9 healthy); Vehtari et al. 2021 for R̂ / ESS.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import diagnostics as dg
+from .data import DataSource, to_device
+from .estimator import LLCError, estimate_llc, resolve_nbeta, select_params, _resolve_device
+from .sampler import FlatParams, make_flat_loss
+
+NOISE_RATIO_MAX = 0.025    # gradient-noise ratio ρ allowed (≈ relative bias it causes)
+TOP_CURVATURE_BIAS = 0.1   # ε_top·(nβ·h_max + γ): ≈ 2.5 % discretisation bias at the top rung
+PLATEAU_REL = 0.05         # relative tolerance (beyond 2 se) for "flat in ε", batch and γ checks
+MALA_MIN = 0.9             # devinterp's healthy MALA acceptance
+MAX_DRAWS_FACTOR = 8       # the ESS rule may raise the draws at most this much over the pilot's
+RUNGS = 5                  # ε ladder ε_top/3^k; lower rungs run only while no plateau is found
+PILOT_CHAINS = 2
+PILOT_RHAT_MAX = 1.05       # a pilot with a larger R̂ on the observable is rerun 3× longer (once)
+PILOT_DRAWS = 1000         # pilot draws per chain (burn-in: half as many)
+RULE = ("ε ladder ε_top/3^k from the Hessian's top curvature (ε_top·(nβ·h_max+γ) = 0.1); batch "
+        "from the gradient-noise ratio ρ = ε·nβ²·v·(1/B−1/n)/4 <= 0.025; choose the largest ε whose λ̂ "
+        "agrees with λ̂ at ε/3 within 2 se + 5 % (plateau), else extrapolate to ε→0 and take the "
+        "smallest ε; check batch ×2, γ ×3, MALA >= 0.9, R̂ <= 1.01, ESS >= 100/chain on a fixed-batch "
+        "observable")
+
+
+@dataclass
+class Calibration:
+    choice: dict                  # estimate_llc keyword arguments
+    sweep: pd.DataFrame           # one row per cell run (role: ladder / batch_check / gamma_check)
+    evidence: dict                # why this cell won: probes, plateau test, checks, cost
+    warnings: list[str] = field(default_factory=list)
+    status: str = "plateau"       # plateau | extrapolated | untrusted
+    llc: float = float("nan")     # the calibration's own λ̂ (extrapolated when status says so)
+    llc_stderr: float = float("nan")
+    rule: str = RULE
+
+    @property
+    def trusted(self) -> bool:
+        return self.status == "plateau" and not self.warnings
+
+    def summary(self) -> str:
+        c = self.choice
+        return (f"{self.status}: ε={c['epsilon']:.3g} γ={c['gamma']:g} nβ={c['nbeta']:.4g} "
+                f"batch={c['batch_size']} draws={c['draws']} burn_in={c['burn_in']} "
+                f"sampler={c['sampler']}; λ̂ ≈ {self.llc:.4g} ± {self.llc_stderr:.2g}; "
+                f"{len(self.warnings)} warning(s); cost {self.evidence['cost']['ratio']:.2f}× one estimate")
+
+
+# --- probes at w* -----------------------------------------------------------------------------
+
+def _problem(model, loss_fn, params, device):
+    dev = _resolve_device(device, model)
+    work = copy.deepcopy(model).to(dev).eval()
+    flat = FlatParams(work, select_params(work, params))
+    return flat, make_flat_loss(work, loss_fn, flat), dev
+
+
+def top_curvature(loss_of, flat: FlatParams, batch, iters: int = 30, seed: int = 0, at=None) -> float:
+    """Largest |eigenvalue| of the Hessian of the loss at w* (or `at`) on `batch` (power iteration
+    on Hessian-vector products; masked weights excluded)."""
+    w = (flat.w_star if at is None else at).detach().clone().requires_grad_(True)
+    g = torch.autograd.grad(loss_of(w, batch), w, create_graph=True)[0]
+    gen = torch.Generator().manual_seed(seed)
+    v = torch.randn(w.shape, generator=gen).to(w)
+    if flat.mask is not None:
+        v = v * flat.mask
+    v = v / v.norm()
+    lam = 0.0
+    for _ in range(iters):
+        hv = torch.autograd.grad(g, w, v, retain_graph=True)[0]
+        if flat.mask is not None:
+            hv = hv * flat.mask
+        lam_new = float(hv @ v)
+        nrm = hv.norm()
+        if not nrm > 0:
+            break
+        v = hv / nrm
+        if abs(lam_new - lam) <= 1e-3 * abs(lam_new):
+            lam = lam_new
+            break
+        lam = lam_new
+    return abs(lam)
+
+
+def gradient_variance(loss_of, flat: FlatParams, src: DataSource, device, *, batches: int = 16,
+                      per_batch: int = 32, seed: int = 0, at=None) -> dict:
+    """Per-example gradient variance at w*, averaged over the sampled weights, from the spread
+    of `batches` disjoint minibatch gradients (v ≈ per_batch · Var(batch gradient))."""
+    n = len(src)
+    per_batch = max(1, min(per_batch, n // batches)) if n >= batches else 1
+    k = min(batches, n // per_batch)
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k * per_batch].view(k, per_batch)
+    grads = []
+    for i in range(k):
+        w = (flat.w_star if at is None else at).detach().clone().requires_grad_(True)
+        grads.append(torch.autograd.grad(loss_of(w, to_device(src.batch(idx[i]), device)), w)[0])
+    G = torch.stack(grads).double()                                   # [k, D]
+    var = G.var(0, unbiased=True) * per_batch
+    sq = (G ** 2).mean(0) * per_batch   # ≈ E g_1² (for RMSProp's preconditioner scale)
+    m = flat.mask.double() if flat.mask is not None else None
+    mean = (lambda t: float((t * m).sum() / m.sum())) if m is not None else (lambda t: float(t.mean()))
+    return {"v": mean(var), "sq": mean(sq), "batches": k, "per_batch": per_batch}
+
+
+def noise_ratio(epsilon: float, nbeta: float, v: float, batch: int, n: int) -> float:
+    """ρ = ε·nβ²·v·(1/B − 1/n)/4: minibatch-gradient noise against the injected noise, per weight."""
+    return float(epsilon * nbeta ** 2 * v * max(1.0 / batch - 1.0 / n, 0.0) / 4.0)
+
+
+def _batch_for(epsilon, nbeta, v, n, start=32) -> int:
+    B = start
+    while B < n and noise_ratio(epsilon, nbeta, v, B, n) > NOISE_RATIO_MAX:
+        B *= 2
+    return min(B, n)
+
+
+# --- cells --------------------------------------------------------------------------------------
+
+def _mcse_llc(r) -> tuple[float, float]:
+    """(λ̂, its Monte-Carlo standard error) from all healthy chains' draws: the pooled trace's
+    variance over its multi-chain ESS (chains are independent, so this includes batch noise)."""
+    tr = np.asarray(r.loss_traces, dtype=float)
+    c = r.diagnostics.get("center_loss_trace")
+    if c is not None:
+        c = np.asarray(c, dtype=float)
+        tr = tr - (c if c.ndim == 2 else c[None, :]) + r.init_loss
+    healthy = [f is None for f in r.chain_failed]
+    d = tr[healthy][:, r.draw_steps]
+    if d.shape[0] == 0 or d.shape[1] < 8:
+        return r.llc_mean, float("nan")
+    e = dg._ess(d)
+    nb = r.hyperparameters["nbeta"]
+    se = nb * d.std(ddof=1) / math.sqrt(e) if math.isfinite(e) and e > 0 else float("nan")
+    if d.shape[0] > 1 and math.isfinite(r.llc_stderr):
+        se = max(se, r.llc_stderr) if math.isfinite(se) else r.llc_stderr
+    return r.llc_mean, float(se)
+
+
+def _row(r, role, cost) -> dict:
+    lam, se = _mcse_llc(r)
+    h, d = r.hyperparameters, r.diagnostics
+    return {"role": role, "epsilon": h["epsilon"], "gamma": h["gamma"], "nbeta": h["nbeta"],
+            "batch_size": h["batch_size"], "sampler": h["sampler"], "chains": h["chains"],
+            "draws": h["draws"], "burn_in": h["burn_in"], "llc": lam, "llc_se": se,
+            "llc_observed": d.get("llc_observed"), "valid": r.valid, "failed_chains": d["n_failed"],
+            "rhat": d["rhat"], "ess_bulk": d["ess_bulk"], "ess_tail": d["ess_tail"],
+            "mixed": d["mixed"], "drifting": d["drifting"], "mala": d.get("mala_acceptance_mean"),
+            "grad_evals": cost, "seconds": r.timing["total_s"]}
+
+
+def _agree(a: dict, b: dict) -> tuple[bool, float, float]:
+    """Do two cells' λ̂ agree within 2 combined se + PLATEAU_REL? (ok, |diff|, allowed)."""
+    diff = abs(a["llc"] - b["llc"])
+    se = math.hypot(a["llc_se"] if math.isfinite(a["llc_se"]) else 0.0,
+                    b["llc_se"] if math.isfinite(b["llc_se"]) else 0.0)
+    allowed = 2 * se + PLATEAU_REL * max(abs(a["llc"]), abs(b["llc"]), 1e-12)
+    return bool(diff <= allowed), float(diff), float(allowed)
+
+
+def _healthy(row) -> bool:
+    return bool(row["valid"] and row["failed_chains"] == 0 and math.isfinite(row["llc"]))
+
+
+def _pilot_mixed(row) -> bool:
+    """A pilot is mixed enough to compare when R̂ <= PILOT_RHAT_MAX on its observable (2 chains
+    cannot show 1.01 reliably at pilot length; the final run is held to 1.01)."""
+    return bool(math.isfinite(row["rhat"]) and row["rhat"] <= PILOT_RHAT_MAX)
+
+
+def extrapolate_to_zero(eps, lam, se) -> tuple[float, float]:
+    """Weighted least squares λ̂(ε) = λ0 + a·ε; (λ0, its standard error)."""
+    eps, lam, se = map(lambda x: np.asarray(x, float), (eps, lam, se))
+    if len(eps) < 2:
+        return float(lam[0]), float(se[0])
+    w = 1.0 / np.maximum(se, 1e-12 * np.abs(lam).max() + 1e-300) ** 2
+    X = np.stack([np.ones_like(eps), eps], 1)
+    A = X.T @ (w[:, None] * X)
+    cov = np.linalg.inv(A)
+    beta = cov @ (X.T @ (w * lam))
+    return float(beta[0]), float(math.sqrt(cov[0, 0]))
+
+
+# --- the calibration ----------------------------------------------------------------------------
+
+def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float = 1.0,
+                  gamma: float = 1.0, batch_size: int | None = None, sampler: str = "sgld",
+                  chains: int = 4, draws: int | None = None, burn_in: int | None = None,
+                  epsilons=None, seed: int = 0, params=None, device=None,
+                  checks: bool = True, progress: bool = False) -> Calibration:
+    """Choose estimate_llc settings for `model` at its weights by the rule in the module docstring.
+
+    nbeta / terms_per_example: as estimate_llc (None = terms_per_example·n/log n).
+    gamma: the localisation strength (checked at 3γ). batch_size: None = chosen by the
+    gradient-noise rule; a number fixes it (ε is then capped by that rule instead).
+    draws / burn_in: the pilots' (None: PILOT_DRAWS = 1000 and half of that).
+    epsilons: a ladder to use instead of the probed one (ascending or not).
+    chains: chains of the final estimate (pilots use 2).
+    """
+    t0 = time.perf_counter()
+    src = DataSource(data)
+    n = len(src)
+    nb, nb_rule = resolve_nbeta(nbeta, n, batch_size or 32, terms_per_example)
+    flat, loss_of, dev = _problem(model, loss_fn, params, device)
+    # probes
+    g_eval = torch.Generator().manual_seed(seed + 7)
+    m = min(n, 2048)
+    eval_idx = torch.randperm(n, generator=g_eval)[:m]
+    eval_batch = to_device(src.batch(eval_idx), dev)
+
+    def probe(at):
+        return (top_curvature(loss_of, flat, eval_batch, seed=seed, at=at),
+                gradient_variance(loss_of, flat, src, dev, seed=seed, at=at))
+
+    def plan(h_max, gv):
+        curv = nb * h_max + gamma
+        if sampler == "rmsprop_sgld":   # steps are scaled by P ≈ 1/(√E g² + 0.1): scale ε alike
+            curv = curv / (math.sqrt(gv["sq"]) + 0.1)
+        eps_top = TOP_CURVATURE_BIAS / curv
+        if batch_size is None:
+            B = _batch_for(eps_top, nb, gv["v"], n)
+        else:
+            B = min(int(batch_size), n)
+            rho = noise_ratio(eps_top, nb, gv["v"], B, n)
+            if rho > NOISE_RATIO_MAX:
+                eps_top *= NOISE_RATIO_MAX / rho
+        return curv, eps_top, B
+
+    h_max, gv = probe(None)
+    curv, eps_top, B = plan(h_max, gv)
+    probes = [{"at": "w*", "h_max": h_max, "v": gv["v"], "epsilon_top": eps_top, "batch": B}]
+    draws = PILOT_DRAWS if draws is None else int(draws)
+    if burn_in is None:
+        burn_in = max(100, draws // 2)
+    base = dict(nbeta=nb, terms_per_example=terms_per_example, sampler=sampler, seed=seed,
+                params=params, device=device, per_chain_batches=True, batch_control=True)
+    per_step = lambda chains_, B_: chains_ * B_                        # gradient-evals ∝ examples
+    rows, warnings = [], []
+
+    last = {}
+
+    def run(role, eps, g, B_, ch, mala=False, draws_=None, burn_=None):
+        d_, b_ = draws_ or draws, burn_ if burn_ is not None else burn_in
+        r = estimate_llc(model, loss_fn, data, epsilon=eps, gamma=g, batch_size=B_, chains=ch,
+                         draws=d_, burn_in=b_, mala=mala, **base)
+        cost = per_step(ch, r.hyperparameters["batch_size"]) * r.timing["steps"] * (2 if mala else 1)
+        row = _row(r, role, cost)
+        rows.append(row)
+        last["r"] = r
+        if progress:
+            print(f"  {role:12s} ε={eps:.3g} γ={g:g} B={B_}: λ̂={row['llc']:.4g} ± {row['llc_se']:.2g} "
+                  f"R̂={row['rhat']:.3f} ESS={row['ess_bulk']:.0f}", flush=True)
+        return row
+
+    # ladder from the top: a rung's pilot gets min(ε_top/ε, 3)× the draws (a smaller step mixes
+    # slower); the next rung down is run only when needed
+    cells: dict[int, dict] = {}
+    ladder: list[float] = []
+
+    def cell(k):
+        if k not in cells:
+            mult = min(ladder[0] / ladder[k], 3.0)
+            d_k = int(math.ceil(draws * mult))
+            row = run("ladder", ladder[k], gamma, B, PILOT_CHAINS, draws_=d_k,
+                      burn_=int(math.ceil(burn_in * mult)))
+            if _healthy(row) and not _pilot_mixed(row):   # an unmixed pilot reads low: once 3× longer
+                row["role"] = "ladder_short"
+                row = run("ladder", ladder[k], gamma, B, PILOT_CHAINS, draws_=3 * d_k,
+                          burn_=int(math.ceil(3 * burn_in * mult)))
+            cells[k] = row
+        return cells[k]
+
+    # a singular w* (e.g. zero weights) has little curvature or gradient noise at w* itself, and
+    # much more where the posterior lives: re-probe at the top pilot's final weights and restart
+    # the ladder lower (or with a larger batch) when the plan changes (at most twice)
+    for attempt in range(4):
+        ladder = sorted(epsilons, reverse=True) if epsilons else [eps_top / 3 ** k for k in range(RUNGS)]
+        cells.clear()
+        top = cell(0)
+        if epsilons or attempt == 3:
+            break
+        W = last["r"].final_weights
+        if not _healthy(top) or W is None or not torch.isfinite(W).all():
+            eps_top = ladder[0] / 3        # the top rung diverged: start a rung lower
+            probes.append({"at": f"pilot end (ε={ladder[0]:.3g})", "diverged": True})
+            continue
+        found = [probe(W[c].to(dev)) for c in range(W.shape[0])]
+        h2 = max(f[0] for f in found)
+        gv2 = max((f[1] for f in found), key=lambda g: g["v"])
+        h_new, gv_new = max(h_max, h2), (gv2 if gv2["v"] > gv["v"] else gv)
+        curv2, eps2, B2 = plan(h_new, gv_new)
+        probes.append({"at": f"pilot end (ε={ladder[0]:.3g})", "h_max": h2, "v": gv2["v"],
+                       "epsilon_top": eps2, "batch": B2})
+        if eps2 >= eps_top / 1.5 and B2 <= B:
+            break
+        h_max, gv, curv, eps_top, B = h_new, gv_new, curv2, min(eps2, eps_top), max(B2, B)
+
+    tests, chosen, status = [], None, "extrapolated"
+    for k in range(len(ladder) - 1):
+        top = cell(k)
+        if not _healthy(top):
+            warnings.append(f"ε={ladder[k]:.3g}: {top['failed_chains']} failed chain(s) or invalid "
+                            "estimate; going down the ladder")
+            continue
+        low = cell(k + 1)
+        if not _healthy(low):
+            continue
+        ok, diff, allowed = _agree(top, low)
+        tests.append({"epsilon": top["epsilon"], "vs": low["epsilon"], "agree": ok,
+                      "diff": diff, "allowed": allowed})
+        if ok:
+            chosen, status = top, "plateau"
+            break
+    lad = sorted((c for c in cells.values() if _healthy(c)), key=lambda r: r["epsilon"])
+    if not lad:
+        raise LLCError(f"calibrate_llc: every ε of the ladder {[f'{e:.3g}' for e in ladder]} failed "
+                       "(chains diverged); pass smaller epsilons or a larger gamma")
+    eps_l, lam_l, se_l = ([r["epsilon"] for r in lad], [r["llc"] for r in lad],
+                          [r["llc_se"] if math.isfinite(r["llc_se"]) else abs(r["llc"]) for r in lad])
+    lam0, se0 = extrapolate_to_zero(eps_l, lam_l, se_l)
+    if chosen is None:
+        chosen = lad[0]
+        moves = ", ".join(f"{r['llc']:.4g} at ε={r['epsilon']:.2g}" for r in lad)
+        warnings.append(
+            f"NO PLATEAU: λ̂ moves with ε ({moves}); "
+            f"chose the smallest ε={chosen['epsilon']:.3g}; extrapolated λ̂(ε→0) = {lam0:.4g} ± {se0:.2g}")
+        llc, llc_se = lam0, se0
+    else:
+        llc, llc_se = chosen["llc"], chosen["llc_se"]
+    ev_checks = {}
+    if checks:
+        if B < n:
+            B2 = min(2 * B, n)
+            rb = run("batch_check", chosen["epsilon"], gamma, B2, PILOT_CHAINS,
+                     draws_=chosen["draws"], burn_=chosen["burn_in"])
+            ok, diff, allowed = _agree(chosen, rb)
+            ev_checks["batch"] = {"batch": B2, "llc": rb["llc"], "agree": ok, "diff": diff, "allowed": allowed}
+            if not ok:
+                warnings.append(f"λ̂ changes when the batch doubles ({chosen['llc']:.4g} at {B} → "
+                                f"{rb['llc']:.4g} at {B2}): gradient noise matters; use a larger batch")
+        rg = run("gamma_check", chosen["epsilon"], 3 * gamma, B, PILOT_CHAINS,
+                 draws_=chosen["draws"], burn_=chosen["burn_in"])
+        ok, diff, allowed = _agree(chosen, rg)
+        ev_checks["gamma"] = {"gamma": 3 * gamma, "llc": rg["llc"], "agree": ok, "diff": diff, "allowed": allowed}
+        if not ok:
+            warnings.append(f"λ̂ depends on γ ({chosen['llc']:.4g} at γ={gamma:g} vs {rg['llc']:.4g} at "
+                            f"γ={3 * gamma:g}): the localisation shapes the answer; report γ with it")
+        if sampler == "sgld":
+            rm = run("mala_check", chosen["epsilon"], gamma, n, PILOT_CHAINS, mala=True,
+                     draws_=50, burn_=min(burn_in, 200))
+            ev_checks["mala"] = rm["mala"]
+            if rm["mala"] is not None and rm["mala"] < MALA_MIN:
+                warnings.append(f"MALA acceptance {rm['mala']:.2f} < {MALA_MIN} at ε={chosen['epsilon']:.3g}: "
+                                "the step is too coarse for the loss's curvature")
+    notes = []
+    if not chosen["mixed"]:   # expected of a 2-chain pilot; the draws rule below answers it
+        notes.append(f"the pilot at the chosen ε reached R̂ {chosen['rhat']:.3f}, bulk ESS "
+                     f"{chosen['ess_bulk']:.0f}, tail ESS {chosen['ess_tail']:.0f} on the observable; "
+                     "the final run's draws are set for 100 ESS per chain")
+    ess_per_draw_chain = chosen["ess_bulk"] / (PILOT_CHAINS * chosen["draws"]) if math.isfinite(chosen["ess_bulk"]) else 0
+    need = dg.ESS_MIN_PER_CHAIN
+    final_draws = draws if ess_per_draw_chain <= 0 else int(math.ceil(need / ess_per_draw_chain))
+    final_draws = int(min(max(final_draws, chosen["draws"]), MAX_DRAWS_FACTOR * draws))
+    if ess_per_draw_chain <= 0 or need / max(ess_per_draw_chain, 1e-12) > MAX_DRAWS_FACTOR * draws:
+        warnings.append(f"100 ESS per chain would need more than {MAX_DRAWS_FACTOR}× the pilot's draws; "
+                        f"capped at {final_draws}")
+    choice = dict(epsilon=float(chosen["epsilon"]), gamma=float(gamma), nbeta=float(nb),
+                  batch_size=int(B), draws=final_draws, burn_in=int(chosen["burn_in"]), sampler=sampler,
+                  chains=int(chains), terms_per_example=float(terms_per_example),
+                  per_chain_batches=True, batch_control=True)
+    sweep = pd.DataFrame(rows)
+    one = per_step(chains, B) * (chosen["burn_in"] + final_draws)
+    cal_cost = float(sweep["grad_evals"].sum())
+    evidence = {
+        "nbeta": nb, "nbeta_rule": nb_rule, "n": n, "h_max": h_max, "grad_var_per_example": gv["v"],
+        "curvature": curv, "epsilon_top": eps_top, "ladder": sorted(ladder), "probes": probes,
+        "noise_ratio": noise_ratio(chosen["epsilon"], nb, gv["v"], B, n),
+        "plateau_tests": tests, "extrapolated_llc": lam0, "extrapolated_se": se0, "checks": ev_checks,
+        "pilot_draws": draws, "pilot_burn_in": burn_in, "pilot_chains": PILOT_CHAINS,
+        "chosen_row": {k: chosen[k] for k in ("epsilon", "llc", "llc_se", "rhat", "ess_bulk", "ess_tail")},
+        "cost": {"calibration_example_grads": cal_cost, "one_estimate_example_grads": float(one),
+                 "ratio": cal_cost / one, "seconds": time.perf_counter() - t0},
+        "rule": RULE, "notes": notes,
+    }
+    if status == "plateau" and any("depends on γ" in w or "batch doubles" in w for w in warnings):
+        status = "plateau"   # kept: the plateau exists; the warnings say what else moved
+    return Calibration(choice, sweep, evidence, warnings, status, float(llc), float(llc_se))
