@@ -39,7 +39,7 @@ from .stages import StageMap, smooth_signal
 
 __all__ = ["new_figure", "plot_metrics", "plot_llc", "plot_probes", "plot_ablations", "plot_stages", "plot_boundaries",
            "stage_figure", "plot_llc_traces", "plot_llc_chains", "parse_json_list", "plot_calibration", "plot_signals",
-           "calibration_figure", "plot_probe_heatmap", "probe_heatmap_figure", "figure_png", "set_step_axis"]
+           "calibration_figure", "plot_calibration_ladder", "plot_probe_heatmap", "probe_heatmap_figure", "figure_png", "set_step_axis"]
 
 KIND_COLORS = {"slope-zero": "#d62728", "plateau-start": "#aec7e8", "plateau-end": "#1f77b4",
                "sharp-change": "#ff7f0e", "drop": "#17becf", "drop-end": "#9467bd", "onset": "#2ca02c",
@@ -375,9 +375,45 @@ def plot_calibration(ax: Axes, sweep: pd.DataFrame, value: str = "llc_mean", gam
     return ax
 
 
+def plot_calibration_ladder(ax: Axes, cells: pd.DataFrame) -> Axes:
+    """calibrate_llc's cells at one checkpoint: λ̂ ± its Monte-Carlo error against ε (log axis) for the
+    ε ladder, the batch and γ checks beside them, the chosen ε marked; the title says whether λ̂ sat
+    on a plateau in ε or had to be extrapolated."""
+    lad = cells[cells["role"].astype(str).str.startswith("ladder")].sort_values("epsilon")
+    ok = lad["valid"].astype(bool) & np.isfinite(lad["llc"].astype(float))
+    ax.errorbar(lad.loc[ok, "epsilon"], lad.loc[ok, "llc"], yerr=2 * lad.loc[ok, "llc_se"].fillna(0), fmt="o-",
+                color="#1f77b4", capsize=3, label="ε ladder (± 2 se)")
+    if (~ok).any():
+        ax.plot(lad.loc[~ok, "epsilon"], np.zeros((~ok).sum()), "x", color="#d62728", label="invalid / diverged")
+    for role, mk, c in (("batch_check", "s", "#2ca02c"), ("gamma_check", "^", "#9467bd")):
+        r = cells[cells["role"] == role]
+        if len(r):
+            ax.errorbar(r["epsilon"], r["llc"], yerr=2 * r["llc_se"].fillna(0), fmt=mk, color=c, capsize=3,
+                        label=role.replace("_", " "))
+    status = str(cells["status"].iloc[0]) if "status" in cells else ""
+    if "choice" in cells and isinstance(cells["choice"].iloc[0], str):
+        eps = json.loads(cells["choice"].iloc[0]).get("epsilon")
+        if eps:
+            ax.axvline(eps, color="k", ls=":", lw=1, label=f"chosen ε = {eps:.2g}")
+    if "cal_llc" in cells and np.isfinite(float(cells["cal_llc"].iloc[0])) and status == "extrapolated":
+        ax.axhline(float(cells["cal_llc"].iloc[0]), color="#ff7f0e", ls="--", lw=1, label="extrapolated to ε → 0")
+    ax.set_xscale("log")
+    ax.set_xlabel("SGLD step size ε")
+    ax.set_ylabel("λ̂")
+    ax.set_title(f"step {cells['step'].iloc[0]:g}: {status}", fontsize="medium")
+    ax.legend(fontsize="x-small", frameon=False)
+    return ax
+
+
 def calibration_figure(sweep: pd.DataFrame, value: str = "llc_mean") -> Figure:
-    """One calibration heatmap per (checkpoint, γ): a row per checkpoint, a column per γ, so no cell
-    ever holds two checkpoints' estimates."""
+    """One calibration panel per checkpoint (never two checkpoints in one cell): calibrate_llc's ε
+    ladder per checkpoint, or, for the grid method, one heatmap per (checkpoint, γ)."""
+    if "role" in sweep.columns and sweep["role"].notna().any():
+        steps = np.sort(sweep["step"].unique())
+        fig = new_figure(4.2 * len(steps), 3.4)
+        for ax, st in zip(np.atleast_1d(fig.subplots(1, len(steps), squeeze=False)).ravel(), steps):
+            plot_calibration_ladder(ax, sweep[sweep["step"] == st])
+        return fig
     steps = np.sort(sweep["step"].unique()) if "step" in sweep.columns else [None]
     gammas = np.sort(sweep["gamma"].unique()) if "gamma" in sweep.columns else [None]
     fig = new_figure(4.5 * len(gammas), 3.4 * len(steps))

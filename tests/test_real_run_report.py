@@ -18,7 +18,8 @@ def real_run(tiny_run, tmp_path_factory):
     d = tmp_path_factory.mktemp("real") / "run"
     shutil.copytree(tiny_run.dir, d)
     steps = [c.step for c in open_run(d).checkpoints()]
-    calibrate_run(d, steps=[steps[len(steps) // 2], steps[-1]], epsilons=[1e-4, 1e-3], settings=LLC, progress=False)
+    calibrate_run(d, steps=[steps[len(steps) // 2], steps[-1]], settings={**LLC, "pilot_draws": 40, "checks": False},
+                  progress=False)
     compute_llc(d, {**LLC, "epsilon": 1e-4}, checkpoints=steps[::3], progress=False)
     compute_probes(d, {"n_train": 128, "n_test": 64, "features": ["carry_in"]}, checkpoints=steps[::4], progress=False)
     path = write_report(d)

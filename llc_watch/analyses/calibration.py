@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 from llc_watch.io import atomic_write_json
 import json
@@ -37,6 +38,8 @@ from .llc import CALIBRATION_FILE, LLCSettings, checkpoint_problem, estimator_kw
 class CalibrationSettings(LLCSettings):
     method: str = "auto"              # auto: calibrate_llc's rule (plateau in ε, batch from the gradient
                                       # noise, checks); grid: the ε × nβ × γ sweep below
+    pilot_draws: Optional[int] = None  # auto: pilot draws per rung of the ε ladder; None: calibrate_llc's own
+    checks: bool = True               # auto: run the batch ×2, γ ×3 and MALA checks at the chosen cell
     epsilons: tuple[float, ...] = tuple(DEFAULT_GRID["epsilons"])  # step sizes ε to sweep
     nbetas: tuple = (None,)           # nβ values to sweep; None: n/log n
     gammas: tuple[float, ...] = (100.0,)  # localisation strengths γ to sweep
@@ -44,6 +47,7 @@ class CalibrationSettings(LLCSettings):
     def validate(self):
         super().validate()
         self.one_of("method", ("auto", "grid"))
+        self.at_least("pilot_draws", 10, allow_none=True)
         if not self.epsilons or not all(e is not None and math.isfinite(e) and e > 0 for e in self.epsilons):
             self._fail("epsilons", "give positive finite step sizes, e.g. 1e-5,1e-4,1e-3")
         if not self.nbetas or not all(b is None or (math.isfinite(b) and b > 0) for b in self.nbetas):
@@ -106,7 +110,8 @@ def auto_rows(checkpoint, s: dict, model, loss_fn, data) -> list[dict]:
     """calibrate_llc at one checkpoint: its cells as rows, each carrying the checkpoint's verdict."""
     cal = calibrate_llc(model, loss_fn, data, nbeta=s.get("nbeta"), terms_per_example=s["terms_per_example"],
                         chains=s["chains"], seed=s["seed"], params=resolve_params(model, s["params"]),
-                        device=None if s["device"] == "auto" else s["device"])
+                        device=None if s["device"] == "auto" else s["device"], draws=s.get("pilot_draws"),
+                        checks=s.get("checks", True))
     verdict = {"method": "auto", "status": cal.status, "choice": json.dumps(_json_safe(cal.choice)),
                "cal_llc": _clean(float(cal.llc)), "cal_llc_stderr": _clean(float(cal.llc_stderr)),
                "evidence": json.dumps(_json_safe(cal.evidence)), "cal_warnings": json.dumps(cal.warnings)}
@@ -154,6 +159,9 @@ class CalibrationAnalysis(Analysis):
         d["epsilons"] = sorted(d["epsilons"])
         if d["method"] == "auto":           # the grid plays no part: keep it out of the job's key
             for k in ("epsilons", "nbetas", "gammas"):
+                d.pop(k)
+        else:
+            for k in ("pilot_draws", "checks"):
                 d.pop(k)
             d["nbeta"] = settings.nbeta
         return d

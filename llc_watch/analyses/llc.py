@@ -365,12 +365,6 @@ class LLC(Analysis):
         return llc_batch
 
 
-def llc_batch(checkpoints, settings: dict) -> list:
-    """llc_job for many checkpoints at once: checkpoints × chains stacked in one SGLD pass (per-chain
-    values equal to one job per checkpoint on the same noise; tests/test_llc_batched.py)."""
-    results = estimate_checkpoints(checkpoints, settings, return_exceptions=True)
-    return [r if isinstance(r, BaseException) else [llc_row(c, r)] for c, r in zip(checkpoints, results)]
-
     def signals(self, table):
         v = llc_rows(table)
         v = v[v["valid"]]
@@ -408,6 +402,13 @@ def llc_batch(checkpoints, settings: dict) -> list:
         cols = [c for c in ("step", "value", "stderr", "valid", "rhat", "drift") if c in table.columns]
         lines.append(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         return lines
+
+
+def llc_batch(checkpoints, settings: dict) -> list:
+    """llc_job for many checkpoints at once: checkpoints × chains stacked in one SGLD pass (per-chain
+    values equal to one job per checkpoint on the same noise; tests/test_llc_batched.py)."""
+    results = estimate_checkpoints(checkpoints, settings, return_exceptions=True)
+    return [r if isinstance(r, BaseException) else [llc_row(c, r)] for c, r in zip(checkpoints, results)]
 
 
 LLC_ANALYSIS = LLC()

@@ -157,9 +157,18 @@ def render_report(run: Run | str, sm: StageMap | None = None, title: str | None 
             calibration["png"] = _png(calibration_figure(cal))
         except ValueError as e:
             calibration["error"] = str(e)
-        show = [c for c in ["step", "epsilon", "nbeta", "gamma", "llc_mean", "llc_std", "valid", "drift", "rhat",
-                            "failed_chains", "usable"] if c in cal.columns]
+        show = [c for c in ["step", "role", "epsilon", "nbeta", "gamma", "batch_size", "draws", "llc", "llc_se",
+                            "llc_mean", "llc_std", "valid", "drift", "rhat", "ess_bulk", "mixed", "mala",
+                            "failed_chains", "usable", "status"] if c in cal.columns]
         calibration["table"] = _table(cal[show])
+        saved = run.read_json("calibration.json") or {}
+        calibration["rule"] = saved.get("rule", "")
+        calibration["choice"] = _table(pd.DataFrame({"setting": list(saved.get("choice", {})),
+                                                     "value": [str(v) for v in saved.get("choice", {}).values()]}))
+        calibration["warnings"] = list(saved.get("warnings") or [])
+        calibration["verdicts"] = [f"step {k}: {v.get('status')}, λ̂ ≈ {v.get('llc') or float('nan'):.4g} "
+                                   f"± {v.get('llc_stderr') or float('nan'):.2g}"
+                                   for k, v in (saved.get("per_checkpoint") or {}).items()]
 
     probe_figs = []
     if "probes" in tables:
