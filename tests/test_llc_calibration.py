@@ -144,13 +144,13 @@ def test_calibrated_normal_crossing_hits_its_finite_n_target():
 
 
 def test_no_plateau_is_said_and_the_smallest_epsilon_chosen():
-    # batch 32 and a coarse ladder: gradient noise (ρ ≈ 1.6 and 0.5) makes λ̂ climb with ε; the
+    # batch 32 and a coarse ladder: gradient noise (ρ ≈ 0.54 and 0.18) makes λ̂ climb with ε; the
     # rule must say so, extrapolate, and take the smallest ε, not the largest
     model, loss_fn, data, lam = exact.make_regular(3, 2000)
-    cal = calibrate_llc(model, loss_fn, data, epsilons=[3e-3, 1e-3], gamma=1.0, batch_size=32,
+    cal = calibrate_llc(model, loss_fn, data, epsilons=[1e-3, 1e-3 / 3], gamma=1.0, batch_size=32,
                         draws=300, checks=False, seed=0)
     assert cal.status == "extrapolated"
-    assert cal.choice["epsilon"] == 1e-3
+    assert cal.choice["epsilon"] == 1e-3 / 3
     assert any("NO PLATEAU" in w for w in cal.warnings)
     assert cal.llc < cal.sweep.query("role == 'ladder'")["llc"].min()    # extrapolated below both
 

@@ -380,6 +380,11 @@ def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float 
         if ok:
             chosen, status = top, "plateau"
             break
+    if chosen is None:   # no plateau: make sure the ladder has a healthy rung, from the top down
+        for k in range(len(ladder)):
+            if any(_healthy(c) for c in cells.values()):
+                break
+            cell(k)
     lad = sorted((c for c in cells.values() if _healthy(c)), key=lambda r: r["epsilon"])
     if not lad:
         raise LLCError(f"calibrate_llc: every ε of the ladder {[f'{e:.3g}' for e in ladder]} failed "
