@@ -50,10 +50,36 @@ def test_hyperparameter_table_lists_settings_not_data(real_run):
         assert data_column not in settings, data_column
 
 
-def test_calibration_heatmap_draws_each_checkpoint_apart(real_run):
+def test_calibration_draws_each_checkpoint_apart(real_run):
+    """calibrate_llc's cells (the default method): one panel per checkpoint, each holding only that
+    checkpoint's ladder, titled with its verdict; the report states the rule and the choice."""
     run, text = real_run
     sweep = run.table("calibration")
-    assert sweep["step"].nunique() == 2
+    assert sweep["step"].nunique() == 2 and sweep["method"].eq("auto").all()
+    fig = plots.calibration_figure(sweep)
+    panels = [a for a in fig.axes if a.get_title().startswith("step ")]
+    assert len(panels) == 2
+    for ax in panels:
+        step = float(ax.get_title().split(":")[0].removeprefix("step "))
+        one = sweep[(sweep["step"] == step) & sweep["role"].str.startswith("ladder")]
+        drawn = sum(len(c.lines[0].get_xdata()) for c in ax.containers if c.get_label().startswith("ε ladder"))
+        ok = one["valid"].astype(bool) & np.isfinite(one["llc"].astype(float))
+        assert drawn == int(ok.sum())
+        assert ax.get_title().split(": ")[1] in ("plateau", "extrapolated", "untrusted")
+    assert 'alt="calibration sweep"' in text and "Rule:" in text and "Chosen settings" in text
+
+
+def test_grid_calibration_draws_each_checkpoint_apart(tiny_run, tmp_path):
+    """The grid method's heatmaps: one per (checkpoint, γ), no cell holding two checkpoints."""
+    from llc_watch.analyses.calibration import calibration_job
+    from llc_watch.run import open_run as _open
+    steps = [c.step for c in _open(tiny_run.dir).checkpoints()]
+    rows = []
+    for c in _open(tiny_run.dir).checkpoints([steps[len(steps) // 2], steps[-1]]):
+        rows += calibration_job(c, {**LLC, "method": "grid", "epsilons": [1e-4, 1e-3], "nbetas": [None],
+                                    "gammas": [100.0]})
+    import pandas as pd
+    sweep = pd.DataFrame(rows)
     fig = plots.calibration_figure(sweep)
     heatmaps = [a for a in fig.axes if a.images]
     assert len(heatmaps) == 2 * sweep["gamma"].nunique()
@@ -62,7 +88,6 @@ def test_calibration_heatmap_draws_each_checkpoint_apart(real_run):
         one = sweep[sweep["step"] == step]
         shown = ax.images[0].get_array()
         assert np.isfinite(np.asarray(shown, float)).sum() == int((one["valid"] & np.isfinite(one["llc_mean"])).sum())
-    assert 'alt="calibration sweep"' in text
 
 
 def test_invalid_estimates_have_no_value(real_run):
