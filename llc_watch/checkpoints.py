@@ -128,7 +128,8 @@ class Checkpoint:
         except FileNotFoundError:
             raise self._fail("does not exist") from None
         except (ValueError, UnicodeDecodeError):
-            raise self._fail("is truncated or corrupt (not a readable safetensors file)") from None
+            raise self._fail("is not a safetensors file (its header cannot be read: truncated, corrupt, "
+                             "or another format such as a pickle)") from None
         meta = header.get("__metadata__") or {}
         if meta.get("format") != FORMAT:
             raise self._fail(f"was not written by llc_watch (format {meta.get('format')!r})")

@@ -24,7 +24,7 @@ from typing import Callable
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .checkpoints import Checkpoint
+from .checkpoints import Checkpoint, CheckpointError
 from .io import atomic_write_json
 
 JobFn = Callable[[Checkpoint, dict], list[dict]]
@@ -117,6 +117,7 @@ class JobFailure:
     checkpoint: str
     error: str
     detail: str = ""
+    retry: bool = True   # whether rerunning may help (not for a corrupt or foreign checkpoint)
 
     def __str__(self):
         return f"step {self.step} ({self.checkpoint}): {self.error}"
@@ -127,8 +128,9 @@ class JobsFailed(RuntimeError):
 
     def __init__(self, what: str, report: "JobReport"):
         self.report = report
-        super().__init__(f"{what}: {report.summary()}\nFinished checkpoints are saved; rerun the same "
-                         "command to retry only the failed ones.")
+        retry = any(f.retry for f in report.failures)
+        super().__init__(f"{what}: {report.summary()}\nFinished checkpoints are saved"
+                         + ("; rerun the same command to retry only the failed ones." if retry else "."))
 
 
 @dataclass
@@ -242,7 +244,8 @@ def run_checkpoint_jobs(fn: JobFn, checkpoints: list[Checkpoint], settings: dict
                 raise
             else:
                 report.failures.append(JobFailure(ckpt.step, ckpt.path, _describe(e),
-                                                  getattr(e, "detail", "") or traceback.format_exc()))
+                                                  getattr(e, "detail", "") or traceback.format_exc(),
+                                                  retry=not isinstance(e, CheckpointError)))
         bar.update(1)
     bar.close()
     report.records.sort(key=lambda r: r["step"])

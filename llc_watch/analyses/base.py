@@ -143,14 +143,14 @@ def run_analysis(analysis: Analysis | str, run_dir, settings: Mapping | Settings
     ckpts = [c for c in ckpts if all(c is not f for f, _ in foreign)]
     report = run_checkpoint_jobs(a.job, ckpts, a.job_settings(run, s), out_dir=run.results_dir(a.name),
                                  executor=executor, desc=a.name, progress=progress)
-    report.failures.extend(JobFailure(c.step, c.path, str(e)) for c, e in foreign)
+    report.failures.extend(JobFailure(c.step, c.path, str(e), retry=False) for c, e in foreign)
     if len(report.failures) > len(foreign):
         kept = "was left as it was" if run.has_table(a.schema.name) else "was not written"
         raise JobsFailed(f"{a.name} ({a.schema.file} {kept})", report)
     table = report.table()
     if not len(table):
         if foreign:
-            raise ForeignCheckpointsError(f"{a.name}: {_foreign_summary(foreign)}")
+            raise ForeignCheckpointsError(f"no {a.schema.file} written: {_foreign_summary(foreign)}")
         raise SettingsError(f"{a.name}: no checkpoints to run on in {run.dir}")
     table = a.finish(run, table, s)
     run.write_table(a.schema.name, table)
@@ -159,7 +159,7 @@ def run_analysis(analysis: Analysis | str, run_dir, settings: Mapping | Settings
     table.attrs.update(attrs)
     table.attrs.update(settings=s, summary=report.summary(), ran=report.ran, skipped=report.skipped)
     if foreign:
-        raise ForeignCheckpointsError(f"{a.name}: wrote {run.path(a.schema.name)} from this run's "
+        raise ForeignCheckpointsError(f"wrote {run.path(a.schema.name)} from this run's "
                                       f"{len(ckpts)} checkpoint(s) only; {_foreign_summary(foreign)}", table)
     return table
 

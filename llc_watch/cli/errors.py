@@ -29,8 +29,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 # errno -> (what it means for the path, what to do, whether it is the user's to fix: exit 2, else 1)
 _OS_ADVICE = {
-    errno.EROFS: ("is on a read-only file system", "copy the run folder somewhere writable, or give --out "
-                  "a writable place", True),
+    errno.EROFS: ("is on a read-only file system", "use a writable folder (copy the run folder there and "
+                  "run on the copy)", True),
     errno.EACCES: ("cannot be written or read (permission denied)", "fix its permissions (chmod u+rw) or use "
                    "a folder you own", True),
     errno.EPERM: ("cannot be changed (operation not permitted)", "fix its permissions or use a folder you own",
@@ -52,7 +52,7 @@ def describe_os_error(e: OSError) -> tuple[str, int]:
     what they asked for; 1 for the machine's trouble, e.g. a full disk).
 
     >>> describe_os_error(OSError(errno.EROFS, "Read-only file system", "/runs/a/llc.csv"))[0]
-    '/runs/a/llc.csv is on a read-only file system: copy the run folder somewhere writable, or give --out a writable place. Finished results are kept.'
+    '/runs/a/llc.csv is on a read-only file system: use a writable folder (copy the run folder there and run on the copy). Finished results are kept.'
     >>> describe_os_error(OSError(errno.ENOSPC, "No space left on device", "/runs/a/x.json"))[1]
     1
     """
