@@ -380,3 +380,19 @@ def test_identical_checkpoints_have_identical_bytes(tmp_path):
     a = save_checkpoint(tmp_path / "a", 1, model, cfg).read_bytes()
     b = save_checkpoint(tmp_path / "b", 1, model, cfg).read_bytes()
     assert a == b
+
+
+# --- 9. concurrent runs -------------------------------------------------------------------------
+
+def test_two_concurrent_llc_commands_end_with_a_correct_table(run_copy):
+    """Two drivers on one run at once: both succeed, every checkpoint has one result file, and the
+    table holds each step once (jobs are keyed by checkpoint bytes and settings, written atomically)."""
+    steps = _two_checkpoints(run_copy)
+    cmd = [sys.executable, "-m", "llc_watch.cli", "llc", str(run_copy), "--checkpoints", steps, *FAST_LLC]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    df = pd.read_csv(run_copy / "llc.csv")
+    assert sorted(df["step"]) == sorted(int(s) for s in steps.split(","))
+    assert len(list((run_copy / "results" / "llc").glob("*.json"))) == 2
+    assert not list(run_copy.rglob(".*.tmp")), "no temporary file left behind"
