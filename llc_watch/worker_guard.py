@@ -5,10 +5,9 @@ Each worker runs this file as its pool initializer through `runpy.run_path` (std
 by reference), before llc_watch or torch is imported: importing them takes seconds, long enough for a
 killed driver's workers to be orphans already. It depends on nothing but the standard library.
 
-    >>> import os, subprocess, sys
-    >>> code = "from llc_watch.worker_guard import die_with_parent; import os; die_with_parent(os.getppid())"
-    >>> subprocess.run([sys.executable, "-c", code]).returncode   # the parent is alive: it goes on
-    0
+    >>> initializer, initargs = worker_initializer_args(1234)   # what jobs.make_executor("process") passes
+    >>> initializer.__module__, initargs[1:]
+    ('runpy', ({'DRIVER_PID': 1234}, '__llc_watch_worker__'))
 """
 from __future__ import annotations
 
