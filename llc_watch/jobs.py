@@ -11,8 +11,10 @@ driver or worker loses nothing that finished and a rerun only redoes what is mis
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import traceback
 from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ from typing import Callable
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .checkpoints import Checkpoint
+from .checkpoints import Checkpoint, CheckpointError
 from .io import atomic_write_json
 
 JobFn = Callable[[Checkpoint, dict], list[dict]]
@@ -74,15 +76,11 @@ def make_executor(kind: str = "serial", workers: int = 2) -> Executor:
         return SerialExecutor()
     if kind == "process":
         import multiprocessing as mp
+        from .worker_guard import worker_initializer_args
+        initializer, initargs = worker_initializer_args(os.getpid())   # workers die with this driver
         return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                   initializer=_one_thread_per_worker)
+                                   initializer=initializer, initargs=initargs)
     raise ValueError(f"unknown executor {kind!r}; built in: serial, process")
-
-
-def _one_thread_per_worker() -> None:
-    """Workers split the cores between them: N processes x N threads would oversubscribe."""
-    import torch
-    torch.set_num_threads(1)
 
 
 def job_key(fn: JobFn, checkpoint: Checkpoint, settings: dict) -> str:
@@ -123,6 +121,7 @@ class JobFailure:
     checkpoint: str
     error: str
     detail: str = ""
+    retry: bool = True   # whether rerunning may help (not for a corrupt or foreign checkpoint)
 
     def __str__(self):
         return f"step {self.step} ({self.checkpoint}): {self.error}"
@@ -133,8 +132,9 @@ class JobsFailed(RuntimeError):
 
     def __init__(self, what: str, report: "JobReport"):
         self.report = report
-        super().__init__(f"{what}: {report.summary()}\nFinished checkpoints are saved; rerun the same "
-                         "command to retry only the failed ones.")
+        retry = any(f.retry for f in report.failures)
+        super().__init__(f"{what}: {report.summary()}\nFinished checkpoints are saved"
+                         + ("; rerun the same command to retry only the failed ones." if retry else "."))
 
 
 @dataclass
@@ -175,6 +175,15 @@ def _read_record(path: Path) -> dict | None:
         return None
 
 
+# errors of the place results are written to, not of one checkpoint: every other job would hit them
+# too, so the driver stops at the first one (what finished is on disk) and the CLI names the path
+STORAGE_ERRNOS = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM})
+
+
+def is_storage_error(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in STORAGE_ERRNOS
+
+
 def _describe(e: BaseException) -> str:
     if isinstance(e, BrokenExecutor):  # BrokenProcessPool: some worker process died
         return (f"{type(e).__name__}: a worker process died (killed, out of memory or crashed) "
@@ -194,6 +203,8 @@ def run_checkpoint_jobs(fn: JobFn, checkpoints: list[Checkpoint], settings: dict
 
     Failures (an exception in a job, a corrupt checkpoint) are reported per checkpoint; the other
     jobs still finish. Results of other settings in `out_dir` are left alone and never mixed in.
+    A storage error (read-only, full disk, no permission: `is_storage_error`) would fail every job
+    alike, so it is raised at once: jobs not started are cancelled, finished results stay on disk.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -249,9 +260,15 @@ def run_checkpoint_jobs(fn: JobFn, checkpoints: list[Checkpoint], settings: dict
             if finished is not None:  # the job wrote its result, then its pool broke: the file is the truth
                 report.records.append(finished)
                 report.ran += 1
+            elif is_storage_error(e):
+                bar.close()
+                for f in todo:
+                    f.cancel()
+                raise
             else:
                 report.failures.append(JobFailure(ckpt.step, ckpt.path, _describe(e),
-                                                  getattr(e, "detail", "") or traceback.format_exc()))
+                                                  getattr(e, "detail", "") or traceback.format_exc(),
+                                                  retry=not isinstance(e, CheckpointError)))
         bar.update(1)
     bar.close()
     report.records.sort(key=lambda r: r["step"])

@@ -30,6 +30,10 @@ class RunExistsError(ConfigError):
     """The run folder holds a run with a different config."""
 
 
+class TrainingDiverged(ConfigError):
+    """The loss became NaN or infinite; checkpoints before it are kept."""
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -109,6 +113,8 @@ def _resume_path(run_dir: Path) -> Path:
 def prepare_run_dir(cfg: RunConfig, run_dir: Path) -> None:
     """Create the run folder, or check that an existing one holds this very config."""
     cfg_path = run_dir / "config.json"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is a file, not a run folder: give --out a folder path")
     if cfg_path.is_file():
         old = json.loads(cfg_path.read_text())
         if old != json.loads(cfg.to_json()):
@@ -366,11 +372,11 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, stop_after
     """
     cfg.validate()
     run_dir = Path(run_dir)
-    prepare_run_dir(cfg, run_dir)
     t = cfg.train
+    device = resolve_device(t.device)   # before the folder is made: a refused config writes nothing
+    prepare_run_dir(cfg, run_dir)
     if t.threads:
         torch.set_num_threads(t.threads)
-    device = resolve_device(t.device)
     task = cfg.make_task()
     data = TrainingData(task, cfg)
     model, opt = new_model_and_optimizer(cfg, task, device)
@@ -399,6 +405,12 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, stop_after
             if batch is None:
                 continue
             loss, acc = evaluate(model, task, batch, device)
+            if not math.isfinite(loss):   # checked where the loss is already on the CPU: no per-step sync
+                kept = max((r["step"] for r in rows if r["step"] < step), default=None)
+                raise TrainingDiverged(
+                    f"training diverged: the {split} loss is {loss} (not finite) at step {step}; "
+                    + (f"checkpoints up to step {kept} are kept. " if kept is not None else "")
+                    + f"Lower train.lr (now {t.lr:g}) or set train.grad_clip, and train into a new --out folder")
             rows.extend([{"step": step, "measure": f"{split}_loss", "value": loss},
                          {"step": step, "measure": f"{split}_acc", "value": acc}])
         save_checkpoint(run_dir, step, model, cfg)

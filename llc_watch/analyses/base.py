@@ -26,8 +26,8 @@ from typing import ClassVar, Mapping, Sequence
 
 import pandas as pd
 
-from llc_watch.checkpoints import Checkpoint
-from llc_watch.jobs import JobsFailed, run_checkpoint_jobs
+from llc_watch.checkpoints import Checkpoint, CheckpointError
+from llc_watch.jobs import JobFailure, JobsFailed, run_checkpoint_jobs
 from llc_watch.run import Run, TableSchema, open_run
 from llc_watch.signals import Signal
 
@@ -145,6 +145,9 @@ def run_analysis(analysis: Analysis | str, run_dir, settings: Mapping | Settings
     Settings are validated first (SettingsError, before any checkpoint is read). Finished jobs are
     skipped on a rerun (results/<name>/). If any job fails, the table is NOT rewritten (the previous
     one stays) and JobsFailed is raised after every other job has finished and been saved.
+    A checkpoint whose embedded task, architecture or seed differ from the run's config.json gets
+    no job: the table is written from the run's own checkpoints, then ForeignCheckpointsError
+    (a CheckpointError naming both values; its `table` is what was written) is raised.
     The returned frame's attrs hold 'settings' (the Settings object) and 'summary' (jobs run/skipped).
     """
     a = get_analysis(analysis) if isinstance(analysis, str) else analysis
@@ -153,7 +156,13 @@ def run_analysis(analysis: Analysis | str, run_dir, settings: Mapping | Settings
     if not a.applies_to(run.task):
         raise SettingsError(f"analysis {a.name!r} does not apply to task {run.task.name!r}")
     ckpts = a.checkpoints(run, checkpoints, s)
+    # a checkpoint from another run (task, architecture or seed) is not part of this run: it gets no
+    # job and no row; the table is written from the run's own checkpoints, then the command fails
+    foreign = [(c, e) for c in ckpts if (e := _foreign(c)) is not None]
+    ckpts = [c for c in ckpts if all(c is not f for f, _ in foreign)]
     if a.job is None:   # a run-level analysis: one computation over all its checkpoints
+        if foreign:
+            raise ForeignCheckpointsError("; ".join(str(e) for _, e in foreign))
         table = a.finish(run, a.compute(run, s, ckpts, progress=progress), s)
         run.write_table(a.schema.name, table)
         attrs = dict(table.attrs)
@@ -165,11 +174,14 @@ def run_analysis(analysis: Analysis | str, run_dir, settings: Mapping | Settings
     report = run_checkpoint_jobs(a.job, ckpts, a.job_settings(run, s), out_dir=run.results_dir(a.name),
                                  executor=executor, desc=a.name, progress=progress,
                                  batch_fn=a.batch_job(run, s) if executor is None else None)
-    if report.failures:
+    report.failures.extend(JobFailure(c.step, c.path, str(e), retry=False) for c, e in foreign)
+    if len(report.failures) > len(foreign):
         kept = "was left as it was" if run.has_table(a.schema.name) else "was not written"
         raise JobsFailed(f"{a.name} ({a.schema.file} {kept})", report)
     table = report.table()
     if not len(table):
+        if foreign:
+            raise ForeignCheckpointsError(f"no {a.schema.file} written: {_foreign_summary(foreign)}")
         raise SettingsError(f"{a.name}: no checkpoints to run on in {run.dir}")
     table = a.finish(run, table, s)
     run.write_table(a.schema.name, table)
@@ -177,7 +189,30 @@ def run_analysis(analysis: Analysis | str, run_dir, settings: Mapping | Settings
     table = a.schema.ordered(table)
     table.attrs.update(attrs)
     table.attrs.update(settings=s, summary=report.summary(), ran=report.ran, skipped=report.skipped)
+    if foreign:
+        raise ForeignCheckpointsError(f"wrote {run.path(a.schema.name)} from this run's "
+                                      f"{len(ckpts)} checkpoint(s) only; {_foreign_summary(foreign)}", table)
     return table
+
+
+class ForeignCheckpointsError(CheckpointError):
+    """Some checkpoints come from another run; `table` is what was written from the run's own ones
+    (None when there were none)."""
+
+    def __init__(self, message: str, table: pd.DataFrame | None = None):
+        super().__init__(message)
+        self.table = table
+
+
+def _foreign(checkpoint) -> CheckpointError | None:
+    check = getattr(checkpoint, "foreign", None)   # bring-your-own checkpoints check shapes when loaded
+    return check() if check is not None else None
+
+
+def _foreign_summary(foreign: list) -> str:
+    first = str(foreign[0][1])
+    more = f" (and {len(foreign) - 1} more, steps {[c.step for c, _ in foreign[1:]]})" if len(foreign) > 1 else ""
+    return first + more
 
 
 def tables_signals(tables: Mapping[str, pd.DataFrame], task=None) -> dict[str, Signal]:

@@ -21,7 +21,7 @@ import argparse
 import sys
 
 from . import analyses, commands
-from .errors import EXIT_FAILED, EXIT_USAGE, UserError, user_errors
+from .errors import EXIT_FAILED, EXIT_USAGE, UserError, describe_os_error, user_errors
 from .commands import load_config
 
 
@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     except JobsFailed as e:
         print(f"llc-watch {args.command}: {e}", file=sys.stderr)
         return EXIT_FAILED
+    except OSError as e:   # read-only, full disk, a path of the wrong kind: the path and what to do
+        line, code = describe_os_error(e)
+        print(f"llc-watch {args.command}: error: {line}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print(f"llc-watch {args.command}: interrupted; finished work is kept, rerun to continue",
               file=sys.stderr)
