@@ -33,8 +33,10 @@ class PipelineSettings:
     def demo(cls) -> "PipelineSettings":
         """What `make demo` runs on the addition preset within its time budget on 2 CPU cores."""
         llc = {"chains": 4, "draws": 100, "burn_in": 50, "batch_size": 32, "n_data": 4096}
+        # the grid method: calibrate_llc's ladder (the CLI's default) costs tens of minutes per checkpoint
+        # of this 102k-parameter model on 2 CPU cores; the grid sweep fits the demo's budget
         return cls(
-            settings={"calibration": {**llc, "epsilons": [1e-4, 3e-4, 1e-3]}, "llc": llc,
+            settings={"calibration": {**llc, "method": "grid", "epsilons": [1e-4, 3e-4, 1e-3]}, "llc": llc,
                       "probes": {"n_train": 1024, "n_test": 256},
                       "ablations": {"n_train": 1024, "n_test": 256, "features": ["carry_in", "carry_out"],
                                     "random_eval": 64}},
@@ -49,7 +51,10 @@ class PipelineSettings:
                               "epsilon": 1e-4},
                       "probes": {"n_train": 256, "n_test": 128},
                       "ablations": {"n_train": 256, "n_test": 128, "features": ["carry_in"], "n_random": 32,
-                                    "random_eval": 32}},
+                                    "random_eval": 32},
+                      "essential_dynamics": {"n_inputs": 64},
+                      "crosscoder": {"n_examples": 128, "n_snapshots": 6, "n_latents": 32, "k": 4, "steps": 200,
+                                     "n_ablate": 4, "n_ablate_examples": 32}},
             checkpoints={"llc": 6, "probes": 5, "ablations": 5, "fourier": 5}, skip=("calibration",),
         )
 

@@ -178,7 +178,10 @@ def checkpoint_problem(checkpoint, settings: dict):
     if s.get("threads"):
         torch.set_num_threads(int(s["threads"]))
     if hasattr(checkpoint, "llc_problem"):   # a bring-your-own checkpoint brings its own problem
-        return (s, *checkpoint.llc_problem())
+        model, loss_fn, data = checkpoint.llc_problem()
+        if s.get("terms_per_example") is None:
+            s["terms_per_example"] = answer_terms(data)
+        return s, model, loss_fn, data
     cfg = checkpoint.config()
     task = cfg.make_task()
     model = checkpoint.load_model()
