@@ -173,19 +173,21 @@ def test_calibrated_deep_linear_networks(widths, r_, n):
 
 
 def test_calibrate_run_auto_saves_a_choice_compute_llc_reads(tmp_path):
+    """`llc-watch calibrate` (method auto) saves calibrate_llc's choice; the LLC analysis reads it."""
     import json
+    from llc_watch.analyses import REGISTRY, calibrate_run
     from llc_watch.config import RunConfig
-    from llc_watch.llc.calibrate import calibrate_run_auto
-    from llc_watch.llc.job import resolve_settings
+    from llc_watch.run import open_run
     from llc_watch.train import train
     d = tmp_path / "tiny"
     cfg = RunConfig.from_preset("addition-tiny").with_overrides(
         ["train.steps=40", "checkpoints.n_log=2", "checkpoints.n_linear=2", "train.threads=1"])
     train(cfg, d, progress=False)
-    cal = calibrate_run_auto(d, steps=[40], settings={"n_data": 128, "chains": 2}, draws=60, checks=False)
+    cal = calibrate_run(d, steps=[40], settings={"n_data": 128, "chains": 2, "pilot_draws": 60, "checks": False},
+                        progress=False)
     saved = json.loads((d / "calibration.json").read_text())
     assert saved["method"] == "calibrate_llc" and saved["choice"]["epsilon"] == cal.choice["epsilon"]
     assert saved["choice"]["terms_per_example"] > 1            # nβ counts answer tokens
     assert (d / "calibration_sweep.csv").is_file() and "40" in saved["per_checkpoint"]
-    s, source = resolve_settings(d)
-    assert s["epsilon"] == cal.choice["epsilon"] and s["batch_size"] == cal.choice["batch_size"]
+    s = REGISTRY["llc"].settings(open_run(d), {})
+    assert s.epsilon == cal.choice["epsilon"] and s.batch_size == cal.choice["batch_size"]

@@ -53,6 +53,10 @@ class LLCSettings(SettingsBase):
     per_chain_batches: bool = True    # every chain its own minibatch stream (independent chains)
     terms_per_example: Optional[float] = None  # loss terms per example; None: the task's answer tokens per
                                       # example, so nβ = terms·n/log n puts β = 1/log n on the total NLL
+    observe_every: Optional[int] = None  # every k steps the loss on one fixed batch, the low-noise observable
+                                      # R̂ and ESS are computed on; None: ~200 observations; 0: off (R̂/ESS
+                                      # then read the minibatch trace, which hides slow mixing)
+    observe_size: int = 1024          # examples in that fixed batch (its forward pass is the observable's cost)
     stack_checkpoints: Optional[bool] = None  # sample many checkpoints × chains in one pass; None: on a GPU
     backend: str = "ours"             # ours | devinterp: devinterp's reference llc() on the same checkpoints,
                                       # to cross-check (no diagnostics; valid = every chain finite)
@@ -72,12 +76,15 @@ class LLCSettings(SettingsBase):
             self._fail("backend", "devinterp runs plain SGLD on every weight here: leave params and sampler unset")
         self.within("min_healthy_fraction", 0.0, 1.0)
         self.positive("terms_per_example", allow_none=True)
+        self.at_least("observe_every", 0, allow_none=True)
+        self.at_least("observe_size", 1)
         self.device_name("device")
 
 
 ESTIMATOR_KEYS = ("epsilon", "nbeta", "gamma", "chains", "draws", "burn_in", "steps_between_draws",
                   "batch_size", "sampler", "seed", "eval_size", "params", "device",
-                  "min_healthy_fraction", "batch_control", "per_chain_batches", "terms_per_example")
+                  "min_healthy_fraction", "batch_control", "per_chain_batches", "terms_per_example",
+                  "observe_every", "observe_size")
 
 _S, _C = "setting", "column"
 LLC_TABLE = register_table(TableSchema("llc", "llc.csv", "llc-watch llc RUN", (
@@ -208,8 +215,12 @@ def devinterp_row(checkpoint, s: dict, model, loss_fn, data) -> dict:
     import time
     from llc_watch.device import resolve_device
     from llc_watch.llc.devinterp_ref import devinterp_llc
+    from llc_watch.llc.data import DataSource
+    from llc_watch.llc.estimator import resolve_nbeta
     t0 = time.perf_counter()
-    r = devinterp_llc(model, loss_fn, data, epsilon=s["epsilon"], nbeta=s["nbeta"], gamma=s["gamma"],
+    # the same temperature as ours: nβ = terms_per_example·n/log n unless given
+    nbeta, _ = resolve_nbeta(s["nbeta"], len(DataSource(data)), s["batch_size"], s["terms_per_example"] or 1.0)
+    r = devinterp_llc(model, loss_fn, data, epsilon=s["epsilon"], nbeta=nbeta, gamma=s["gamma"],
                       chains=s["chains"], draws=s["draws"], burn_in=s["burn_in"], batch_size=s["batch_size"],
                       seed=s["seed"], device=resolve_device(s["device"]))
     valid = all(math.isfinite(v) for v in r["llc_per_chain"])
