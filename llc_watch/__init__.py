@@ -15,11 +15,14 @@ from .checkpoints import Checkpoint, CheckpointError
 from .config import CheckpointConfig, ConfigError, RunConfig, TaskConfig, TrainConfig
 from .run import MissingAnalysisError, Run, TableSchema, open_run
 from .settings import SettingsError
-from .analyses import (REGISTRY, Analysis, calibrate_run, compute_ablations, compute_fourier, compute_llc,
-                       compute_probes, load_stage_map, run_analysis, run_stage_map)
+from .analyses import (REGISTRY, Analysis, calibrate_run, compute_ablations, compute_crosscoder,
+                       compute_essential_dynamics, compute_fourier, compute_llc, compute_probes, load_stage_map,
+                       run_analysis, run_stage_map)
+from . import crosscoder
 from .executors import get_executor
 from .jobs import make_executor, run_checkpoint_jobs
-from .llc import Calibration, CalibrationError, LLCError, LLCResult, estimate_llc, exact
+from .llc import Calibration, CalibrationError, LLCError, LLCResult, calibrate_llc, estimate_llc, exact
+from .llc.batched import estimate_llc_many
 from .pipeline import PipelineSettings, run_pipeline
 from .probes import quiet_or_loud
 from .report import write_report
@@ -40,8 +43,10 @@ __all__ = [
     # analyses: one interface, one registry, one driver
     "Analysis", "REGISTRY", "run_analysis", "SettingsError",
     # the LLC engine (any nn.Module, loss and data) and its calibration
-    "estimate_llc", "LLCResult", "LLCError", "compute_llc", "calibrate_run", "Calibration", "CalibrationError",
-    "exact",
+    "estimate_llc", "estimate_llc_many", "LLCResult", "LLCError", "calibrate_llc", "compute_llc", "calibrate_run",
+    "Calibration", "CalibrationError", "exact",
+    # features without labels, and a behavioural witness of stages
+    "crosscoder", "compute_crosscoder", "compute_essential_dynamics",
     # probes, ablations, Fourier measures
     "compute_probes", "quiet_or_loud", "compute_ablations", "compute_fourier",
     # stages, plots, report, the whole pipeline
