@@ -37,6 +37,21 @@ class Claim:
             raise ValueError(f"claim {self.id}: verdict {self.verdict!r} is not one of {VERDICTS}")
 
 
+def llc_at_every_checkpoint(run_dir, llc_settings: dict, workers: int, progress: bool):
+    """The LLC over a study's run (a process pool when workers > 1); prints its first warnings.
+    Returns the llc table."""
+    import llc_watch as lw
+    executor = lw.make_executor("process", workers) if workers > 1 else None
+    try:
+        df = lw.compute_llc(run_dir, settings=llc_settings, executor=executor, progress=progress)
+    finally:
+        if executor is not None:
+            executor.shutdown()
+    for w in df.attrs.get("warnings", [])[:10]:
+        print("  llc:", w)
+    return df
+
+
 def claims_markdown(claims) -> str:
     """A markdown table, one row per claim."""
     head = "| # | claim | paper | ours | verdict | why |\n|---|---|---|---|---|---|\n"

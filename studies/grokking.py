@@ -31,7 +31,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (Claim, boundaries_of, claims_markdown, drop_event, fmt_interval, fmt_step, frame_markdown,  # noqa: E402
+from _common import (Claim, boundaries_of, claims_markdown, llc_at_every_checkpoint, drop_event, fmt_interval, fmt_step, frame_markdown,  # noqa: E402
                      log_distance, nearest, pick, write_markdown)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,13 +108,8 @@ def compute(run_dir: Path, quick: bool, llc_settings: dict, overrides=(), progre
     compute_fourier(run_dir, progress=progress)
     weight_norms(run_dir)
     t2 = time.perf_counter()
-    executor = lw.make_executor("process", workers) if workers > 1 else None
-    df = lw.compute_llc(run_dir, settings=llc_settings, executor=executor, progress=progress)
-    if executor is not None:
-        executor.shutdown()
+    df = llc_at_every_checkpoint(run_dir, llc_settings, workers, progress)
     t3 = time.perf_counter()
-    for w in df.attrs.get("warnings", [])[:10]:
-        print("  llc:", w)
     print(f"compute: train {t1 - t0:.0f} s, fourier+norms {t2 - t1:.0f} s, llc {t3 - t2:.0f} s "
           f"({len(df)} checkpoints, {int(df['valid'].sum())} valid)")
 

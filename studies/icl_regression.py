@@ -35,7 +35,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (Claim, boundaries_of, claims_markdown, fmt_interval, fmt_step, frame_markdown,  # noqa: E402
+from _common import (Claim, boundaries_of, claims_markdown, llc_at_every_checkpoint, fmt_interval, fmt_step, frame_markdown,  # noqa: E402
                      log_distance, nearest, write_markdown)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,13 +134,8 @@ def compute(run_dir: Path, quick: bool, stop: int, llc_settings: dict, overrides
     t1 = time.perf_counter()
     behaviour(run_dir)
     t2 = time.perf_counter()
-    executor = lw.make_executor("process", workers) if workers > 1 else None
-    df = lw.compute_llc(run_dir, settings=llc_settings, executor=executor, progress=progress)
-    if executor is not None:
-        executor.shutdown()
+    df = llc_at_every_checkpoint(run_dir, llc_settings, workers, progress)
     t3 = time.perf_counter()
-    for w in df.attrs.get("warnings", [])[:10]:
-        print("  llc:", w)
     print(f"compute: train {t1 - t0:.0f} s, behaviour {t2 - t1:.0f} s, llc {t3 - t2:.0f} s "
           f"({len(df)} checkpoints, {int(df['valid'].sum())} valid)")
 
