@@ -6,8 +6,8 @@ task -> model -> training -> per-checkpoint analyses -> tidy tables -> stages ->
     >>> cfg = lw.RunConfig.from_preset("addition-tiny")
     >>> run = lw.train(cfg, "runs/tiny")                 # doctest: +SKIP
     >>> llc = lw.compute_llc("runs/tiny")                # doctest: +SKIP
-    >>> sorted(lw.REGISTRY)                              # every per-checkpoint analysis
-    ['ablations', 'calibration', 'fourier', 'llc', 'probes']
+    >>> sorted(lw.REGISTRY)                              # every registered analysis
+    ['ablations', 'calibration', 'crosscoder', 'essential_dynamics', 'fourier', 'llc', 'probes']
 
 The public API is exactly the names in __all__.
 """

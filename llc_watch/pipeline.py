@@ -32,10 +32,10 @@ class PipelineSettings:
     @classmethod
     def demo(cls) -> "PipelineSettings":
         """What `make demo` runs on the addition preset within its time budget on 2 CPU cores."""
-        # the fixed-batch observable every 5 steps on 256 examples: at every step on 1024 it costs ~10x the
+        # the fixed-batch observable every 10 steps on 128 examples: at every step on 1024 it costs ~10x the
         # sampling itself on this model (measured: 266 s against 26 s per checkpoint on one thread)
-        llc = {"chains": 4, "draws": 100, "burn_in": 50, "batch_size": 32, "n_data": 4096, "observe_every": 5,
-               "observe_size": 256}
+        llc = {"chains": 4, "draws": 100, "burn_in": 50, "batch_size": 32, "n_data": 4096, "observe_every": 10,
+               "observe_size": 128}
         # the grid method: calibrate_llc's ladder (the CLI's default) costs tens of minutes per checkpoint
         # of this 102k-parameter model on 2 CPU cores; the grid sweep fits the demo's budget
         return cls(
