@@ -39,7 +39,7 @@ class PipelineSettings:
         # the grid method: calibrate_llc's ladder (the CLI's default) costs tens of minutes per checkpoint
         # of this 102k-parameter model on 2 CPU cores; the grid sweep fits the demo's budget
         return cls(
-            settings={"calibration": {**llc, "method": "grid", "epsilons": [1e-4, 3e-4, 1e-3]}, "llc": llc,
+            settings={"calibration": {**llc, "method": "grid", "epsilons": [3e-6, 1e-5, 3e-5, 1e-4]}, "llc": llc,
                       "probes": {"n_train": 1024, "n_test": 256},
                       "ablations": {"n_train": 1024, "n_test": 256, "features": ["carry_in", "carry_out"],
                                     "random_eval": 64}},

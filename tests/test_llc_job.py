@@ -138,8 +138,13 @@ def test_choose_rule():
     marked = mark_usable(df)
     assert not marked.query("epsilon == 0.01")["usable"].any()
     assert marked.query("epsilon == 1e-5")["usable"].all()
-    with pytest.raises(CalibrationError, match="smaller"):
-        choose(df.assign(stable=False), n=500)
+    # nothing stable: the smallest ε at which every chain stayed healthy, marked untrusted (and said)
+    from llc_watch.llc.calibrate import choice_warnings
+    fallback = choose(df.assign(stable=False), n=500)
+    assert fallback == {"epsilon": 1e-6, "nbeta": 100.0, "gamma": 100.0, "untrusted": True}
+    assert any(w.startswith("UNTRUSTED") for w in choice_warnings(df.assign(stable=False), fallback))
+    with pytest.raises(CalibrationError, match="smaller"):     # not even a healthy cell: no choice
+        choose(df.assign(stable=False, failed_chains=1), n=500)
 
 
 def test_choice_warnings_no_plateau_and_grid_edge():

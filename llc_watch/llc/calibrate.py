@@ -101,10 +101,19 @@ def mark_usable(df: pd.DataFrame) -> pd.DataFrame:
 def choose(df: pd.DataFrame, n: int) -> dict:
     """Apply the selection rule (module docstring) to a sweep over one or more checkpoints."""
     usable = mark_usable(df).query("usable")[["nbeta", "gamma", "epsilon"]].drop_duplicates()
-    if usable.empty:
-        raise CalibrationError(
-            "no (ε, nβ, γ) cell of the grid is stable on every chosen checkpoint; add smaller "
-            "epsilons or larger gammas to the grid, or more burn-in")
+    untrusted = usable.empty
+    if untrusted:
+        # nothing mixed well enough to call stable: fall back to the smallest ε at which every chain
+        # stayed healthy on every checkpoint, and say the choice is untrusted (never silently)
+        cell = ["nbeta", "gamma", "epsilon"]
+        ok = df.assign(_h=df["valid"].astype(bool) & (pd.to_numeric(df["failed_chains"]).fillna(1) == 0))
+        healthy = ok.groupby(cell)["_h"].all()
+        usable = healthy[healthy].reset_index()[cell]
+        if usable.empty:
+            raise CalibrationError(
+                "no (ε, nβ, γ) cell of the grid is stable on every chosen checkpoint, and none kept every "
+                "chain healthy; add smaller epsilons or larger gammas to the grid, or more burn-in")
+        usable = usable[np.isclose(usable["epsilon"], usable["epsilon"].min())]
     target = math.log(default_nbeta(n))
     nb, g, _ = min(usable.itertuples(index=False, name=None),
                    key=lambda c: (round(abs(math.log(c[0]) - target), 9), c[1]))
@@ -116,7 +125,10 @@ def choose(df: pd.DataFrame, n: int) -> dict:
     for lo, hi in zip(eps[:-1], eps[1:]):
         if _agree_on_all_steps(same, hi, lo):
             e = hi
-    return {"epsilon": float(e), "nbeta": float(nb), "gamma": float(g)}
+    choice = {"epsilon": float(e), "nbeta": float(nb), "gamma": float(g)}
+    if untrusted:
+        choice["untrusted"] = True
+    return choice
 
 
 def _agree_on_all_steps(df: pd.DataFrame, e_hi: float, e_lo: float) -> bool:
@@ -137,6 +149,11 @@ def _agree_on_all_steps(df: pd.DataFrame, e_hi: float, e_lo: float) -> bool:
 def choice_warnings(df: pd.DataFrame, choice: dict) -> list[str]:
     """Caveats about a choice: the LLC still moving with ε (no plateau), or the grid's edge."""
     out = []
+    if choice.get("untrusted"):
+        out.append("UNTRUSTED: no cell of the grid was stable (R̂ on the observable, drift, failed chains) on "
+                   f"every checkpoint; the smallest ε at which every chain stayed healthy ({choice['epsilon']:g}) "
+                   "is used. LLCs at these settings are not to be trusted: widen the grid to smaller ε, or "
+                   "give more draws and burn-in")
     same = df[(np.isclose(df["nbeta"], choice["nbeta"])) & (np.isclose(df["gamma"], choice["gamma"]))]
     eps_grid = sorted(same["epsilon"].unique())
     e = choice["epsilon"]
