@@ -9,13 +9,17 @@ llc_watch runs with its defaults otherwise (the batch control variate on). Print
    forward + backward, counted with torch.utils.flop_counter, × chains × draws);
 2. with --run: the LLC at every checkpoint of the run, stacked (estimate_llc_many) and one
    checkpoint at a time (estimate_llc in a loop);
-3. with --stderr-seeds N: time to equal standard error: each implementation is run with N seeds;
-   its standard error is the spread of its estimate over the seeds (std over seeds, which includes
-   the minibatch noise chains share), and time-to-precision scales as wall × stderr² (stderr
-   falls as 1/√draws). Ratio = devinterp's wall·stderr² over ours.
+3. with --stderr-seeds N: time to equal standard error at the same settings: ours and
+   devinterp's run interleaved with N seeds each; the standard error compared is the spread of
+   each one's estimate over its N independent whole runs (every noise source included, chains'
+   autocorrelation too), the wall times are medians, and time-to-precision scales as
+   wall × stderr² (stderr ∝ 1/√draws). llc_watch runs with its defaults (batch control variate,
+   independent per-chain minibatch streams: variance reduction counts); --race-ablation adds
+   llc_watch with devinterp's estimator, to show where the gain comes from.
 
     python benchmarks/bench_llc.py --device cuda --run runs/addition
-    python benchmarks/bench_llc.py --device cpu --cases 4x100x32 --stderr-seeds 5 --threads 2
+    python benchmarks/bench_llc.py --device cpu --run runs/addition --no-whole-run --cases '' \\
+        --stderr-case 4x100x32 --stderr-seeds 8 --threads 1 --race-ablation
     python benchmarks/bench_llc.py --cases 2x20x32 --devinterp-cases 2x20x32 --repeats 1   # smoke run
 """
 from __future__ import annotations
@@ -27,11 +31,13 @@ import math
 import platform
 import statistics
 import time
+import os
 import warnings
 
-import torch
+os.environ.setdefault("TQDM_DISABLE", "1")   # devinterp's per-chain progress bars would bury the tables
+import torch  # noqa: E402
 
-from llc_watch.llc.devinterp_ref import PlainLM
+from llc_watch.llc.devinterp_ref import PlainLM  # noqa: E402
 
 ISSUE_CASES = "8x500x32,32x200x32,8x200x256,128x500x32,512x200x32,256x200x256"
 
@@ -135,7 +141,7 @@ def ours_kwargs(args, chains, draws, batch, nbeta, dev, seed):
     return kw
 
 
-def run_ours(model, task, data, chains, draws, batch, args, nbeta, dev, seed, capture=None):
+def run_ours(model, task, data, chains, draws, batch, args, nbeta, dev, seed, capture=None, extra=None):
     from llc_watch.llc import estimate_llc
     from llc_watch.llc.sampler import intercept_runs, run_chains
     seen = {}
@@ -151,7 +157,7 @@ def run_ours(model, task, data, chains, draws, batch, args, nbeta, dev, seed, ca
         sync(dev)
         t = time.perf_counter()
         r = estimate_llc(model, lambda m, b: task.loss(m(b.tokens), b), data,
-                         **ours_kwargs(args, chains, draws, batch, nbeta, dev, seed))
+                         **{**ours_kwargs(args, chains, draws, batch, nbeta, dev, seed), **(extra or {})})
         sync(dev)
         dt = time.perf_counter() - t
     return dt, r.llc_mean, r.llc_stderr, r.timing["sampling_s"], seen.get("captured", False)
@@ -188,30 +194,92 @@ def whole_run(ckpts, task, data, args, nbeta, dev, out):
     emit(out, "\n".join(lines))
 
 
+def race_stderr(rows: list[tuple]) -> tuple[float, float]:
+    """(std over seeds of the estimate, the same pooled from each run's own cross-chain stderr).
+
+    rows: run_ours / run_devinterp tuples (wall, LLC, reported stderr, ...), one per seed.
+
+        >>> race_stderr([(1.0, 10.0, 1.0), (1.0, 12.0, 1.0), (1.0, 14.0, 2.0)])
+        (2.0, 1.4142135623730951)
+    """
+    over_seeds = statistics.stdev(r[1] for r in rows)
+    pooled = math.sqrt(statistics.mean(r[2] ** 2 for r in rows))
+    return over_seeds, pooled
+
+
+def variance_ratio_interval(ratio: float, seeds: int, level: float = 0.9) -> tuple[float, float]:
+    """Interval for a ratio of two variances, each estimated from `seeds` runs (F distribution).
+
+        >>> lo, hi = variance_ratio_interval(4.0, 8)
+        >>> lo < 4.0 < hi
+        True
+    """
+    from scipy.stats import f
+    q = (1 - level) / 2
+    dof = seeds - 1
+    return float(ratio / f.ppf(1 - q, dof, dof)), float(ratio / f.ppf(q, dof, dof))
+
+
 def stderr_race(model, task, data, args, nbeta, dev, out):
+    """Time to equal standard error, at the same chains × draws × batch, ε, γ, nβ, burn-in.
+
+    Runs are interleaved (ours, theirs, ours, theirs, ... one seed each) so a shared machine's
+    load falls on both alike; wall times are medians. Each seed is a whole, independent run, so
+    the spread of the estimate over the seeds is its standard error with every source of noise
+    in it (SGLD noise, minibatch noise shared by the chains, autocorrelation within the chains).
+    Time to reach a standard error σ at these settings scales as wall × (stderr/σ)² (stderr ∝
+    1/√draws; fixed costs such as L_n(w*) are scaled too, which counts against the cheaper side).
+    """
     C, N, B = parse_cases(args.stderr_case)[0]
-    seeds = list(range(args.stderr_seeds))
-    ours = [run_ours(model, task, data, C, N, B, args, nbeta, dev, 100 + s) for s in seeds]
-    rows = [("llc_watch", ours)]
+    seeds = [100 + s for s in range(args.stderr_seeds)]
+    obs = {"observe_every": args.race_observe_every}
+    ours_kw = {**obs, "per_chain_batches": not args.race_shared_stream}
+    ours_name = "llc_watch (batch control variate, " + \
+        ("one shared minibatch stream" if args.race_shared_stream else "independent per-chain minibatch streams") + \
+        (", mixing observable off)" if args.race_observe_every == 0 else f", observable every {args.race_observe_every} steps)")
+    rows = {ours_name: []}
+    if args.race_ablation:
+        rows["llc_watch, batch_control=False, shared stream, observable as above (devinterp's estimator)"] = []
     if not args.skip_devinterp:
-        rows.append(("devinterp 2.0.1 llc()", [run_devinterp(model, task, data, C, N, B, args, nbeta, dev, 100 + s)
-                                               for s in seeds]))
-    lines = [f"\n### Time to equal standard error: {C} chains × {N} draws × batch {B}, {len(seeds)} seeds\n",
-             "stderr = std of the estimate over the seeds (each seed a whole run); cost = wall × stderr² "
-             "(time to reach a fixed stderr, since stderr ∝ 1/√draws)\n",
-             "| implementation | wall s (mean) | LLC (mean over seeds) | stderr over seeds | mean reported stderr | wall × stderr² |",
+        rows["devinterp 2.0.1 llc() (defaults: shared minibatch stream)"] = []
+    for s in seeds:     # interleaved: load on the shared machine falls on each alike
+        rows[ours_name].append(run_ours(model, task, data, C, N, B, args, nbeta, dev, s, extra=ours_kw))
+        if args.race_ablation:
+            rows["llc_watch, batch_control=False, shared stream, observable as above (devinterp's estimator)"].append(
+                run_ours(model, task, data, C, N, B, args, nbeta, dev, s,
+                         extra={**obs, "batch_control": False, "per_chain_batches": False}))
+        if not args.skip_devinterp:
+            rows["devinterp 2.0.1 llc() (defaults: shared minibatch stream)"].append(
+                run_devinterp(model, task, data, C, N, B, args, nbeta, dev, s))
+    lines = [f"\n### Time to equal standard error: {C} chains × {N} draws × batch {B}, {len(seeds)} seeds, "
+             f"{args.threads} thread(s), runs interleaved\n",
+             "stderr over seeds: the std of the estimate over independent whole runs (seeds "
+             f"{seeds[0]}–{seeds[-1]}), which holds every source of noise (SGLD noise, minibatch noise, "
+             "autocorrelation within chains); this is the standard error compared. Pooled own stderr: "
+             "√(mean of each run's reported cross-chain stderr²), for reference only: valid for "
+             "independent chains, too small for chains sharing one minibatch stream. Cost = median "
+             "wall × stderr² ∝ the time to reach a fixed stderr at these settings (stderr ∝ 1/√draws).\n",
+             "| implementation | wall s (median; min–max) | LLC (mean over seeds) | stderr over seeds | "
+             "pooled own stderr | median wall × stderr² |",
              "|---|---|---|---|---|---|"]
-    cost = {}
-    for name, rs in rows:
-        wall = statistics.mean(r[0] for r in rs)
-        se = statistics.stdev(r[1] for r in rs)
-        cost[name] = wall * se ** 2
-        lines.append(f"| {name} | {wall:.1f} | {statistics.mean(r[1] for r in rs):.3f} | {se:.3f} | "
-                     f"{statistics.mean(r[2] for r in rs):.3f} | {cost[name]:.3g} |")
-    if len(cost) == 2:
-        lines.append(f"\ntime-to-equal-stderr ratio (devinterp / llc_watch): "
-                     f"{cost['devinterp 2.0.1 llc()'] / cost['llc_watch']:.2f}×; equal-draws wall ratio "
-                     f"{statistics.mean(r[0] for r in rows[1][1]) / statistics.mean(r[0] for r in ours):.2f}×")
+    stats = {}
+    for name, rs in rows.items():
+        walls = [r[0] for r in rs]
+        se, pooled = race_stderr(rs)
+        wall = statistics.median(walls)
+        stats[name] = (wall, se)
+        lines.append(f"| {name} | {wall:.1f} ({min(walls):.1f}–{max(walls):.1f}) | "
+                     f"{statistics.mean(r[1] for r in rs):.2f} | {se:.2f} | {pooled:.2f} | {wall * se ** 2:.4g} |")
+    theirs = [k for k in stats if k.startswith("devinterp")]
+    if theirs:
+        (w_o, se_o), (w_d, se_d) = stats[ours_name], stats[theirs[0]]
+        var_ratio = (se_d / se_o) ** 2
+        lo, hi = variance_ratio_interval(var_ratio, len(seeds))
+        wr = w_d / w_o
+        lines.append(f"\n**time-to-equal-stderr ratio (devinterp / llc_watch): {wr * var_ratio:.2f}×** "
+                     f"(90 % interval from the F distribution of the variance ratio with {len(seeds) - 1}, "
+                     f"{len(seeds) - 1} dof: {wr * lo:.2f}–{wr * hi:.2f}×) = equal-draws wall ratio "
+                     f"{wr:.2f}× (medians) × variance ratio {var_ratio:.2f}")
     emit(out, "\n".join(lines))
 
 
@@ -233,6 +301,14 @@ def main(argv=None):
     p.add_argument("--no-whole-run", action="store_true")
     p.add_argument("--stderr-case", default="4x200x32")
     p.add_argument("--stderr-seeds", type=int, default=0, help="0: skip the time-to-stderr table")
+    p.add_argument("--race-shared-stream", action="store_true",
+                   help="time-to-stderr: llc_watch on one shared minibatch stream (default: its own default, per-chain streams)")
+    p.add_argument("--race-observe-every", type=int, default=0,
+                   help="time-to-stderr: llc_watch's observe_every (0: the R̂/ESS observable off, as devinterp computes "
+                        "none; None is not accepted here: the observable's forward on 1024 examples per chain costs "
+                        "more than the sampling at small batches)")
+    p.add_argument("--race-ablation", action="store_true",
+                   help="time-to-stderr: also llc_watch with devinterp's estimator (no control variate, shared stream)")
     p.add_argument("--per-chain-batches", action="store_true",
                    help="llc_watch with independent per-chain minibatch streams (default: one shared stream, as devinterp)")
     p.add_argument("--eager-check", action="store_true", help="also time the first case with the step not captured")

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from llc_watch.llc.estimator import estimate_llc, select_params
+from llc_watch.llc.sampler import PRECISIONS
 from llc_watch.run import Column, Run, TableSchema, register_table
 from llc_watch.signals import Signal
 
@@ -58,6 +59,8 @@ class LLCSettings(SettingsBase):
                                       # then read the minibatch trace, which hides slow mixing)
     observe_size: int = 1024          # examples in that fixed batch (its forward pass is the observable's cost)
     stack_checkpoints: Optional[bool] = None  # sample many checkpoints × chains in one pass; None: on a GPU
+    precision: str = "fp32"           # matmuls while sampling: fp32 | tf32 (TF32 on CUDA; fp32 elsewhere) | bf16
+                                      # (autocast); each agrees with fp32 within chain noise on exact-answer models
     backend: str = "ours"             # ours | devinterp: devinterp's reference llc() on the same checkpoints,
                                       # to cross-check (no diagnostics; valid = every chain finite)
 
@@ -72,8 +75,11 @@ class LLCSettings(SettingsBase):
         self.at_least("eval_size", 1, allow_none=True)
         self.one_of("sampler", SAMPLERS)
         self.one_of("backend", BACKENDS)
+        self.one_of("precision", PRECISIONS)
         if self.backend == "devinterp" and (self.params is not None or self.sampler != "sgld"):
             self._fail("backend", "devinterp runs plain SGLD on every weight here: leave params and sampler unset")
+        if self.backend == "devinterp" and self.precision != "fp32":
+            self._fail("precision", "the devinterp backend samples in fp32 only: leave precision at fp32")
         self.within("min_healthy_fraction", 0.0, 1.0)
         self.positive("terms_per_example", allow_none=True)
         self.at_least("observe_every", 0, allow_none=True)
@@ -84,7 +90,7 @@ class LLCSettings(SettingsBase):
 ESTIMATOR_KEYS = ("epsilon", "nbeta", "gamma", "chains", "draws", "burn_in", "steps_between_draws",
                   "batch_size", "sampler", "seed", "eval_size", "params", "device",
                   "min_healthy_fraction", "batch_control", "per_chain_batches", "terms_per_example",
-                  "observe_every", "observe_size")
+                  "observe_every", "observe_size", "precision")
 
 _S, _C = "setting", "column"
 LLC_TABLE = register_table(TableSchema("llc", "llc.csv", "llc-watch llc RUN", (

@@ -38,7 +38,7 @@ from .sampler import NOISE_BLOCK, ChainRun, intercept_runs, run_chains
 
 # run_chains arguments that must agree for checkpoints to share one stacked run
 SHARED_KWARGS = ("chains", "steps", "seed", "mala", "vectorized", "center_loss", "per_chain_batches",
-                 "observe_every", "chain_ids", "capture")
+                 "observe_every", "chain_ids", "capture", "precision")
 CPU_MAX_ROWS = 64              # stacked chains per block on a CPU (memory, cache)
 CUDA_MEMORY_FRACTION = 0.5     # of the free GPU memory a block may plan to use
 

@@ -46,7 +46,8 @@ from torch import nn
 
 from . import diagnostics as dg
 from .data import ChainMinibatchStreams, DataSource, MinibatchStream, device_batches, to_device
-from .sampler import FlatParams, SGLDSettings, SamplerError, make_flat_loss, run_chains
+from .sampler import (FlatParams, SGLDSettings, SamplerError, check_precision, fp32_loss, make_flat_loss,
+                      matmul_precision, run_chains)
 
 ParamsSpec = "None | str | list[str] | Callable[[str], bool] | dict[str, torch.Tensor | None]"
 
@@ -212,7 +213,8 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
                  rmsprop_alpha: float = 0.99, rmsprop_eps: float = 0.1,
                  batch_control: bool = True, per_chain_batches: bool = True,
                  terms_per_example: float = 1.0, observe_every: int | None = None,
-                 observe_size: int | None = 1024, progress: bool = False) -> LLCResult:
+                 observe_size: int | None = 1024, progress: bool = False,
+                 precision: str = "fp32") -> LLCResult:
     """Estimate the local learning coefficient of `model` at its current weights.
 
     model: any nn.Module; it is copied (to `device`), never modified. Sampled in eval() mode.
@@ -245,6 +247,10 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
         evaluation batch of observe_size examples (seeded by eval_seed; None = all the data):
         the low-noise observable the R̂ / ESS diagnostics and `llc_observed` use. None = about
         200 observations over the draws; 0 = off.
+    precision: "fp32" (default); "tf32": TF32 matmuls on CUDA, identical to fp32 on any other
+        device; "bf16": matmuls autocast to bfloat16, on CPU too. Both agree with fp32 within chain
+        noise on the exact-answer models (tests/test_llc_precision.py). L_n(w*) and the observable
+        are computed at the same precision as the draws, so a rounding shift of the loss cancels.
     """
     t_start = time.perf_counter()
     for name, v in (("chains", chains), ("draws", draws), ("steps_between_draws", steps_between_draws),
@@ -260,6 +266,7 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
                             rmsprop_alpha, rmsprop_eps)
     try:
         settings.validate()
+        check_precision(precision)
     except SamplerError as e:
         raise LLCError(str(e)) from None
 
@@ -268,10 +275,14 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
     selection = select_params(work, params)
     flat = FlatParams(work, selection)
     loss_of = make_flat_loss(work, loss_fn, flat)
+    # why the same precision as the draws: without the batch control variate λ̂ = nβ·(E L(w) − L_n(w*)),
+    # and a rounding shift of the loss cancels only when both terms are computed alike
+    loss_at_precision = loss_of if precision == "fp32" else fp32_loss(loss_of)
 
-    init_loss, init_method = compute_init_loss(
-        loss_of, flat.w_star, src, eval_size=eval_size, eval_seed=eval_seed,
-        chunk=max(batch_size, 512), device=dev)
+    with matmul_precision(precision, dev):
+        init_loss, init_method = compute_init_loss(
+            loss_at_precision, flat.w_star, src, eval_size=eval_size, eval_seed=eval_seed,
+            chunk=max(batch_size, 512), device=dev)
     warn: list[str] = []
     if not math.isfinite(init_loss):
         raise LLCError(f"L_n(w*) = {init_loss} is not finite: the model's loss at its own "
@@ -301,8 +312,8 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
         g_obs = torch.Generator().manual_seed(int(eval_seed) + 1)
         obs_idx = torch.randperm(n, generator=g_obs)[:n_obs] if n_obs < n else torch.arange(n)
         observe_batch = to_device(src.batch(obs_idx), dev)
-        with torch.no_grad():
-            observe_init = float(loss_of(flat.w_star, observe_batch))
+        with torch.no_grad(), matmul_precision(precision, dev):
+            observe_init = float(loss_at_precision(flat.w_star, observe_batch))
 
     used_vectorized = vectorized
     if vectorized:
@@ -324,7 +335,7 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
                      seed=seed, draw_steps=draw_steps, mala=mala, vectorized=used_vectorized,
                      center_loss=batch_control, per_chain_batches=per_chain_batches,
                      observe_batch=observe_batch, observe_every=observe_every,
-                     progress=(lambda t: bar.update(1)) if bar else None)
+                     progress=(lambda t: bar.update(1)) if bar else None, precision=precision)
     t_sample = time.perf_counter() - t0
     if bar:
         bar.close()
@@ -431,6 +442,7 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
                  vectorized=used_vectorized, device=str(dev),
                  min_healthy_fraction=min_healthy_fraction, mala=mala, batch_control=batch_control,
                  per_chain_batches=per_chain_batches, terms_per_example=float(terms_per_example),
+                 precision=precision,
                  beta=1.0 / math.log(n) if n > 1 else float("nan"))
     if sampler == "rmsprop_sgld":
         hyper.update(rmsprop_alpha=rmsprop_alpha, rmsprop_eps=rmsprop_eps)

@@ -53,6 +53,10 @@ from torch.func import functional_call, vmap
 from .data import DataError, batch_leaves, chain_batch
 
 SAMPLERS = ("sgld", "rmsprop_sgld")
+# matmul precisions the sampler accepts; each non-default one is offered only because
+# tests/test_llc_precision.py shows its LLC agreeing with fp32's within chain noise on the
+# exact-answer models (a regular model, a deep linear network)
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 class SamplerError(ValueError):
@@ -108,6 +112,71 @@ def sgld_update(w: torch.Tensor, g: torch.Tensor, center: torch.Tensor, noise: t
     if mask is not None:
         step = step * mask    # weights outside the restriction stay exactly at w*
     return w + step
+
+
+# --- matmul precision -------------------------------------------------------------------------
+
+def check_precision(precision) -> None:
+    """One clear line for a precision the sampler does not offer.
+
+        >>> check_precision("fp16")                                     # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        llc_watch.llc.sampler.SamplerError: precision='fp16': choose one of ('fp32', 'tf32', 'bf16') ...
+    """
+    if precision not in PRECISIONS:
+        raise SamplerError(f"precision={precision!r}: choose one of {PRECISIONS} (fp32 is exact; tf32 "
+                           "uses TF32 matmuls on CUDA and is fp32 elsewhere; bf16 autocasts matmuls to bfloat16)")
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str, device):
+    """The block's matmuls at `precision` on `device`; everything is restored on exit.
+
+    fp32: nothing changes. tf32: CUDA matmuls in TF32 (10-bit mantissa inputs, fp32 accumulate);
+    on any other device a no-op, so the numbers are fp32's exactly (CPU matmuls are left alone:
+    torch.set_float32_matmul_precision would also switch oneDNN's CPU matmuls). bf16: autocast to
+    bfloat16 (matmuls and linear layers in bf16, reductions and losses in fp32), on CPU too; the
+    autocast cache is off, since the chains' weights change every step (and CUDA graphs need it off).
+
+        >>> a = torch.randn(8, 8)
+        >>> with matmul_precision("bf16", "cpu"):
+        ...     (a @ a).dtype
+        torch.bfloat16
+        >>> with matmul_precision("tf32", "cpu"):
+        ...     torch.equal(a @ a, a @ a)
+        True
+    """
+    check_precision(precision)
+    dev = torch.device(device)
+    if precision == "bf16":
+        with torch.autocast(dev.type, dtype=torch.bfloat16, cache_enabled=False):
+            yield
+    elif precision == "tf32" and dev.type == "cuda":
+        m = torch.backends.cuda.matmul
+        if hasattr(m, "fp32_precision"):          # torch >= 2.9: the new API (mixing the two raises)
+            before = m.fp32_precision
+            m.fp32_precision = "tf32"
+            try:
+                yield
+            finally:
+                m.fp32_precision = before
+        else:
+            before = m.allow_tf32
+            m.allow_tf32 = True
+            try:
+                yield
+            finally:
+                m.allow_tf32 = before
+    else:
+        yield
+
+
+def fp32_loss(loss_of: Callable) -> Callable:
+    """loss_of with its value in float32 (under bf16 autocast a loss may come back in bf16; the
+    traces are kept in fp32)."""
+    def f(w, batch):
+        return loss_of(w, batch).float()
+    return f
 
 
 # --- parameters as one flat vector ------------------------------------------------------------
@@ -293,7 +362,8 @@ def run_chains(loss_of: Callable, flat: FlatParams, s: SGLDSettings, *, chains: 
                center_loss: bool = False, progress: Callable[[int], None] | None = None,
                centers: torch.Tensor | None = None, per_chain_batches: bool = False,
                observe_batch=None, observe_every: int = 0,
-               chain_ids: Sequence[int] | None = None, capture: bool | None = None) -> ChainRun:
+               chain_ids: Sequence[int] | None = None, capture: bool | None = None,
+               precision: str = "fp32") -> ChainRun:
     """Run `chains` localised SGLD chains for `steps` steps, chain c from its centre.
 
     get_batch(t) gives step t's minibatch, shared by every chain; with per_chain_batches=True it
@@ -313,6 +383,8 @@ def run_chains(loss_of: Callable, flat: FlatParams, s: SGLDSettings, *, chains: 
         estimate_llc gives chain c).
     capture: run the vectorised step as a captured CUDA graph (None: when on CUDA). The captured
         and the eager step run the same operations, so they give the same numbers.
+    precision: the matmuls' precision during sampling, "fp32" (default), "tf32" or "bf16" (see
+        `matmul_precision`); losses, noise, weights and the update stay fp32.
 
     Nothing in the vectorised step waits on the host: batches are fetched ahead into a device
     buffer (blocks of steps), noise is drawn in blocks, losses and observations are accumulated
@@ -326,10 +398,14 @@ def run_chains(loss_of: Callable, flat: FlatParams, s: SGLDSettings, *, chains: 
                            draw_steps=draw_steps, mala=mala, vectorized=vectorized,
                            center_loss=center_loss, progress=progress, centers=centers,
                            per_chain_batches=per_chain_batches, observe_batch=observe_batch,
-                           observe_every=observe_every, chain_ids=chain_ids, capture=capture)
+                           observe_every=observe_every, chain_ids=chain_ids, capture=capture,
+                           precision=precision)
         finally:
             _INTERCEPT.reset(token)
     s.validate()
+    check_precision(precision)
+    if precision != "fp32":
+        loss_of = fp32_loss(loss_of)
     w_star = flat.w_star
     device, D = w_star.device, w_star.numel()
     if centers is not None:
@@ -358,10 +434,11 @@ def run_chains(loss_of: Callable, flat: FlatParams, s: SGLDSettings, *, chains: 
         shared = centers is None and not per_chain_batches
         r.center_losses = torch.full((steps,) if shared else (chains, steps), float("nan"), device=device)
     captured = False
-    if vectorized:
-        final, captured = _vectorised(r, capture)
-    else:
-        final = _sequential(r)
+    with matmul_precision(precision, device):
+        if vectorized:
+            final, captured = _vectorised(r, capture)
+        else:
+            final = _sequential(r)
     n_draws = len(r.draw_set)
     return ChainRun(r.losses.cpu(), final, (r.accept_sum / n_draws).cpu() if n_draws else None,
                     vectorized, None if r.center_losses is None else r.center_losses.cpu(),
