@@ -19,7 +19,7 @@ llc_watch runs with its defaults otherwise (the batch control variate on). Print
 
     python benchmarks/bench_llc.py --device cuda --run runs/addition
     python benchmarks/bench_llc.py --device cpu --run runs/addition --no-whole-run --cases '' \\
-        --stderr-case 4x100x32 --stderr-seeds 8 --threads 1 --race-ablation
+        --stderr-case 4x100x32 --stderr-seeds 12 --threads 1 --race-ablation
     python benchmarks/bench_llc.py --cases 2x20x32 --devinterp-cases 2x20x32 --repeats 1   # smoke run
 """
 from __future__ import annotations
@@ -30,6 +30,7 @@ import inspect
 import math
 import platform
 import statistics
+import sys
 import time
 import os
 import warnings
@@ -138,6 +139,8 @@ def ours_kwargs(args, chains, draws, batch, nbeta, dev, seed):
               burn_in=0, batch_size=batch, seed=seed, device=dev)
     if "per_chain_batches" in inspect.signature(estimate_llc).parameters:
         kw["per_chain_batches"] = args.per_chain_batches   # devinterp's shared stream by default
+    if args.precision != "fp32":
+        kw["precision"] = args.precision
     return kw
 
 
@@ -244,6 +247,7 @@ def stderr_race(model, task, data, args, nbeta, dev, out):
         rows["devinterp 2.0.1 llc() (defaults: shared minibatch stream)"] = []
     for s in seeds:     # interleaved: load on the shared machine falls on each alike
         rows[ours_name].append(run_ours(model, task, data, C, N, B, args, nbeta, dev, s, extra=ours_kw))
+        print(f"  seed {s}: llc_watch {rows[ours_name][-1][0]:.1f} s", file=sys.stderr, flush=True)
         if args.race_ablation:
             rows["llc_watch, batch_control=False, shared stream, observable as above (devinterp's estimator)"].append(
                 run_ours(model, task, data, C, N, B, args, nbeta, dev, s,
@@ -270,6 +274,9 @@ def stderr_race(model, task, data, args, nbeta, dev, out):
         stats[name] = (wall, se)
         lines.append(f"| {name} | {wall:.1f} ({min(walls):.1f}–{max(walls):.1f}) | "
                      f"{statistics.mean(r[1] for r in rs):.2f} | {se:.2f} | {pooled:.2f} | {wall * se ** 2:.4g} |")
+    lines.append("\nEvery run, in the order run (wall s, LLC, its own stderr):\n")
+    for name, rs in rows.items():
+        lines.append(f"- {name.split(' (')[0]}: " + "; ".join(f"{r[0]:.1f} s {r[1]:.1f} ± {r[2]:.1f}" for r in rs))
     theirs = [k for k in stats if k.startswith("devinterp")]
     if theirs:
         (w_o, se_o), (w_d, se_d) = stats[ours_name], stats[theirs[0]]
@@ -312,6 +319,8 @@ def main(argv=None):
     p.add_argument("--per-chain-batches", action="store_true",
                    help="llc_watch with independent per-chain minibatch streams (default: one shared stream, as devinterp)")
     p.add_argument("--eager-check", action="store_true", help="also time the first case with the step not captured")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "bf16"),
+                   help="llc_watch's matmul precision (devinterp always runs fp32)")
     p.add_argument("--n", type=int, default=4096, help="data set size (n in nβ = n/log n)")
     p.add_argument("--epsilon", type=float, default=1e-4)
     p.add_argument("--gamma", type=float, default=100.0)
@@ -331,7 +340,7 @@ def main(argv=None):
     n_params = sum(q.numel() for q in model.parameters())
     peak = matmul_peak(dev)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{platform.processor() or 'cpu'}, {args.threads} thread(s)"
-    emit(args.out, f"\n## LLC benchmark on {name} (torch {torch.__version__})\n\n"
+    emit(args.out, f"\n## LLC benchmark on {name} (torch {torch.__version__}), llc_watch precision {args.precision}\n\n"
          f"case: {what}; {n_params} parameters; n={len(data)}, nβ={nbeta:.1f}, ε={args.epsilon}, "
          f"γ={args.gamma}, burn-in 0; fp32 matmul peak measured here {peak / 1e12:.2f} TFLOP/s\n")
     loss_fn = lambda m, b: task.loss(m(b.tokens), b)
@@ -342,8 +351,9 @@ def main(argv=None):
     lines = ["| chains × draws × batch | llc_watch s | sampling s | captured | devinterp s | ratio | "
              "llc_watch LLC | devinterp LLC | GFLOP/s | % of fp32 peak |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    emit(args.out, "\n" + "\n".join(lines))
     cases = parse_cases(args.cases)
+    if cases:
+        emit(args.out, "\n" + "\n".join(lines))
     for i, (C, N, B) in enumerate(cases):
         flops = flops_per_chain_step(model, loss_fn, data[:B]) * C * N
         ours = [run_ours(model, task, data, C, N, B, args, nbeta, dev, args.seed) for _ in range(args.repeats)]
@@ -359,8 +369,9 @@ def main(argv=None):
             e = run_ours(model, task, data, C, N, B, args, nbeta, dev, args.seed, capture=False)
             emit(args.out, f"| {C} × {N} × {B}, step not captured | {e[0]:.2f} | {e[3]:.2f} | no | | | "
                  f"{e[1]:.2f} ± {e[2]:.2f} | | {flops / e[3] / 1e9:.0f} | {100 * flops / e[3] / peak:.1f} |")
-    emit(args.out, "\nGFLOP/s and % of peak count forward + backward FLOPs of the chains' steps over "
-         "the sampling time (L_n(w*) and set-up excluded); llc_watch s is the whole estimate.")
+    if cases:
+        emit(args.out, "\nGFLOP/s and % of peak count forward + backward FLOPs of the chains' steps over "
+             "the sampling time (L_n(w*) and set-up excluded); llc_watch s is the whole estimate.")
     if args.stderr_seeds:
         stderr_race(model, task, data, args, nbeta, dev, args.out)
 

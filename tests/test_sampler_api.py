@@ -122,3 +122,19 @@ def test_captured_step_equals_eager_step_on_cuda():
     for x, y in ((a.losses, b.losses), (a.center_losses, b.center_losses), (a.observed, b.observed),
                  (a.final_w, b.final_w), (a.mala_accept, b.mala_accept)):
         torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+def test_off_cuda_the_step_runs_eager_and_capture_true_is_refused():
+    """The capture fallback: where no CUDA graph can be taken (here, a CPU) the default runs the
+    eager step, the same numbers as asking for it; capture=True says why it cannot."""
+    flat, loss_of, data = problem()
+    kw = dict(chains=3, steps=12, get_batch=lambda t: data[16 * (t % 8):16 * (t % 8 + 1)], seed=0,
+              center_loss=True, observe_batch=data[:32], observe_every=5)
+    a = run_chains(loss_of, flat, S, **kw)
+    b = run_chains(loss_of, flat, S, capture=False, **kw)
+    assert not a.captured and not b.captured
+    for x, y in ((a.losses, b.losses), (a.center_losses, b.center_losses), (a.observed, b.observed),
+                 (a.final_w, b.final_w)):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    with pytest.raises(SamplerError, match="capture=True needs a CUDA device"):
+        run_chains(loss_of, flat, S, capture=True, **kw)
