@@ -28,7 +28,7 @@ def noisy_llc(curve, noise_at_full=0.03, full=400, seed=0):
     return estimate
 
 
-def compare(seed, s=AdaptiveSettings(), sparse=False):
+def compare(seed, s=AdaptiveSettings().resolved(), sparse=False):
     c = planted_llc(seed)
     est = noisy_llc(c, full=s.full_draws, seed=seed)
     dv, de = est(c.steps.astype(float), s.full_draws)
