@@ -98,6 +98,7 @@ def plan(steps: np.ndarray, draws: np.ndarray, boundaries: Sequence[Boundary], s
         >>> more.tolist(), new.tolist()
         ([100.0], [120.0])
     """
+    s = s.resolved()
     steps = np.asarray(steps, float)
     x = np.log1p(steps)
     more, new = set(), []
