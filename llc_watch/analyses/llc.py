@@ -264,9 +264,10 @@ def checkpoint_seed(settings: dict, step: int) -> int:
     """
     from llc_watch.tasks.base import derive_seed
     seed, repeat = int(settings.get("seed", 0)), int(settings.get("repeat", 0) or 0)
+    # 32 bits: what every backend's generator takes (numpy's legacy seeding refuses more)
     if settings.get("seed_per_checkpoint", True):
-        return derive_seed(seed, "llc-checkpoint", int(step), repeat)
-    return derive_seed(seed, "llc-repeat", repeat) if repeat else seed
+        return derive_seed(seed, "llc-checkpoint", int(step), repeat) & 0xFFFFFFFF
+    return derive_seed(seed, "llc-repeat", repeat) & 0xFFFFFFFF if repeat else seed
 
 
 def llc_job(checkpoint, settings: dict) -> list[dict]:
