@@ -44,7 +44,7 @@ def test_bad_estimate_shapes_are_named():
 def test_adaptive_spends_less_and_finds_most_dense_strong_boundaries():
     """studies/adaptive_budget.py 16 0 measured 24 % of the dense draws, 65 of 67 dense strong
     boundaries found again; on these 4 curves: ~30 %, all found."""
-    s = AdaptiveSettings()
+    s = AdaptiveSettings().resolved()
     spent = dense_cost = matched = n_dense = 0
     for seed in range(4):
         c = planted_llc(seed)

@@ -88,12 +88,19 @@ def test_checkpoints_of_a_run_with_the_job_settings(tmp_path):
     cfg = RunConfig.from_preset("addition-tiny").with_overrides(
         ["train.steps=40", "checkpoints.n_log=3", "checkpoints.n_linear=2", "train.threads=1"])
     ckpts = train(cfg, tmp_path / "run", progress=False).checkpoints()[-2:]
-    settings = {"chains": 2, "draws": 15, "burn_in": 5, "n_data": 256}
+    # stacking needs one seed for all (common noise); per-checkpoint seeds (the default) are tested below
+    settings = {"chains": 2, "draws": 15, "burn_in": 5, "n_data": 256, "seed_per_checkpoint": False}
     many = estimate_checkpoints(ckpts, settings)
     for c, r in zip(ckpts, many):
         s, model, loss_fn, data = checkpoint_problem(c, settings)
         assert_same(r, estimate_llc(model, loss_fn, data, **estimator_kwargs(s, model)))
     assert all(r.timing["batched_stacked"] for r in many)
+    # with per-checkpoint seeds every checkpoint runs on its own seed, as llc_job does
+    from llc_watch.analyses.llc import checkpoint_seed
+    settings = {**settings, "seed_per_checkpoint": True}
+    many = estimate_checkpoints(ckpts, settings)
+    assert [r.hyperparameters["seed"] for r in many] == [checkpoint_seed(settings, c.step) for c in ckpts]
+    assert len({r.hyperparameters["seed"] for r in many}) == len(ckpts)
 
 
 def test_llc_command_stacked_equals_one_job_per_checkpoint(tmp_path):
@@ -106,7 +113,7 @@ def test_llc_command_stacked_equals_one_job_per_checkpoint(tmp_path):
     cfg = RunConfig.from_preset("addition-tiny").with_overrides(
         ["train.steps=40", "checkpoints.n_log=3", "checkpoints.n_linear=2", "train.threads=1"])
     run = train(cfg, tmp_path / "run", progress=False)
-    settings = {"chains": 2, "draws": 15, "burn_in": 5, "n_data": 256}
+    settings = {"chains": 2, "draws": 15, "burn_in": 5, "n_data": 256, "seed_per_checkpoint": False}
     stacked = compute_llc(run.dir, {**settings, "stack_checkpoints": True}, progress=False)
     results = sorted((run.dir / "results" / "llc").glob("*.json"))
     for p in results:

@@ -63,7 +63,10 @@ def test_rerun_skips_and_changed_settings_do_not_mix(run_dir, tmp_path):
     pd.testing.assert_frame_equal(a, b)
     c = compute_llc(d, {**TINY, "seed": 1}, progress=False)
     assert len(list((d / "results" / "llc").glob("*.json"))) == 2 * n_files
-    assert (c["seed"] == 1).all() and len(c) == len(a)
+    # every checkpoint samples with its own seed, derived from (seed, step) and recorded
+    from llc_watch.analyses.llc import checkpoint_seed
+    assert c["seed"].tolist() == [checkpoint_seed({"seed": 1}, s) for s in c["step"]] and len(c) == len(a)
+    assert c["seed"].nunique() == len(c) and not set(c["seed"]) & set(a["seed"])
 
 
 def test_killed_driver_resumes_to_the_same_table(run_dir, tmp_path):

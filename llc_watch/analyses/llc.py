@@ -63,6 +63,10 @@ class LLCSettings(SettingsBase):
                                       # (autocast); each agrees with fp32 within chain noise on exact-answer models
     backend: str = "ours"             # ours | devinterp: devinterp's reference llc() on the same checkpoints,
                                       # to cross-check (no diagnostics; valid = every chain finite)
+    seed_per_checkpoint: bool = True  # every checkpoint samples with its own seed, derived from (seed, step):
+                                      # independent errors across checkpoints, as the stage map's GP assumes
+                                      # (the seed used is in llc.csv). False: `seed` everywhere (common noise;
+                                      # what lets a GPU stack checkpoints in one pass)
 
     def validate(self):
         for name in ("epsilon", "nbeta"):
@@ -112,6 +116,10 @@ LLC_TABLE = register_table(TableSchema("llc", "llc.csv", "llc-watch llc RUN", (
     Column("mean_loss_trace", "json", "sampled loss per step, mean over chains"),
     Column("draws_per_chain", "int"), Column("sampling_s", "float"),
     Column("backend", "str", _S, required=False),
+    Column("sgld_steps", "int", "SGLD steps spent: chains x (burn-in + draws x thinning), summed over the "
+           "estimates pooled", required=False),
+    Column("estimates", "json", "adaptive runs (--adaptive): the estimates pooled at this checkpoint, each "
+           "{draws, seed, value, stderr}; the row's value/stderr are their inverse-variance mean", required=False),
 )))
 SETTING_COLUMNS = [c.name for c in LLC_TABLE.columns if c.doc == _S] + ["chains"]
 
@@ -243,13 +251,35 @@ def devinterp_row(checkpoint, s: dict, model, loss_fn, data) -> dict:
         "burn_in": s["burn_in"], "batch_size": s["batch_size"], "sampler": "sgld", "seed": s["seed"], "n": r["n"],
         "n_params_sampled": sum(p.numel() for p in model.parameters()), "params": json.dumps(None),
         "mean_loss_trace": json.dumps([_finite(v) for v in r["loss_trace"]]), "draws_per_chain": s["draws"],
-        "sampling_s": time.perf_counter() - t0, "backend": "devinterp",
+        "sampling_s": time.perf_counter() - t0, "backend": "devinterp", "sgld_steps": sgld_steps(s),
     }
+
+
+def checkpoint_seed(settings: dict, step: int) -> int:
+    """The sampler seed at one checkpoint: derived from (seed, step) when seed_per_checkpoint (the
+    default), so checkpoints' errors are independent; `repeat` (the n-th estimate at this checkpoint,
+    set by the adaptive driver) gives a fresh seed to each repeated estimate.
+
+        >>> checkpoint_seed({"seed": 0}, 100) == checkpoint_seed({"seed": 0}, 100)
+        True
+        >>> len({checkpoint_seed({"seed": 0}, 100), checkpoint_seed({"seed": 0}, 200),
+        ...      checkpoint_seed({"seed": 0, "repeat": 1}, 100)})
+        3
+        >>> checkpoint_seed({"seed": 7, "seed_per_checkpoint": False}, 100)
+        7
+    """
+    from llc_watch.tasks.base import derive_seed
+    seed, repeat = int(settings.get("seed", 0)), int(settings.get("repeat", 0) or 0)
+    # 32 bits: what every backend's generator takes (numpy's legacy seeding refuses more)
+    if settings.get("seed_per_checkpoint", True):
+        return derive_seed(seed, "llc-checkpoint", int(step), repeat) & 0xFFFFFFFF
+    return derive_seed(seed, "llc-repeat", repeat) & 0xFFFFFFFF if repeat else seed
 
 
 def llc_job(checkpoint, settings: dict) -> list[dict]:
     """Estimate the LLC at one checkpoint; one tidy row (measure 'llc'). Top level: picklable."""
     s, model, loss_fn, data = checkpoint_problem(checkpoint, settings)
+    s["seed"] = checkpoint_seed(s, checkpoint.step)
     if s.get("backend") == "devinterp":
         return [devinterp_row(checkpoint, s, model, loss_fn, data)]
     r = estimate_llc(model, loss_fn, data, **estimator_kwargs(s, model))
@@ -278,7 +308,13 @@ def llc_row(checkpoint, r) -> dict:
         "mean_loss_trace": json.dumps([_finite(v) for v in mean_trace]),
         "draws_per_chain": len(draws[0]) if draws else 0,
         "sampling_s": r.timing["sampling_s"], "backend": "ours",
+        "sgld_steps": sgld_steps(h),
     }
+
+
+def sgld_steps(h: dict) -> int:
+    """SGLD steps behind one estimate: chains x (burn-in + draws x thinning)."""
+    return int(h["chains"]) * (int(h["burn_in"]) + int(h["draws"]) * int(h.get("steps_between_draws", 1) or 1))
 
 
 def estimate_checkpoints(checkpoints, settings: dict, *, block_size: int | None = None,
@@ -302,8 +338,17 @@ def estimate_checkpoints(checkpoints, settings: dict, *, block_size: int | None 
     s, model0, loss_fn, data = problems[0]
     kwargs = estimator_kwargs(s, model0)
     from llc_watch.llc.batched import estimate_llc_many
-    return estimate_llc_many([p[1] for p in problems], loss_fn, data, block_size=block_size,
-                             return_exceptions=return_exceptions, **kwargs)
+    # checkpoints stack in one pass only where they share a seed (common noise): with per-checkpoint
+    # seeds each one is its own group (same results as llc_job, one pass each)
+    seeds = [checkpoint_seed(s, c.step) for c in checkpoints]
+    out: list = [None] * len(checkpoints)
+    for seed in dict.fromkeys(seeds):
+        idx = [i for i, x in enumerate(seeds) if x == seed]
+        rs = estimate_llc_many([problems[i][1] for i in idx], loss_fn, data, block_size=block_size,
+                               return_exceptions=return_exceptions, **{**kwargs, "seed": seed})
+        for i, r in zip(idx, rs):
+            out[i] = r
+    return out
 
 
 # --- run level -----------------------------------------------------------------------------------
@@ -380,10 +425,19 @@ class LLC(Analysis):
         stack = settings.stack_checkpoints
         if stack is None:
             stack = resolve_device(settings.device).type == "cuda"
-        if not stack or settings.backend != "ours":
-            return None
+        if not stack or settings.backend != "ours" or settings.seed_per_checkpoint:
+            return None   # per-checkpoint seeds: nothing shares a pass (--no-seed-per-checkpoint to stack)
         return llc_batch
 
+
+    def cli_modes(self) -> dict:
+        """Other ways the CLI runs this analysis: {flag: (help, its Settings, runner(run, settings,
+        mode settings, checkpoints=, executor=, progress=) -> table)}."""
+        from llc_watch.stages.adaptive import AdaptiveSettings
+        from .llc_adaptive import adaptive_llc
+        return {"adaptive": ("spend SGLD where the stage boundaries are: few draws everywhere, then more draws "
+                             "(and skipped checkpoints) only where a boundary's interval is wide or its existence "
+                             "uncertain; --draws is the most one checkpoint gets", AdaptiveSettings, adaptive_llc)}
 
     def signals(self, table):
         v = llc_rows(table)
@@ -415,11 +469,17 @@ class LLC(Analysis):
     def summary(self, run, table):
         s = table.attrs.get("settings")
         lines = []
+        if "dense_sgld_steps" in table.attrs:   # an adaptive run: what it spent
+            spent, dense = table.attrs["sgld_steps"], table.attrs["dense_sgld_steps"]
+            lines.append(f"adaptive: {spent} SGLD steps = {spent / dense:.0%} of the dense run's {dense} "
+                         f"({table.attrs.get('summary', '')}; see llc_adaptive.json)")
         if s is not None:
             lines.append(f"settings ({'calibration.json' if load_calibration(run) else 'defaults'} + given): "
                          + ", ".join(f"{k}={getattr(s, k)}" for k in ("epsilon", "nbeta", "gamma", "chains",
                                                                         "draws", "burn_in", "batch_size", "sampler")))
         cols = [c for c in ("step", "value", "stderr", "valid", "rhat", "drift") if c in table.columns]
+        if "dense_sgld_steps" in table.attrs:
+            cols.insert(4, "draws")
         lines.append(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         return lines
 

@@ -43,16 +43,34 @@ def open_cli_run(args):
     return open_run(args.run)
 
 
+def cli_modes(analysis) -> dict:
+    """An analysis's other ways to run ({flag: (help, Settings, runner)}; e.g. `llc --adaptive`)."""
+    return analysis.cli_modes() if hasattr(analysis, "cli_modes") else {}
+
+
 def run_command(analysis):
     def cmd(args) -> int:
         from llc_watch.analyses import run_analysis
         from llc_watch.executors import executor_from_cli
+        from .errors import UserError
         run = open_cli_run(args)
         given = given_settings(args, analysis.Settings)
         analysis.settings(run, given)               # validated before any executor starts or checkpoint loads
+        mode = None
+        for flag, (_, Settings, runner) in cli_modes(analysis).items():
+            mode_given = given_settings(args, Settings)
+            if getattr(args, flag, False):
+                mode = (runner, Settings.from_mapping(mode_given))   # validated now, too
+            elif mode_given:
+                raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in mode_given)}: "
+                                f"only with --{flag}")
         steps = parse_steps(args.checkpoints)
         with executor_from_cli(args.executor, args.executor_config, args.workers, run_dir=run.dir) as ex:
-            table = run_analysis(analysis, run, given, checkpoints=steps, executor=ex, progress=not args.quiet)
+            if mode is not None:
+                runner, mode_settings = mode
+                table = runner(run, given, mode_settings, checkpoints=steps, executor=ex, progress=not args.quiet)
+            else:
+                table = run_analysis(analysis, run, given, checkpoints=steps, executor=ex, progress=not args.quiet)
         for line in analysis.summary(run, table):
             print(line)
         for line in analysis.warnings(table):
@@ -92,6 +110,10 @@ def add_subcommands(sub) -> None:
         add_job_args(p)
         add_settings_options(p, a.Settings, hidden=getattr(a, "cli_hidden", ()),
                              title=f"{a.name} settings ({a.Settings.__name__}; defaults shown)")
+        for flag, (help_, Settings, _) in cli_modes(a).items():
+            p.add_argument(f"--{flag}", action="store_true", help=help_)
+            add_settings_options(p, Settings, hidden=getattr(Settings, "cli_hidden", ()),
+                                 title=f"--{flag} settings ({Settings.__name__}; defaults shown)")
         p.set_defaults(fn=run_command(a))
 
     p = sub.add_parser("stages", help="find stage boundaries in LLC, loss, probes and ablations, aligned",

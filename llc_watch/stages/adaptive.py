@@ -19,29 +19,64 @@ synthetic noisy LLC curve and wired to the real LLC job by the CLI (`llc-watch l
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Callable, Optional, Sequence
 
 import numpy as np
+
+from llc_watch.settings import SettingsBase, SettingsError
 
 from .boundaries import Boundary, find_boundaries
 
 
 @dataclass(frozen=True)
-class AdaptiveSettings:
-    first_draws: int = 50        # draws per chain at every checkpoint in the first pass
-    full_draws: int = 400        # the most a checkpoint gets (the dense run's budget)
-    growth: int = 4              # a refined checkpoint's draws are multiplied by this (up to full_draws)
-    max_rounds: int = 5          # refinement rounds after the first pass
-    width_goal: float = 0.5      # a boundary whose 90 % interval is narrower (in log step) ...
-    support_goal: float = 0.9    # ... and that exists in this share of posterior draws needs nothing more
-    shrink: float = 0.1          # stop when the unsettled intervals' total width shrinks by less than this fraction
-    patience: int = 1            # ... in this many rounds in a row
-    reach: float = 1.0           # refine checkpoints within the interval widened by this many half-widths
-    per_boundary: int = 2        # at most this many checkpoints (refined or new) per unsettled boundary per round
-    kind: str = "llc"            # how boundaries are read (see find_boundaries)
-    min_support: float = 0.3     # boundaries kept while refining (the final reading is the caller's)
-    resamples: int = 100
+class AdaptiveSettings(SettingsBase):
+    first_draws: Optional[int] = None  # draws per chain at every checkpoint in the first pass; None: full_draws // 8
+    full_draws: Optional[int] = None   # the most a checkpoint gets (the dense run's budget); None: the LLC
+                                       # settings' draws (400 in the pure loop)
+    first_every: int = 1          # the first pass visits every k-th checkpoint (and the last); the others are
+                                  # candidates refinement may add where a boundary is unsettled
+    growth: int = 4               # a refined checkpoint's draws are multiplied by this (up to full_draws)
+    max_rounds: int = 5           # refinement rounds after the first pass
+    width_goal: float = 0.5       # a boundary whose 90 % interval is narrower (in log step) ...
+    support_goal: float = 0.9     # ... and that exists in this share of posterior draws needs nothing more
+    shrink: float = 0.1           # stop when the unsettled intervals' total width shrinks by less than this fraction
+    patience: int = 1             # ... in this many rounds in a row
+    reach: float = 1.0            # refine checkpoints within the interval widened by this many half-widths
+    per_boundary: int = 2         # at most this many checkpoints (refined or new) per unsettled boundary per round
+    kind: str = "llc"             # how boundaries are read (see find_boundaries)
+    min_support: float = 0.3      # boundaries kept while refining (the final reading is the caller's)
+    resamples: int = 100          # posterior function draws per reading of the curve
+
+    cli_hidden = ("kind",)        # the CLI reads LLC curves only
+
+    def validate(self):
+        self.at_least("first_draws", 1, allow_none=True)
+        self.at_least("full_draws", 1, allow_none=True)
+        if self.first_draws is not None and self.full_draws is not None and self.first_draws > self.full_draws:
+            self._fail("first_draws", f"must be <= full_draws ({self.full_draws})")
+        for name in ("first_every", "max_rounds", "patience", "per_boundary", "resamples"):
+            self.at_least(name, 1)
+        self.at_least("growth", 2)
+        self.within("support_goal", 0.0, 1.0)
+        self.within("min_support", 0.0, 1.0)
+        self.within("shrink", 0.0, 1.0)
+        self.positive("width_goal")
+        self.at_least("reach", 0.0)
+
+    def resolved(self, full_draws: int = 400) -> "AdaptiveSettings":
+        """These settings with the draws filled in: full_draws (if unset) from the dense budget given,
+        first_draws (if unset) full_draws // 8.
+
+            >>> s = AdaptiveSettings().resolved(200)
+            >>> s.first_draws, s.full_draws
+            (25, 200)
+        """
+        full = self.full_draws if self.full_draws is not None else int(full_draws)
+        first = self.first_draws if self.first_draws is not None else max(1, full // 8)
+        if first > full:
+            raise SettingsError(f"first_draws={first}: must be <= full_draws ({full})")
+        return replace(self, first_draws=first, full_draws=full)
 
 
 def needs_more(b: Boundary, s: AdaptiveSettings) -> bool:
@@ -63,6 +98,7 @@ def plan(steps: np.ndarray, draws: np.ndarray, boundaries: Sequence[Boundary], s
         >>> more.tolist(), new.tolist()
         ([100.0], [120.0])
     """
+    s = s.resolved()
     steps = np.asarray(steps, float)
     x = np.log1p(steps)
     more, new = set(), []
@@ -97,13 +133,18 @@ class AdaptiveResult:
 
 def adaptive_estimate(estimate: Callable, steps: Sequence[float], s: AdaptiveSettings = AdaptiveSettings(),
                       candidates: Sequence[float] = (), seed: int = 0) -> AdaptiveResult:
-    """Run the adaptive loop: first pass at `first_draws` on `steps`, then refine (see `plan`) until
-    every boundary is settled, the unsettled intervals stop shrinking, or max_rounds.
+    """Run the adaptive loop: first pass at `first_draws` on `steps` (every `first_every`-th, the rest
+    joining `candidates`), then refine (see `plan`) until every boundary is settled, the unsettled
+    intervals stop shrinking, or max_rounds.
 
     estimate(steps, draws) -> (values, stderr) or an object with .value/.stderr (e.g. a Signal).
     More draws at a checkpoint are a fresh estimate pooled with the earlier one by inverse variance
-    (so `estimate` must use a new seed on every call: independent errors).
+    (so `estimate` must use a new seed on every call: independent errors). An estimate that failed
+    is NaN (any stderr): it adds nothing to the pool, and a checkpoint with no finite estimate yet is
+    left out of the boundary reading.
     """
+    s = s.resolved()
+
     def call(st, d):
         out = estimate(np.asarray(st, float), int(d))
         v, e = (out.value, out.stderr) if hasattr(out, "value") else out
@@ -111,24 +152,34 @@ def adaptive_estimate(estimate: Callable, steps: Sequence[float], s: AdaptiveSet
         if v.shape != (len(st),) or e.shape != (len(st),):
             raise ValueError(f"estimate({len(st)} steps, {d}) returned shapes {v.shape}, {e.shape}; "
                              f"expected ({len(st)},) each")
-        return v, e
+        bad = ~(np.isfinite(v) & np.isfinite(e) & (e > 0))
+        return np.where(bad, np.nan, v), np.where(bad, np.inf, e)
 
-    st = np.array(sorted(set(float(x) for x in steps)), float)
+    every = np.array(sorted(set(float(x) for x in steps)), float)
+    st = every[::s.first_every]
+    if st[-1] != every[-1]:
+        st = np.append(st, every[-1])
+    candidates = sorted(set(float(c) for c in candidates) | (set(every.tolist()) - set(st.tolist())))
     v, e = call(st, s.first_draws)
     dr = np.full(len(st), s.first_draws, int)
     total = int(s.first_draws * len(st))
 
     def read():
         # a low support bar: a boundary the first pass only glimpses is what refinement is for
-        return find_boundaries(st, v, e, kind=s.kind, signal="llc", resamples=s.resamples, seed=seed,
-                               min_support=s.min_support)
+        ok = np.isfinite(v)
+        if ok.sum() < 4:
+            return []
+        return find_boundaries(st[ok], v[ok], e[ok], kind=s.kind, signal="llc", resamples=s.resamples,
+                               seed=seed, min_support=s.min_support)
 
     def pool(idx, extra):
         """Add `extra` draws at checkpoints idx: a fresh estimate pooled with the old by inverse variance."""
         nv, ne = call(st[idx], extra)
-        w0, w1 = 1 / np.maximum(e[idx], 1e-300) ** 2, 1 / np.maximum(ne, 1e-300) ** 2
-        v[idx] = (w0 * v[idx] + w1 * nv) / (w0 + w1)
-        e[idx] = 1 / np.sqrt(w0 + w1)
+        w0, w1 = 1 / e[idx] ** 2, 1 / ne ** 2          # a failed estimate (stderr inf) weighs nothing
+        w = w0 + w1
+        v[idx] = np.where(w > 0, (w0 * np.nan_to_num(v[idx]) + w1 * np.nan_to_num(nv)) / np.where(w > 0, w, 1),
+                          np.nan)
+        e[idx] = np.where(w > 0, 1 / np.sqrt(np.where(w > 0, w, 1)), np.inf)
         dr[idx] += extra
         return extra * len(idx)
 

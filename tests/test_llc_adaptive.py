@@ -1,0 +1,92 @@
+"""`llc-watch llc RUN --adaptive` on a tiny trained run: the table it writes, resuming, and its spend."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from llc_watch.analyses.llc import checkpoint_seed
+from llc_watch.analyses.llc_adaptive import ADAPTIVE_FILE, adaptive_llc
+from llc_watch.cli import main
+from llc_watch.run import open_run
+
+torch.set_num_threads(1)
+# the dense budget: 32 draws per chain; the first pass gets 32 // 8 = 4 on every other checkpoint
+LLC = {"chains": 2, "draws": 32, "burn_in": 4, "n_data": 128, "batch_size": 32, "threads": 1,
+       "epsilon": 1e-4, "gamma": 100.0, "observe_every": 0}
+ADAPTIVE = {"first_every": 2, "max_rounds": 2, "resamples": 30}
+
+
+@pytest.fixture
+def run(tiny_run, tmp_path):
+    """A private copy of the shared tiny run (this test writes into it)."""
+    shutil.copytree(tiny_run.dir, tmp_path / "run")
+    return open_run(tmp_path / "run")
+
+
+def result_files(run):
+    return {p.name: p.stat().st_mtime_ns for p in (run.dir / "results" / "llc").glob("*.json")}
+
+
+def test_adaptive_writes_draws_per_checkpoint_resumes_and_spends_less(run):
+    table = adaptive_llc(run.dir, LLC, ADAPTIVE, progress=False)
+    n_ckpt = len(run.checkpoints())
+    assert 0 < len(table) <= n_ckpt and table["step"].is_monotonic_increasing
+    written = run.table("llc")
+    assert written["step"].tolist() == table["step"].tolist()
+    # draws per checkpoint: the sum over the estimates pooled there, each on its own seed
+    est = [json.loads(e) for e in written["estimates"]]
+    assert written["draws"].tolist() == [sum(x["draws"] for x in e) for e in est]
+    assert written["draws"].min() >= 4 and written["draws"].max() <= 32 + 4
+    seeds = [x["seed"] for e in est for x in e]
+    assert len(set(seeds)) == len(seeds)
+    assert written["seed"].tolist() == [checkpoint_seed({"seed": 0}, s) for s in written["step"]]
+    # one estimate pooled: the row is that estimate; several: inverse-variance mean, smaller stderr
+    for (_, row), e in zip(written.iterrows(), est):
+        if len(e) == 1:
+            assert row["value"] == pytest.approx(e[0]["value"]) and row["stderr"] == pytest.approx(e[0]["stderr"])
+        elif all(x["stderr"] for x in e):
+            w = np.array([1 / x["stderr"] ** 2 for x in e])
+            assert row["value"] == pytest.approx(float(w @ [x["value"] for x in e] / w.sum()))
+            assert row["stderr"] < min(x["stderr"] for x in e)
+    # the spend: chains x (burn-in + draws) per estimate, less than the dense job at 32 draws everywhere
+    assert table.attrs["sgld_steps"] == sum(2 * (4 + x["draws"]) for e in est for x in e)
+    assert table.attrs["sgld_steps"] < table.attrs["dense_sgld_steps"] == n_ckpt * 2 * (4 + 32)
+    log = json.loads((run.dir / ADAPTIVE_FILE).read_text())
+    assert log["sgld_steps"] == table.attrs["sgld_steps"] and log["history"][0]["round"] == 0
+
+    # a rerun samples nothing and writes the same table
+    files = result_files(run)
+    assert len(files) == sum(len(e) for e in est)
+    again = adaptive_llc(run.dir, LLC, ADAPTIVE, progress=False)
+    assert result_files(run) == files
+    assert again[["step", "value", "stderr", "draws"]].equals(table[["step", "value", "stderr", "draws"]])
+
+    # killed before its last estimate was saved: the rerun redoes only that one
+    last = max(files, key=files.get)
+    (run.dir / "results" / "llc" / last).unlink()
+    (run.dir / "llc.csv").unlink()
+    resumed = adaptive_llc(run.dir, LLC, ADAPTIVE, progress=False)
+    now = result_files(run)
+    assert set(now) == set(files) and {k for k in now if now[k] != files[k]} == {last}
+    assert resumed["step"].tolist() == table["step"].tolist() and resumed["draws"].tolist() == table["draws"].tolist()
+
+
+def test_adaptive_from_the_command_line(run, capsys):
+    argv = ["llc", str(run.dir), "--adaptive", "--quiet"] + [
+        f"--{k.replace('_', '-')}={v}" for k, v in {**LLC, **ADAPTIVE}.items()]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "adaptive:" in out and "% of the dense run's" in out and "draws" in out
+    # the stage map reads the adaptive table as it reads the dense one
+    from llc_watch.analyses import run_signals
+    signals, _, _ = run_signals(run.dir)
+    assert signals["llc"].step.tolist() == sorted(run.table("llc")["step"].tolist())
+
+
+def test_adaptive_options_need_the_flag_and_are_checked(run, capsys):
+    assert main(["llc", str(run.dir), "--first-every", "2"]) == 2
+    assert "only with --adaptive" in capsys.readouterr().err
+    assert main(["llc", str(run.dir), "--adaptive", "--growth", "1"]) == 2
+    assert "growth" in capsys.readouterr().err
