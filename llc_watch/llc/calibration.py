@@ -593,7 +593,8 @@ def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float 
                   batch_size=int(B), draws=final_draws, burn_in=int(chosen["burn_in"]), sampler=sampler,
                   chains=int(chains), terms_per_example=float(terms_per_example),
                   per_chain_batches=True, batch_control=True)
-    sweep = pd.DataFrame(rows)
+    sweep = pd.DataFrame(rows).drop(columns=["short"], errors="ignore")
+    sweep["comparable"] = sweep["comparable"].fillna(False).astype(bool) if "comparable" in sweep else False
     one = per_step(chains, B) * (chosen["burn_in"] + final_draws)
     cal_cost = float(sweep["grad_evals"].sum())
     evidence = {
