@@ -35,11 +35,13 @@ CASES = {
     "rrr_4_3_5_r0": ("rrr", dict(M=4, H=3, N=5, r=0), 2000, True),
     "rrr_5_2_4_r1": ("rrr", dict(M=5, H=2, N=4, r=1), 2000, False),
     "dln_5_4_3_5_r1": ("dln", dict(widths=[5, 4, 3, 5], r=1), 20000, True),
-    "dln_10_8_6_10_r2": ("dln", dict(widths=[10, 8, 6, 10], r=2), 20000, False),
-    "dln_16x5_r4": ("dln", dict(widths=[16] * 5, r=4), 100000, False),
-    "dln_40_30_20_40_r5": ("dln", dict(widths=[40, 30, 20, 40], r=5), 100000, False),
-    "dln_32x5_r4": ("dln", dict(widths=[32] * 5, r=4), 100000, False),
-    "dln_100_80_60_100_r10": ("dln", dict(widths=[100, 80, 60, 100], r=10), 400000, False),
+    "dln_10_8_6_10_r2": ("dln", dict(widths=[10, 8, 6, 10], r=2), 20000, True),
+    "dln_16x5_r4": ("dln", dict(widths=[16] * 5, r=4), 100000, False),               # 1,024 weights
+    "dln_20x6_r3": ("dln", dict(widths=[20] * 6, r=3), 100000, False),               # 2,000, depth 5
+    "dln_40_30_20_40_r5": ("dln", dict(widths=[40, 30, 20, 40], r=5), 100000, False),  # 2,600
+    "dln_32x5_r4": ("dln", dict(widths=[32] * 5, r=4), 100000, False),               # 4,096
+    "dln_100_80_60_100_r10": ("dln", dict(widths=[100, 80, 60, 100], r=10), 400000, False),  # 18,800
+    "dln_120x8_r10": ("dln", dict(widths=[120] * 8, r=10), 400000, False),           # 100,800, depth 7
 }
 
 
@@ -132,8 +134,12 @@ def figure(df, ax=None):
     t = np.geomspace(lo, hi, 50)
     ax.plot(t, t, "k-", lw=0.8)
     ax.fill_between(t, 0.85 * t, 1.15 * t, color="0.85", label="±15 %")
-    ax.errorbar(df["target"], df["llc"], yerr=2 * df["llc_se"].fillna(0), fmt="o", ms=5,
-                label="llc_watch (calibrate_llc → estimate_llc)")
+    trusted = df["status"] == "plateau"
+    for mask, face, lab in ((trusted, None, "llc_watch (calibrate_llc → estimate_llc): plateau"),
+                            (~trusted, "none", "llc_watch: calibration not trusted (says so)")):
+        if mask.any():
+            ax.errorbar(df["target"][mask], df["llc"][mask], yerr=2 * df["llc_se"][mask].fillna(0), fmt="o",
+                        ms=5, color="C0", mfc=face, label=lab)
     dv = df[np.isfinite(df["devinterp_llc"]) & (df["devinterp_llc"] > 0)]
     ax.plot(dv["true_llc"], dv["devinterp_llc"], "x", color="C3", label="devinterp 2 llc() defaults")
     ax.set(xscale="log", yscale="log", xlabel="true learning coefficient (λ or finite-n target)",
@@ -183,7 +189,11 @@ def main(argv=None):
     ax.figure.savefig(out.with_suffix(".png"), dpi=130)
     print(table(df))
     worst = df.loc[df["rel_error"].abs().idxmax()]
-    print(f"\nworst case: {worst['case']} {100 * worst['rel_error']:+.1f} %")
+    print(f"\nworst case: {worst['case']} {100 * worst['rel_error']:+.1f} % ({worst['status']})")
+    ok = df[df["status"] == "plateau"]
+    if len(ok):
+        w = ok.loc[ok["rel_error"].abs().idxmax()]
+        print(f"worst case the calibration trusted: {w['case']} {100 * w['rel_error']:+.1f} %")
 
 
 if __name__ == "__main__":

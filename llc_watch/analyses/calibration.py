@@ -24,9 +24,9 @@ from typing import Optional
 from llc_watch.io import atomic_write_json
 import json
 
-from llc_watch.llc.calibrate import (DEFAULT_GRID, RULE, Calibration, CalibrationError, choice_warnings, choose,
+from llc_watch.llc.calibrate import (DEFAULT_GRID, RULE, CalibrationError, choice_warnings, choose,
                                      mark_usable, sweep)
-from llc_watch.llc.calibration import RULE as AUTO_RULE, calibrate_llc
+from llc_watch.llc.calibration import RULE as AUTO_RULE, Calibration, calibrate_llc
 from llc_watch.llc.estimator import _json_safe, default_nbeta
 from llc_watch.run import Column, TableSchema, register_table
 
@@ -75,6 +75,9 @@ CALIBRATION_TABLE = register_table(TableSchema("calibration", "calibration_sweep
     Column("llc_se", "float", "Monte-Carlo standard error", **_O), Column("llc_observed", "float", **_O),
     Column("ess_bulk", "float", **_O), Column("ess_tail", "float", **_O), Column("mixed", "bool", **_O),
     Column("mala", "float", **_O), Column("grad_evals", "float", **_O), Column("seconds", "float", **_O),
+    Column("comparable", "bool", "the pilot mixed: its λ̂ may enter the plateau test", **_O),
+    Column("obs_drift", "float", "second − first half λ̂ on the observable", **_O),
+    Column("obs_drift_se", "float", **_O),
     Column("status", "str", "this checkpoint's verdict: plateau, extrapolated, untrusted", **_O),
     Column("choice", "json", "this checkpoint's chosen estimate_llc settings", **_O),
     Column("cal_llc", "float", "the calibration's own λ̂ at this checkpoint", **_O),
@@ -243,4 +246,26 @@ def calibrate_run(run_dir, *, steps: list[int] | None = None, epsilons=None, nbe
     given.update({k: v for k, v in (("epsilons", epsilons), ("nbetas", nbetas), ("gammas", gammas)) if v})
     df = run_analysis(CALIBRATION_ANALYSIS, run_dir, given, steps, executor, progress)
     method = df["method"].iloc[0] if "method" in df.columns else "grid"
-    return Calibration(df, df.attrs["choice"], AUTO_RULE if method == "auto" else RULE, df.attrs["choice_warnings"])
+    return run_calibration_result(df, method)
+
+
+_WORST = {"plateau": 0, "no_plateau": 1, "extrapolated": 1, "untrusted": 2}
+
+
+def run_calibration_result(df, method: str) -> Calibration:
+    """The run's calibration as the one `Calibration` type: the run-level choice, every cell, each
+    checkpoint's verdict in evidence['per_checkpoint'] (auto), and the worst status over them."""
+    choice, warns = df.attrs["choice"], list(df.attrs["choice_warnings"] or [])
+    if method == "auto":
+        per = {}
+        for step, g in df.groupby("step", sort=True):
+            r0 = g.iloc[0]
+            per[str(int(step))] = {"status": r0["status"], "llc": r0["cal_llc"], "llc_stderr": r0["cal_llc_stderr"],
+                                   "evidence": json.loads(r0["evidence"])}
+        status = max((p["status"] for p in per.values()), key=lambda s: _WORST.get(s, 2))
+        evidence = {"method": "calibrate_llc", "per_checkpoint": per, "steps": sorted(int(s) for s in per)}
+        return Calibration(choice, df, evidence, warns, status, rule=AUTO_RULE)
+    status = ("untrusted" if choice.get("untrusted") else
+              "no_plateau" if any("no plateau" in w for w in warns) else "plateau")
+    evidence = {"method": "grid", "steps": sorted(int(s) for s in df["step"].unique())}
+    return Calibration(choice, df, evidence, warns, status, rule=RULE)

@@ -17,8 +17,8 @@ Modules, each about one thing:
     calibrate    ε × nβ × γ sweeps and the grid selection rule
 """
 from . import diagnostics, exact
-from .calibrate import Calibration, CalibrationError, choose, sweep
-from .calibration import calibrate_llc
+from .calibrate import CalibrationError, choose, sweep
+from .calibration import Calibration, calibrate_llc
 from .estimator import LLCError, LLCResult, default_nbeta, devinterp_nbeta, estimate_llc, select_params
 from .sampler import SGLDSettings, SamplerError
 

@@ -19,7 +19,8 @@ Selection rule (`choose`):
 No usable cell: no choice; the message says to lower the ε grid or raise γ.
 
 The run-level driver (sweep a run's checkpoints, save calibration.json) is
-llc_watch.analyses.calibration.calibrate_run.
+llc_watch.analyses.calibration.calibrate_run; it returns the same `Calibration` as calibrate_llc
+(llc_watch.llc.calibration), with `status` "plateau", "no_plateau" or "untrusted" for this rule.
 
 The sweep is a tidy DataFrame, one row per (step, ε, nβ, γ): columns epsilon, nbeta, gamma,
 llc_mean, llc_std, llc_stderr, valid, drift, rhat, failed_chains, stable, usable, step, ...
@@ -30,12 +31,12 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .calibration import Calibration  # noqa: F401 - the one result type (re-exported)
 from .estimator import default_nbeta, estimate_llc
 from . import diagnostics as dg
 
@@ -172,11 +173,3 @@ def choice_warnings(df: pd.DataFrame, choice: dict) -> list[str]:
                            f"ε={e0:g}: no plateau in ε, so the LLC's level depends on ε; compare LLCs only "
                            "at one calibrated ε (or sweep longer chains / a finer grid)")
     return out
-
-
-@dataclass
-class Calibration:
-    sweep: pd.DataFrame     # tidy: one row per (step, ε, nβ, γ)
-    choice: dict            # settings for compute_llc (also saved in RUN/calibration.json)
-    rule: str = RULE
-    warnings: list = None   # caveats the CLI prints (see choice_warnings)

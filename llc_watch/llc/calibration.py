@@ -26,24 +26,33 @@ THE RULE (`RULE` below, in words; every number it uses is in `cal.evidence`):
     2.5 % so that, added, they stay well inside the 15 % goal.
  2. Ladder of step sizes ε_k = ε_top/3^k (k = 0 … 4), ε_top = 0.1/(nβ·h_max + γ) (≈ 2.5 %
     discretisation bias at the top rung, under 1 % one rung down). The batch B is the smallest
-    power of two from 32 (or n) with ρ(ε_top, B) <= NOISE_RATIO_MAX = 0.025 (a 2.5 % bias bound); if
-    the caller fixes B, ε_top is lowered until ρ <= 0.05 instead.
+    power of two from `cheap_batch` (B·weights <= 2^18: nearly free in wall time, and it removes
+    gradient noise the probe can miss where v is heavy-tailed) or n with ρ(ε_top, B) <=
+    NOISE_RATIO_MAX = 0.025 (a 2.5 % bias bound); if the caller fixes B, ε_top is lowered until
+    ρ <= 0.025 instead.
  3. Pilots (2 chains, independent minibatch streams, the batch control variate) from the top
-    rung down; a rung's pilot gets min(ε_top/ε, 3)× the draws, as a smaller step mixes slower.
+    rung down; a rung's pilot gets clip(ε_top/ε, 1, 3)× the draws, as a smaller step mixes slower.
     Each is judged on λ̂ with its Monte-Carlo standard error (pooled draws over their multi-chain
-    ESS, at least the cross-chain stderr) and on R̂ / bulk-tail ESS of the low-noise observable
-    (the loss on one fixed evaluation batch). A rung with a failed chain or an invalid estimate is
-    skipped (the ladder goes down). A pilot whose observable R̂ exceeds 1.05 is rerun once with
-    3× the draws: an unmixed chain started at w* reads low, and two unmixed rungs can fake a
-    plateau.
- 4. PLATEAU: the largest healthy ε whose λ̂ agrees, within 2 combined standard errors +
-    PLATEAU_REL (5 %) of λ̂, with the λ̂ one rung (3×) down: λ̂ flat for a 3× change of ε is the
-    definition the issue asks for (Lau et al. 2023 and devinterp's calibration notebooks keep
+    ESS, at least the cross-chain stderr) and on the low-noise observable (the loss on one fixed
+    evaluation batch). A rung with a failed chain or an invalid estimate is skipped (the ladder
+    goes down). A pilot that has NOT MIXED (`unmixed_reasons`: observable R̂ > 1.05, bulk ESS <
+    25 per chain, or λ̂ on the observable moving between the halves of the draws by > 3 se and
+    > 10 %) is rerun once with 3× the draws; still unmixed, its λ̂ is never compared with another
+    (`comparable` False in the sweep, `.evidence['unmixed']`, a warning): an unmixed chain started
+    at w* reads low, and two unmixed rungs read alike, a false plateau (issue 10: 13.0 and 12.0
+    on a DLN whose λ is 29.5). A rung that has not mixed ends the descent (smaller ε mixes slower);
+    when the top rung has not mixed the ladder goes UP instead (at most UP_RUNGS = 2 rungs, while
+    ε·(nβ·h_max + γ) <= 1, the batch grown to keep ρ <= 0.025) until two rungs have mixed.
+ 4. PLATEAU: the largest mixed ε whose λ̂ agrees, within 2 combined standard errors +
+    PLATEAU_REL (5 %) of λ̂, with the mixed λ̂ one rung (3×) down: λ̂ flat for a 3× change of ε is
+    the definition the issue asks for (Lau et al. 2023 and devinterp's calibration notebooks keep
     settings where λ̂ is flat in ε; Furman & Lau 2024 show the same plateau for deep linear
     networks at scale). The next rung is run only when the pair above disagrees. No agreeing
-    pair: EXTRAPOLATE λ̂ linearly to ε → 0 (weighted least squares over the healthy rungs, SGLD's
-    bias being first order in ε), say so in `.status` and `.warnings`, and choose the
-    *smallest* ε (the least biased), never the largest.
+    pair but two or more mixed rungs: EXTRAPOLATE λ̂ linearly to ε → 0 (weighted least squares
+    over the mixed rungs, SGLD's bias being first order in ε), say so in `.status` and
+    `.warnings`, and choose the *smallest* mixed ε (the least biased), never the largest. One
+    mixed rung: status UNTRUSTED (no plateau test was possible). None: UNTRUSTED, the largest
+    healthy ε is returned with a warning that its λ̂ is biased low.
  5. Checks at the chosen cell, each a warning when it fails (and in `.evidence`):
     λ̂ unchanged when the batch doubles (within 2 se + 5 %); λ̂ insensitive to γ (at 3γ, same
     test); MALA acceptance (short full-batch run) >= 0.9, devinterp's "healthy" level;
@@ -85,21 +94,32 @@ MAX_DRAWS_FACTOR = 8       # the ESS rule may raise the draws at most this much 
 RUNGS = 5                  # ε ladder ε_top/3^k; lower rungs run only while no plateau is found
 PILOT_CHAINS = 2
 PILOT_RHAT_MAX = 1.05       # a pilot with a larger R̂ on the observable is rerun 3× longer (once)
+PILOT_ESS_MIN_PER_CHAIN = 25  # ... or a smaller bulk ESS per chain on the observable
+PILOT_DRIFT_Z, PILOT_DRIFT_REL = 3.0, 0.1  # ... or observable λ̂ moving between the halves of the draws
+                            # by > 3 se and > 10 % (of max(|λ̂|, 1)): λ̂ still drifting over the chain
+STABILITY_MAX = 1.0        # going up the ladder stops where ε·(nβ·h_max + γ) would exceed this
+CHEAP_BATCH_WORK = 2 ** 18  # a batch of B examples on D sampled weights with B·D below this is taken
+                           # even when ρ does not ask for it (see `cheap_batch`)
+UP_RUNGS = 2               # at most this many rungs above ε_top when the top pilot has not mixed
 PILOT_DRAWS = 1000         # pilot draws per chain (burn-in: half as many)
 RULE = ("ε ladder ε_top/3^k from the Hessian's top curvature (ε_top·(nβ·h_max+γ) = 0.1); batch "
-        "from the gradient-noise ratio ρ = ε·nβ²·v·(1/B−1/n)/4 <= 0.025; choose the largest ε whose λ̂ "
-        "agrees with λ̂ at ε/3 within 2 se + 5 % (plateau), else extrapolate to ε→0 and take the "
-        "smallest ε; check batch ×2, γ ×3, MALA >= 0.9, R̂ <= 1.01, ESS >= 100/chain on a fixed-batch "
-        "observable")
+        "from the gradient-noise ratio ρ = ε·nβ²·v·(1/B−1/n)/4 <= 0.025, at least the cheap batch "
+        "(B·weights <= 2^18); pilots not mixed on a fixed-batch observable (R̂ > 1.05, bulk ESS < 25/chain, "
+        "λ̂ drifting) are rerun 3× longer, then never compared (up the ladder when the top has not "
+        "mixed); choose the largest mixed ε whose λ̂ agrees with the mixed λ̂ at ε/3 within 2 se + 5 % "
+        "(plateau), else extrapolate to ε→0 over the mixed rungs and take the smallest (fewer than two "
+        "mixed: untrusted); check batch ×2, γ ×3, MALA >= 0.9, R̂ <= 1.01, ESS >= 100/chain")
 
 
 @dataclass
 class Calibration:
+    """The one calibration result: of calibrate_llc (one model) and of `llc-watch calibrate RUN`
+    (analyses.calibration.calibrate_run, several checkpoints; its evidence holds each one's)."""
     choice: dict                  # estimate_llc keyword arguments
     sweep: pd.DataFrame           # one row per cell run (role: ladder / batch_check / gamma_check)
     evidence: dict                # why this cell won: probes, plateau test, checks, cost
     warnings: list[str] = field(default_factory=list)
-    status: str = "plateau"       # plateau | extrapolated | untrusted
+    status: str = "plateau"       # plateau | extrapolated | untrusted (grid rule: plateau | no_plateau | untrusted)
     llc: float = float("nan")     # the calibration's own λ̂ (extrapolated when status says so)
     llc_stderr: float = float("nan")
     rule: str = RULE
@@ -110,10 +130,16 @@ class Calibration:
 
     def summary(self) -> str:
         c = self.choice
-        return (f"{self.status}: ε={c['epsilon']:.3g} γ={c['gamma']:g} nβ={c['nbeta']:.4g} "
-                f"batch={c['batch_size']} draws={c['draws']} burn_in={c['burn_in']} "
-                f"sampler={c['sampler']}; λ̂ ≈ {self.llc:.4g} ± {self.llc_stderr:.2g}; "
-                f"{len(self.warnings)} warning(s); cost {self.evidence['cost']['ratio']:.2f}× one estimate")
+        keys = [("ε", "epsilon", ".3g"), ("γ", "gamma", "g"), ("nβ", "nbeta", ".4g"), ("batch", "batch_size", ""),
+                ("draws", "draws", ""), ("burn_in", "burn_in", ""), ("sampler", "sampler", "")]
+        parts = [f"{label}={format(c[k], fmt) if c.get(k) is not None else None}" for label, k, fmt in keys if k in c]
+        out = f"{self.status}: " + " ".join(parts)
+        if math.isfinite(self.llc):
+            out += f"; λ̂ ≈ {self.llc:.4g} ± {self.llc_stderr:.2g}"
+        out += f"; {len(self.warnings)} warning(s)"
+        if "cost" in self.evidence:
+            out += f"; cost {self.evidence['cost']['ratio']:.2f}× one estimate"
+        return out
 
 
 # --- probes at w* -----------------------------------------------------------------------------
@@ -177,6 +203,26 @@ def noise_ratio(epsilon: float, nbeta: float, v: float, batch: int, n: int) -> f
     return float(epsilon * nbeta ** 2 * v * max(1.0 / batch - 1.0 / n, 0.0) / 4.0)
 
 
+def cheap_batch(n_weights: int, n: int) -> int:
+    """The largest power-of-two batch (at most n, at least 32) with batch·weights <= CHEAP_BATCH_WORK.
+
+    Why: at B·D of a few hundred thousand multiply-adds a gradient step costs about its fixed
+    per-step overhead, so a larger batch is nearly free in wall time, and it removes gradient noise
+    the ρ probe can miss. The probe sees v at a few points; where v is heavy-tailed over the
+    posterior it reads low (normal crossing: v ≈ 0 at w*, median 0.006 and mean 0.023 over 16 chain
+    ends, yet λ̂ 0.300 at batch 32 against 0.241 at full batch, ε = 3.7e-3).
+
+        >>> cheap_batch(2, 2000), cheap_batch(188, 20000), cheap_batch(100_000, 10**6)
+        (2000, 1024, 32)
+    """
+    B = 32
+    while 2 * B <= n and 2 * B * max(n_weights, 1) <= CHEAP_BATCH_WORK:
+        B *= 2
+    if B * 2 > n and n <= CHEAP_BATCH_WORK // max(n_weights, 1):
+        B = n
+    return min(B, n)
+
+
 def _batch_for(epsilon, nbeta, v, n, start=32) -> int:
     B = start
     while B < n and noise_ratio(epsilon, nbeta, v, B, n) > NOISE_RATIO_MAX:
@@ -206,15 +252,40 @@ def _mcse_llc(r) -> tuple[float, float]:
     return r.llc_mean, float(se)
 
 
+def observable_drift(r) -> tuple[float, float]:
+    """(second-half − first-half λ̂ on the low-noise observable, its standard error) over the
+    healthy chains' post-burn-in observations; each half's error from its own multi-chain ESS,
+    so slow, correlated chains get a wide error (NaN when too short)."""
+    d = r.diagnostics
+    ob, steps = d.get("observed"), d.get("observe_steps") or []
+    if ob is None or not len(steps):
+        return float("nan"), float("nan")
+    keep = [k for k, t in enumerate(steps) if t >= r.hyperparameters["burn_in"]]
+    healthy = [f is None for f in r.chain_failed]
+    x = np.asarray(ob, dtype=float)[healthy][:, keep]
+    h = x.shape[1] // 2
+    if x.shape[0] == 0 or h < 8:
+        return float("nan"), float("nan")
+    nb = r.hyperparameters["nbeta"]
+    a, b = x[:, :h], x[:, x.shape[1] - h:]
+    ses = []
+    for part in (a, b):
+        e = dg._ess(part)
+        ses.append(part.std(ddof=1) / math.sqrt(e) if math.isfinite(e) and e > 0 else float("nan"))
+    return float(nb * (b.mean() - a.mean())), float(nb * math.hypot(*ses))
+
+
 def _row(r, role, cost) -> dict:
     lam, se = _mcse_llc(r)
     h, d = r.hyperparameters, r.diagnostics
+    od, od_se = observable_drift(r)
     return {"role": role, "epsilon": h["epsilon"], "gamma": h["gamma"], "nbeta": h["nbeta"],
             "batch_size": h["batch_size"], "sampler": h["sampler"], "chains": h["chains"],
             "draws": h["draws"], "burn_in": h["burn_in"], "llc": lam, "llc_se": se,
             "llc_observed": d.get("llc_observed"), "valid": r.valid, "failed_chains": d["n_failed"],
             "rhat": d["rhat"], "ess_bulk": d["ess_bulk"], "ess_tail": d["ess_tail"],
-            "mixed": d["mixed"], "drifting": d["drifting"], "mala": d.get("mala_acceptance_mean"),
+            "mixed": d["mixed"], "drifting": d["drifting"], "obs_drift": od, "obs_drift_se": od_se,
+            "mala": d.get("mala_acceptance_mean"),
             "grad_evals": cost, "seconds": r.timing["total_s"]}
 
 
@@ -231,10 +302,28 @@ def _healthy(row) -> bool:
     return bool(row["valid"] and row["failed_chains"] == 0 and math.isfinite(row["llc"]))
 
 
+def unmixed_reasons(row) -> list[str]:
+    """Why a pilot's λ̂ cannot be compared with another's yet (empty: mixed enough), all on the
+    low-noise observable: R̂ > PILOT_RHAT_MAX (2 chains cannot show 1.01 reliably at pilot length;
+    the final run is held to 1.01), bulk ESS < PILOT_ESS_MIN_PER_CHAIN per chain, or λ̂ still
+    drifting between the halves of the draws. Unmixed chains start at w* and read LOW, and two
+    unmixed rungs read alike: they fake a plateau (issue 10's DLN of 188 weights: 13.0 and 12.0
+    for a true 29.5)."""
+    out = []
+    if not (math.isfinite(row["rhat"]) and row["rhat"] <= PILOT_RHAT_MAX):
+        out.append(f"R̂ {row['rhat']:.3f} > {PILOT_RHAT_MAX}")
+    need = PILOT_ESS_MIN_PER_CHAIN * row["chains"]
+    if not (math.isfinite(row["ess_bulk"]) and row["ess_bulk"] >= need):
+        out.append(f"bulk ESS {row['ess_bulk']:.0f} < {need}")
+    od, se = row.get("obs_drift", float("nan")), row.get("obs_drift_se", float("nan"))
+    if math.isfinite(od) and abs(od) > PILOT_DRIFT_REL * max(abs(row["llc"]), 1.0) \
+            and not (math.isfinite(se) and abs(od) <= PILOT_DRIFT_Z * se):
+        out.append(f"λ̂ drifting over the chain (second − first half {od:+.3g} ± {se:.2g})")
+    return out
+
+
 def _pilot_mixed(row) -> bool:
-    """A pilot is mixed enough to compare when R̂ <= PILOT_RHAT_MAX on its observable (2 chains
-    cannot show 1.01 reliably at pilot length; the final run is held to 1.01)."""
-    return bool(math.isfinite(row["rhat"]) and row["rhat"] <= PILOT_RHAT_MAX)
+    return not unmixed_reasons(row)
 
 
 def extrapolate_to_zero(eps, lam, se) -> tuple[float, float]:
@@ -287,7 +376,7 @@ def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float 
             curv = curv / (math.sqrt(gv["sq"]) + 0.1)
         eps_top = TOP_CURVATURE_BIAS / curv
         if batch_size is None:
-            B = _batch_for(eps_top, nb, gv["v"], n)
+            B = _batch_for(eps_top, nb, gv["v"], n, start=cheap_batch(flat.n_sampled, n))
         else:
             B = min(int(batch_size), n)
             rho = noise_ratio(eps_top, nb, gv["v"], B, n)
@@ -321,31 +410,49 @@ def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float 
                   f"R̂={row['rhat']:.3f} ESS={row['ess_bulk']:.0f}", flush=True)
         return row
 
-    # ladder from the top: a rung's pilot gets min(ε_top/ε, 3)× the draws (a smaller step mixes
-    # slower); the next rung down is run only when needed
-    cells: dict[int, dict] = {}
+    # ladder from the top: a rung's pilot gets clip(ε_top/ε, 1, 3)× the draws (a smaller step
+    # mixes slower); the next rung down is run only when needed. Cells are keyed by ε.
+    cells: dict[float, dict] = {}
     ladder: list[float] = []
+    eps_ref = [eps_top]
+    unmixed: list[dict] = []
 
-    def cell(k):
-        if k not in cells:
-            mult = min(ladder[0] / ladder[k], 3.0)
-            d_k = int(math.ceil(draws * mult))
-            row = run("ladder", ladder[k], gamma, B, PILOT_CHAINS, draws_=d_k,
-                      burn_=int(math.ceil(burn_in * mult)))
-            if _healthy(row) and not _pilot_mixed(row):   # an unmixed pilot reads low: once 3× longer
-                row["role"] = "ladder_short"
-                row = run("ladder", ladder[k], gamma, B, PILOT_CHAINS, draws_=3 * d_k,
-                          burn_=int(math.ceil(3 * burn_in * mult)))
-            cells[k] = row
-        return cells[k]
+    def cell(e, B_=None, lengthen=True):
+        if e in cells and lengthen and cells[e].get("short"):   # probed only: now judge it properly
+            cells[e]["role"], cells[e]["comparable"] = "ladder_short", False
+            del cells[e]
+        if e not in cells:
+            Bc = B if B_ is None else B_
+            mult = min(max(eps_ref[0] / e, 1.0), 3.0)
+            d_k, b_k = int(math.ceil(draws * mult)), int(math.ceil(burn_in * mult))
+            row = run("ladder", e, gamma, Bc, PILOT_CHAINS, draws_=d_k, burn_=b_k)
+            if not lengthen and _healthy(row) and not _pilot_mixed(row):
+                row["short"], row["comparable"] = True, False   # lengthened only if asked for again
+                cells[e] = row
+                return row
+            if _healthy(row) and not _pilot_mixed(row):   # unmixed: once 3× longer
+                row["role"], row["comparable"] = "ladder_short", False
+                row = run("ladder", e, gamma, Bc, PILOT_CHAINS, draws_=3 * d_k, burn_=3 * b_k)
+                why = unmixed_reasons(row) if _healthy(row) else []
+                if why:   # still unmixed: its λ̂ is not compared with any other (it reads low)
+                    row["comparable"] = False
+                    unmixed.append({"epsilon": e, "draws": 3 * d_k, "reasons": why})
+                    warnings.append(f"ε={e:.3g}: pilots not mixed after {3 * d_k} draws ({'; '.join(why)}); "
+                                    "their λ̂ is not used for the plateau test")
+            row.setdefault("comparable", _healthy(row))
+            cells[e] = row
+        return cells[e]
 
     # a singular w* (e.g. zero weights) has little curvature or gradient noise at w* itself, and
     # much more where the posterior lives: re-probe at the top pilot's final weights and restart
     # the ladder lower (or with a larger batch) when the plan changes (at most twice)
     for attempt in range(4):
         ladder = sorted(epsilons, reverse=True) if epsilons else [eps_top / 3 ** k for k in range(RUNGS)]
+        eps_ref[0] = ladder[0]
         cells.clear()
-        top = cell(0)
+        unmixed.clear()
+        warnings.clear()
+        top = cell(ladder[0], lengthen=False)
         if epsilons or attempt == 3:
             break
         W = last["r"].final_weights
@@ -364,16 +471,45 @@ def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float 
             break
         h_max, gv, curv, eps_top, B = h_new, gv_new, curv2, min(eps2, eps_top), max(B2, B)
 
+    # the top rung healthy but unmixed: smaller steps mix slower still, so go UP the ladder (at
+    # most UP_RUNGS rungs, while ε·(nβ·h_max + γ) <= STABILITY_MAX), the batch grown with ε to
+    # keep the gradient-noise ratio under NOISE_RATIO_MAX, until two rungs have mixed
+    cell(ladder[0])                       # the top rung, lengthened if it had not mixed
+    went_up = []
+    if not epsilons and _healthy(cells[ladder[0]]):
+        while len(went_up) < UP_RUNGS and sum(c["comparable"] for c in cells.values()) < 2:
+            e_up = ladder[0] * 3
+            if e_up * curv > STABILITY_MAX:
+                break
+            B_up = _batch_for(e_up, nb, gv["v"], n, start=B) if batch_size is None else B
+            if noise_ratio(e_up, nb, gv["v"], B_up, n) > NOISE_RATIO_MAX:
+                break
+            ladder.insert(0, e_up)
+            went_up.append({"epsilon": e_up, "batch": B_up})
+            if not _healthy(cell(e_up, B_up)):
+                break
+        if went_up:
+            warnings.append(f"the pilot at ε_top={eps_ref[0]:.3g} had not mixed: went up the ladder to "
+                            f"ε={ladder[0]:.3g} (batch {cells[ladder[0]]['batch_size']})")
+
+    # plateau: from the top, the first pair of neighbouring rungs, both mixed, that agree. A rung
+    # that has not mixed ends the descent (a smaller ε mixes slower still).
     tests, chosen, status = [], None, "extrapolated"
     for k in range(len(ladder) - 1):
-        top = cell(k)
+        top = cell(ladder[k])
         if not _healthy(top):
             warnings.append(f"ε={ladder[k]:.3g}: {top['failed_chains']} failed chain(s) or invalid "
                             "estimate; going down the ladder")
             continue
-        low = cell(k + 1)
+        if not top["comparable"]:
+            if ladder[k] < eps_ref[0]:
+                break
+            continue
+        low = cell(ladder[k + 1])
         if not _healthy(low):
             continue
+        if not low["comparable"]:
+            break
         ok, diff, allowed = _agree(top, low)
         tests.append({"epsilon": top["epsilon"], "vs": low["epsilon"], "agree": ok,
                       "diff": diff, "allowed": allowed})
@@ -381,28 +517,43 @@ def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float 
             chosen, status = top, "plateau"
             break
     if chosen is None:   # no plateau: make sure the ladder has a healthy rung, from the top down
-        for k in range(len(ladder)):
+        for e in ladder:
             if any(_healthy(c) for c in cells.values()):
                 break
-            cell(k)
-    lad = sorted((c for c in cells.values() if _healthy(c)), key=lambda r: r["epsilon"])
-    if not lad:
+            cell(e)
+    healthy_cells = sorted((c for c in cells.values() if _healthy(c)), key=lambda r: r["epsilon"])
+    if not healthy_cells:
         raise LLCError(f"calibrate_llc: every ε of the ladder {[f'{e:.3g}' for e in ladder]} failed "
                        "(chains diverged); pass smaller epsilons or a larger gamma")
-    eps_l, lam_l, se_l = ([r["epsilon"] for r in lad], [r["llc"] for r in lad],
-                          [r["llc_se"] if math.isfinite(r["llc_se"]) else abs(r["llc"]) for r in lad])
-    lam0, se0 = extrapolate_to_zero(eps_l, lam_l, se_l)
-    if chosen is None:
+    lad = [c for c in healthy_cells if c["comparable"]]
+    lam0, se0 = float("nan"), float("nan")
+    if lad:
+        eps_l, lam_l, se_l = ([r["epsilon"] for r in lad], [r["llc"] for r in lad],
+                              [r["llc_se"] if math.isfinite(r["llc_se"]) else abs(r["llc"]) for r in lad])
+        lam0, se0 = extrapolate_to_zero(eps_l, lam_l, se_l)
+    if chosen is not None:
+        llc, llc_se = chosen["llc"], chosen["llc_se"]
+    elif len(lad) >= 2:
         chosen = lad[0]
         moves = ", ".join(f"{r['llc']:.4g} at ε={r['epsilon']:.2g}" for r in lad)
         warnings.append(
             f"NO PLATEAU: λ̂ moves with ε ({moves}); "
-            f"chose the smallest ε={chosen['epsilon']:.3g}; extrapolated λ̂(ε→0) = {lam0:.4g} ± {se0:.2g}")
+            f"chose the smallest mixed ε={chosen['epsilon']:.3g}; extrapolated λ̂(ε→0) = {lam0:.4g} ± {se0:.2g}")
         llc, llc_se = lam0, se0
-    else:
+    elif len(lad) == 1:
+        chosen, status = lad[0], "untrusted"
+        warnings.append(f"UNTRUSTED: only ε={chosen['epsilon']:.3g} mixed; with no second mixed ε there is "
+                        "no plateau test, so its ε-bias is unmeasured")
         llc, llc_se = chosen["llc"], chosen["llc_se"]
+    else:
+        chosen, status = healthy_cells[-1], "untrusted"
+        warnings.append(f"UNTRUSTED: NOT MIXED at any ε tried ({', '.join(f'{c:.3g}' for c in sorted(cells))}); "
+                        f"took the largest healthy ε={chosen['epsilon']:.3g}, whose λ̂ {chosen['llc']:.4g} is likely "
+                        "biased LOW (chains start at w*); give more pilot draws, or a larger gamma")
+        llc, llc_se = chosen["llc"], chosen["llc_se"]
+    B = int(chosen["batch_size"])
     ev_checks = {}
-    if checks:
+    if checks and chosen["comparable"]:   # checks at an unmixed cell would measure nothing
         if B < n:
             B2 = min(2 * B, n)
             rb = run("batch_check", chosen["epsilon"], gamma, B2, PILOT_CHAINS,
@@ -442,14 +593,15 @@ def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float 
                   batch_size=int(B), draws=final_draws, burn_in=int(chosen["burn_in"]), sampler=sampler,
                   chains=int(chains), terms_per_example=float(terms_per_example),
                   per_chain_batches=True, batch_control=True)
-    sweep = pd.DataFrame(rows)
+    sweep = pd.DataFrame(rows).drop(columns=["short"], errors="ignore")
+    sweep["comparable"] = sweep["comparable"].fillna(False).astype(bool) if "comparable" in sweep else False
     one = per_step(chains, B) * (chosen["burn_in"] + final_draws)
     cal_cost = float(sweep["grad_evals"].sum())
     evidence = {
         "nbeta": nb, "nbeta_rule": nb_rule, "n": n, "h_max": h_max, "grad_var_per_example": gv["v"],
         "curvature": curv, "epsilon_top": eps_top, "ladder": sorted(ladder), "probes": probes,
         "noise_ratio": noise_ratio(chosen["epsilon"], nb, gv["v"], B, n),
-        "plateau_tests": tests, "extrapolated_llc": lam0, "extrapolated_se": se0, "checks": ev_checks,
+        "plateau_tests": tests, "unmixed": unmixed, "went_up": went_up, "extrapolated_llc": lam0, "extrapolated_se": se0, "checks": ev_checks,
         "pilot_draws": draws, "pilot_burn_in": burn_in, "pilot_chains": PILOT_CHAINS,
         "chosen_row": {k: chosen[k] for k in ("epsilon", "llc", "llc_se", "rhat", "ess_bulk", "ess_tail")},
         "cost": {"calibration_example_grads": cal_cost, "one_estimate_example_grads": float(one),
