@@ -95,12 +95,30 @@ def test_checkpoints_of_a_run_with_the_job_settings(tmp_path):
         s, model, loss_fn, data = checkpoint_problem(c, settings)
         assert_same(r, estimate_llc(model, loss_fn, data, **estimator_kwargs(s, model)))
     assert all(r.timing["batched_stacked"] for r in many)
-    # with per-checkpoint seeds every checkpoint runs on its own seed, as llc_job does
+    # with per-checkpoint seeds (the default) every checkpoint runs on its own seed, as llc_job
+    # does, and they still share one stacked pass: each row block draws its own noise and batches
     from llc_watch.analyses.llc import checkpoint_seed
     settings = {**settings, "seed_per_checkpoint": True}
     many = estimate_checkpoints(ckpts, settings)
     assert [r.hyperparameters["seed"] for r in many] == [checkpoint_seed(settings, c.step) for c in ckpts]
     assert len({r.hyperparameters["seed"] for r in many}) == len(ckpts)
+    assert all(r.timing["batched_stacked"] for r in many)
+    for c, r in zip(ckpts, many):
+        s, model, loss_fn, data = checkpoint_problem(c, settings)
+        assert_same(r, estimate_llc(model, loss_fn, data, **{**estimator_kwargs(s, model), "seed": r.hyperparameters["seed"]}))
+
+
+def test_own_seeds_stack_and_equal_separate_runs():
+    """estimate_llc_many(seeds=...) gives each model its own seed's noise and minibatches in one
+    stacked pass: the same per-chain values as estimate_llc at that seed."""
+    models, loss_fn, data = checkpoints(3)
+    seeds = [11, 12, 13]
+    many = estimate_llc_many(models, loss_fn, data, seeds=seeds, **KW)
+    assert all(r.timing["batched_stacked"] for r in many)
+    for m, sd, r in zip(models, seeds, many):
+        assert_same(r, estimate_llc(m, loss_fn, data, **{**KW, "seed": sd}))
+    with pytest.raises(LLCError, match="one seed per model"):
+        estimate_llc_many(models, loss_fn, data, seeds=[1], **KW)
 
 
 def test_llc_command_stacked_equals_one_job_per_checkpoint(tmp_path):
@@ -113,7 +131,7 @@ def test_llc_command_stacked_equals_one_job_per_checkpoint(tmp_path):
     cfg = RunConfig.from_preset("addition-tiny").with_overrides(
         ["train.steps=40", "checkpoints.n_log=3", "checkpoints.n_linear=2", "train.threads=1"])
     run = train(cfg, tmp_path / "run", progress=False)
-    settings = {"chains": 2, "draws": 15, "burn_in": 5, "n_data": 256, "seed_per_checkpoint": False}
+    settings = {"chains": 2, "draws": 15, "burn_in": 5, "n_data": 256}   # per-checkpoint seeds
     stacked = compute_llc(run.dir, {**settings, "stack_checkpoints": True}, progress=False)
     results = sorted((run.dir / "results" / "llc").glob("*.json"))
     for p in results:

@@ -65,8 +65,8 @@ class LLCSettings(SettingsBase):
                                       # to cross-check (no diagnostics; valid = every chain finite)
     seed_per_checkpoint: bool = True  # every checkpoint samples with its own seed, derived from (seed, step):
                                       # independent errors across checkpoints, as the stage map's GP assumes
-                                      # (the seed used is in llc.csv). False: `seed` everywhere (common noise;
-                                      # what lets a GPU stack checkpoints in one pass)
+                                      # (the seed used is in llc.csv; stacked GPU passes keep each checkpoint's
+                                      # own noise). False: `seed` everywhere (common noise across checkpoints)
 
     def validate(self):
         for name in ("epsilon", "nbeta"):
@@ -338,17 +338,11 @@ def estimate_checkpoints(checkpoints, settings: dict, *, block_size: int | None 
     s, model0, loss_fn, data = problems[0]
     kwargs = estimator_kwargs(s, model0)
     from llc_watch.llc.batched import estimate_llc_many
-    # checkpoints stack in one pass only where they share a seed (common noise): with per-checkpoint
-    # seeds each one is its own group (same results as llc_job, one pass each)
+    # every checkpoint keeps its own seed (independent errors) and still shares the stacked pass:
+    # its rows draw its own noise and minibatches (same results as llc_job at that checkpoint)
     seeds = [checkpoint_seed(s, c.step) for c in checkpoints]
-    out: list = [None] * len(checkpoints)
-    for seed in dict.fromkeys(seeds):
-        idx = [i for i, x in enumerate(seeds) if x == seed]
-        rs = estimate_llc_many([problems[i][1] for i in idx], loss_fn, data, block_size=block_size,
-                               return_exceptions=return_exceptions, **{**kwargs, "seed": seed})
-        for i, r in zip(idx, rs):
-            out[i] = r
-    return out
+    return estimate_llc_many([p[1] for p in problems], loss_fn, data, block_size=block_size,
+                             return_exceptions=return_exceptions, seeds=seeds, **kwargs)
 
 
 # --- run level -----------------------------------------------------------------------------------
@@ -425,8 +419,8 @@ class LLC(Analysis):
         stack = settings.stack_checkpoints
         if stack is None:
             stack = resolve_device(settings.device).type == "cuda"
-        if not stack or settings.backend != "ours" or settings.seed_per_checkpoint:
-            return None   # per-checkpoint seeds: nothing shares a pass (--no-seed-per-checkpoint to stack)
+        if not stack or settings.backend != "ours":
+            return None
         return llc_batch
 
 

@@ -28,11 +28,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from .data import batch_leaves
+from .data import DeviceBatches, batch_leaves
 from .estimator import LLCError, LLCResult, estimate_llc
 from .sampler import NOISE_BLOCK, ChainRun, intercept_runs, run_chains
 
@@ -56,7 +57,8 @@ class _Call:
 
 
 def estimate_llc_many(models: list[nn.Module], loss_fn, data, *, block_size: int | None = None,
-                      return_exceptions: bool = False, **kwargs) -> list:
+                      return_exceptions: bool = False, seeds: Sequence[int] | None = None,
+                      **kwargs) -> list:
     """estimate_llc(model, loss_fn, data, **kwargs) for every model, sampled in stacked blocks.
 
     models: checkpoints of one architecture (same parameter names and shapes).
@@ -64,6 +66,9 @@ def estimate_llc_many(models: list[nn.Module], loss_fn, data, *, block_size: int
         CPU, CPU_MAX_ROWS stacked chains).
     return_exceptions: a checkpoint whose estimate raises gives its exception in its place in the
         list (the others still run); False re-raises the first one.
+    seeds: one sampler seed per model (default: kwargs' seed for all). Checkpoints with their own
+        seeds still share one stacked pass (each row draws its own checkpoint's noise and
+        minibatches) when their minibatches are per chain (the default) and on the device.
     kwargs: everything estimate_llc takes (seed, chains, draws, ...), the same for every model.
     Each result's timing gains `batched_checkpoints` (the block's size), `batched_stacked`
     (whether they shared one run; False when settings or held-fixed weights differ, which falls
@@ -73,13 +78,16 @@ def estimate_llc_many(models: list[nn.Module], loss_fn, data, *, block_size: int
     models = list(models)
     if not models:
         return []
+    if seeds is not None and len(seeds) != len(models):
+        raise LLCError(f"seeds has {len(seeds)} entries for {len(models)} models (one seed per model)")
     if block_size is not None and (not isinstance(block_size, int) or block_size < 1):
         raise LLCError(f"block_size={block_size!r} must be a positive integer or None (as many as fit)")
     out: list = []
     i = 0
     while i < len(models):
         size = block_size or _auto_block(models[i:], loss_fn, data, kwargs)
-        out += _block(models[i:i + size], loss_fn, data, kwargs, return_exceptions)
+        out += _block(models[i:i + size], loss_fn, data, kwargs, return_exceptions,
+                      None if seeds is None else list(seeds[i:i + size]))
         i += size
     return out
 
@@ -109,7 +117,7 @@ def _activation_floats(model: nn.Module) -> int:
     return 64 * sum(p.numel() for p in model.parameters())
 
 
-def _block(models, loss_fn, data, kwargs, return_exceptions) -> list:
+def _block(models, loss_fn, data, kwargs, return_exceptions, seeds=None) -> list:
     """One stacked run for `models`: every checkpoint's estimate_llc in its own thread."""
     K = len(models)
     calls: list[_Call | None] = [None] * K
@@ -126,7 +134,8 @@ def _block(models, loss_fn, data, kwargs, return_exceptions) -> list:
 
         try:
             with intercept_runs(handler):
-                return estimate_llc(models[k], loss_fn, data, **kwargs)
+                return estimate_llc(models[k], loss_fn, data,
+                                    **(kwargs if seeds is None else {**kwargs, "seed": seeds[k]}))
         finally:
             if calls[k] is None:          # failed before sampling: count it as arrived
                 arrived.release()
@@ -198,7 +207,11 @@ def _stackable(calls: list[_Call]) -> bool:
         f, s = c.args[1], c.args[2]
         if s != s0 or not c.kwargs.get("vectorized", True):
             return False
-        if any(not _same(c.kwargs.get(k), c0.kwargs.get(k)) for k in SHARED_KWARGS):
+        if any(not _same(c.kwargs.get(k), c0.kwargs.get(k)) for k in SHARED_KWARGS if k != "seed"):
+            return False
+        if c.kwargs.get("row_seeds") is not None:
+            return False
+        if c.kwargs["seed"] != c0.kwargs["seed"] and not _own_rows(c, c0):
             return False
         if list(c.kwargs.get("draw_steps", ())) != list(c0.kwargs.get("draw_steps", ())):
             return False
@@ -212,6 +225,15 @@ def _stackable(calls: list[_Call]) -> bool:
         if (ob is None) != (ob0 is None) or (ob is not None and not _same(batch_leaves(ob)[0], batch_leaves(ob0)[0])):
             return False
     return True
+
+
+def _own_rows(c: _Call, c0: _Call) -> bool:
+    """Whether checkpoints with different seeds can share a pass: each chain has its own
+    minibatch stream on the device over the same data, so row blocks can be stacked."""
+    g, g0 = c.kwargs.get("get_batch"), c0.kwargs.get("get_batch")
+    return (bool(c.kwargs.get("per_chain_batches")) and isinstance(g, DeviceBatches)
+            and isinstance(g0, DeviceBatches) and g.index.shape == g0.index.shape
+            and len(g.leaves) == len(g0.leaves) and all(_same(a, b) for a, b in zip(g.leaves, g0.leaves)))
 
 
 class _Tiled:
@@ -245,7 +267,12 @@ def _stacked_runs(calls: list[_Call]) -> list[ChainRun]:
     C = kw["chains"]
     ids = list(kw.get("chain_ids") or range(C))
     get0 = kw["get_batch"]
-    get_batch = _Tiled(get0, K) if kw.get("per_chain_batches") else get0
+    seeds = [c.kwargs["seed"] for c in calls]
+    if len(set(seeds)) > 1:   # each checkpoint its own seed: its rows draw its own batches and noise
+        get_batch = DeviceBatches.stack_rows([c.kwargs["get_batch"] for c in calls])
+        kw.update(row_seeds=[sd for sd in seeds for _ in range(C)])
+    else:
+        get_batch = _Tiled(get0, K) if kw.get("per_chain_batches") else get0
     centers = torch.cat([c.args[1].w_star.to(flat.w_star.device).expand(C, -1) for c in calls])
     kw.update(chains=K * C, chain_ids=ids * K, centers=centers, get_batch=get_batch, progress=None)
     run = run_chains(loss_of, flat, s, **kw)

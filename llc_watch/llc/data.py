@@ -224,6 +224,23 @@ class DeviceBatches:
         self.index = torch.stack([stream.indices(t) for t in range(steps)]).to(self.device)  # [T, (C,) B]
         self.steps = steps
 
+    @classmethod
+    def stack_rows(cls, parts: list["DeviceBatches"]) -> "DeviceBatches":
+        """One chain-stacked get_batch whose rows are the parts' rows in order (parts over the
+        same data, each with [T, C_k, B] indices): row block k draws part k's minibatches.
+
+            >>> src = DataSource(torch.arange(10.0))
+            >>> a, b = (DeviceBatches(src, ChainMinibatchStreams(10, 3, seed=s, chains=2), 4, "cpu") for s in (0, 1))
+            >>> ab = DeviceBatches.stack_rows([a, b])
+            >>> tuple(ab(2).shape), bool((ab(2)[2:] == b(2)).all())
+            ((4, 3), True)
+        """
+        p0 = parts[0]
+        out = cls.__new__(cls)
+        out.device, out.leaves, out.rebuild, out.steps = p0.device, p0.leaves, p0.rebuild, p0.steps
+        out.index = torch.cat([p.index for p in parts], dim=1)
+        return out
+
     def __call__(self, t: int):
         return self.rebuild([x[self.index[t]] for x in self.leaves])
 

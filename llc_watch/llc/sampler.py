@@ -260,14 +260,20 @@ class ChainRun:
     captured: bool = False          # whether the step ran as a captured CUDA graph
 
 
-def chain_generators(seed: int, chains: int, device, chain_ids=None) -> list[torch.Generator]:
+def chain_generators(seed: int, chains: int, device, chain_ids=None, row_seeds=None) -> list[torch.Generator]:
     """One noise generator per chain, seeded from (seed, chain id) so chain c's noise does not
-    depend on how many chains run beside it. chain_ids: the id of each row (default 0..C−1)."""
+    depend on how many chains run beside it. chain_ids: the id of each row (default 0..C−1);
+    row_seeds: the seed of each row (default `seed` for all; the stacked checkpoint path gives
+    each checkpoint's rows that checkpoint's seed)."""
     from llc_watch.tasks.base import derive_seed  # stable sha256-based seed derivation
+    ids = list(range(chains)) if chain_ids is None else list(chain_ids)
+    seeds = [seed] * len(ids) if row_seeds is None else list(row_seeds)
+    if len(seeds) != len(ids):
+        raise SamplerError(f"row_seeds has {len(seeds)} entries for {len(ids)} chains")
     gens = []
-    for c in (range(chains) if chain_ids is None else chain_ids):
+    for sd, c in zip(seeds, ids):
         g = torch.Generator(device=device)
-        g.manual_seed(derive_seed(seed, "sgld-noise", int(c)))
+        g.manual_seed(derive_seed(int(sd), "sgld-noise", int(c)))
         gens.append(g)
     return gens
 
@@ -284,8 +290,8 @@ class ChainNoise:
     """
 
     def __init__(self, seed: int, chains: int, D: int, device, dtype=torch.float32, chain_ids=None,
-                 block: int = NOISE_BLOCK):
-        self.gens = chain_generators(seed, chains, device, chain_ids)
+                 block: int = NOISE_BLOCK, row_seeds=None):
+        self.gens = chain_generators(seed, chains, device, chain_ids, row_seeds)
         self.block = block
         self.buf = torch.empty(chains, block, D, device=device, dtype=dtype)
         self.filled = -1
@@ -363,7 +369,7 @@ def run_chains(loss_of: Callable, flat: FlatParams, s: SGLDSettings, *, chains: 
                centers: torch.Tensor | None = None, per_chain_batches: bool = False,
                observe_batch=None, observe_every: int = 0,
                chain_ids: Sequence[int] | None = None, capture: bool | None = None,
-               precision: str = "fp32") -> ChainRun:
+               precision: str = "fp32", row_seeds: Sequence[int] | None = None) -> ChainRun:
     """Run `chains` localised SGLD chains for `steps` steps, chain c from its centre.
 
     get_batch(t) gives step t's minibatch, shared by every chain; with per_chain_batches=True it
@@ -381,6 +387,8 @@ def run_chains(loss_of: Callable, flat: FlatParams, s: SGLDSettings, *, chains: 
     chain_ids: the noise identity of each row (default 0..C−1): row i draws the noise of chain
         chain_ids[i] (the batched checkpoint path gives chain c of every checkpoint the noise
         estimate_llc gives chain c).
+    row_seeds: the noise seed of each row (default `seed` for every row): stacked checkpoints
+        sampled with their own seeds keep their own noise.
     capture: run the vectorised step as a captured CUDA graph (None: when on CUDA). The captured
         and the eager step run the same operations, so they give the same numbers.
     precision: the matmuls' precision during sampling, "fp32" (default), "tf32" or "bf16" (see
@@ -399,7 +407,7 @@ def run_chains(loss_of: Callable, flat: FlatParams, s: SGLDSettings, *, chains: 
                            center_loss=center_loss, progress=progress, centers=centers,
                            per_chain_batches=per_chain_batches, observe_batch=observe_batch,
                            observe_every=observe_every, chain_ids=chain_ids, capture=capture,
-                           precision=precision)
+                           precision=precision, row_seeds=row_seeds)
         finally:
             _INTERCEPT.reset(token)
     s.validate()
@@ -421,7 +429,7 @@ def run_chains(loss_of: Callable, flat: FlatParams, s: SGLDSettings, *, chains: 
     r = _Run(s=s, loss_of=loss_of, mask=flat.mask, w_star=w_star, centers=centers,
              C0=w_star.expand(chains, D) if centers is None else centers,
              per_chain_batches=per_chain_batches,
-             noise=ChainNoise(seed, chains, D, device, w_star.dtype, chain_ids),
+             noise=ChainNoise(seed, chains, D, device, w_star.dtype, chain_ids, row_seeds=row_seeds),
              get_batch=get_batch, steps=steps,
              draw_set=set(draw_steps) if mala and s.kind == "sgld" else set(),
              observe_steps=list(range(0, steps, observe_every)) if observe_every else [],
