@@ -132,7 +132,8 @@ def plot_probes(ax: Axes, probes: pd.DataFrame, features: Sequence[str] | None =
     """Each feature's curve (held-out balanced accuracy of the train-selected probe, best position:
     llc_watch.probes.feature_curves, what the stage map reads); the control dotted."""
     best = feature_curves(probes, on_missing_train="test")
-    ctrl = probe_control(probes, control)
+    measure = best["measure"].iloc[0] if len(best) and best["measure"].nunique() == 1 else "accuracy"
+    ctrl = probe_control(probes, control, measure=measure)
     feats = list(features) if features is not None else sorted(best["feature"].unique())
     colors = matplotlib.colormaps["tab10"]
     for i, f in enumerate(feats):
