@@ -16,6 +16,8 @@ site at that position, each evaluated by exact-match accuracy and answer loss:
     random_projection x <- x - U (U^T x - a)            a random decision set with the probe's offset
                                                         (the paper's random control: x - (u.x + b_hat) u)
     random            x <- x - U (U^T x - mean(U^T x))  mean ablation along random U (the mean's control)
+    projection_all    the projection at every answer position of the feature at once (position -1),
+                      against random_shift_all (each position's displacement along its own random U)
 
 U: `n_random` random orthonormal [d, r] frames. random_shift is the like-for-like control of the
 projection: it moves every example exactly as far as the projection does, only not along the probe;
@@ -67,6 +69,7 @@ class AblationSettings(SettingsBase):
                                       # the probe's offset); each costs n_random passes per (feature, position)
     kinds: tuple[str, ...] = ("binary", "categorical")   # feature kinds ablated (numeric probes have no decision set)
     n_boot: int = 1000                # bootstrap resamples for the intervals (0: none)
+    all_positions: bool = True        # also ablate each feature at all its answer positions at once (projection_all)
     level: float = 0.9                # bootstrap interval level
 
     def validate(self):
@@ -88,48 +91,6 @@ class AblationSettings(SettingsBase):
 
 
 DEFAULT_SETTINGS: dict = AblationSettings().to_dict()
-
-
-# ----------------------------------------------------------------------------------------------
-# Hooks: each edits one position of one site, for `model(tokens, hooks={site: hook})`
-# ----------------------------------------------------------------------------------------------
-
-def projection_hook(position: int, w_hat: torch.Tensor, b_hat: torch.Tensor):
-    """x[:, position] <- x - (w_hat.x + b_hat) w_hat: onto the hyperplane (w_hat a unit vector)."""
-    def hook(x):  # [B, T, d]
-        x = x.clone()
-        v = x[:, position]
-        x[:, position] = v - (v @ w_hat + b_hat)[:, None] * w_hat
-        return x
-    return hook
-
-
-def mean_hook(position: int, w_hat: torch.Tensor, mean: torch.Tensor):
-    """x[:, position] <- x - (w_hat.x - mean) w_hat: the component along w_hat set to its mean."""
-    return projection_hook(position, w_hat, -mean)
-
-
-def random_hook(position: int, U: torch.Tensor, means: torch.Tensor):
-    """For inputs stacked [R*B, T, d] (r-major), edit copy r along its own unit direction U[r].
-
-    U [R, d], means [R] (mean of U[r].x on the probe set): x <- x - (U[r].x - means[r]) U[r].
-    """
-    R = U.shape[0]
-
-    def hook(x):
-        x = x.clone()
-        v = x[:, position].view(R, -1, x.shape[-1])                 # [R, B, d]
-        coef = torch.einsum("rbd,rd->rb", v, U) - means[:, None]    # [R, B]
-        x[:, position] = (v - coef[..., None] * U[:, None]).reshape(-1, x.shape[-1])
-        return x
-    return hook
-
-
-def random_directions(d: int, n: int, seed: int, device=None) -> torch.Tensor:
-    """n unit vectors [n, d], uniform on the sphere, a pure function of seed."""
-    g = torch.Generator().manual_seed(seed)
-    U = torch.randn(n, d, generator=g)
-    return (U / U.norm(dim=-1, keepdim=True)).to(device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -198,6 +159,25 @@ class SubspaceEdit:
                 B, a0 = along
                 coef = (torch.einsum("rbd,dk->rbk", v, B) - a0).expand(R, -1, -1)
             x[:, pos] = (v - torch.einsum("rbk,rdk->rbd", coef, V)).reshape(-1, x.shape[-1])
+            return x
+        return hook
+
+
+class ComposedEdit:
+    """Sliceable edits of one site at different positions, applied in turn (a feature ablated at
+    every answer position at once)."""
+
+    sliceable = True
+
+    def __init__(self, edits: list):
+        self.edits = list(edits)
+
+    def __call__(self, r0: int, r1: int):
+        hooks = [e(r0, r1) for e in self.edits]
+
+        def hook(x):
+            for h in hooks:
+                x = h(x)
             return x
         return hook
 
@@ -334,6 +314,7 @@ def ablate_model(model, task, settings: dict, run_seed: int = 0, step: int = 0) 
         return mean_cache[(site, pos, r)]
 
     rows = []
+    parts: dict[str, list] = {}   # feature -> [(site, pos, B, a0)]: for the all-positions ablation
     for (feat, pos), (site, fit) in sorted(best.items()):
         w, b = fit["w"].to(device), fit["b"].to(device)
         if not torch.isfinite(w).all() or w.norm() == 0:
@@ -341,6 +322,7 @@ def ablate_model(model, task, settings: dict, run_seed: int = 0, step: int = 0) 
             continue
         B, a0 = probe_subspace(w, b)
         r = B.shape[1]
+        parts.setdefault(feat, []).append((site, pos, B, a0))
         acts = site_acts(site, pos)                                                 # [N, d]
         coords = acts @ B                                                           # [N, r]
         mean0 = coords[train_rows].mean(0)
@@ -390,6 +372,57 @@ def ablate_model(model, task, settings: dict, run_seed: int = 0, step: int = 0) 
                              "ci_lo": lo, "ci_hi": hi, "random_mean": float(rm.mean()), "random_std": float(rm.std()),
                              "excess": float("nan"), "excess_lo": float("nan"), "excess_hi": float("nan"),
                              "shift": float("nan")})
+    if s.get("all_positions", True):
+        rows += _ablate_all_positions(parts, model, task, ev, ev_random, ok_clean, loss_clean, s, boot,
+                                      {f: _shared_columns(rows, f) for f in parts})
+    return rows
+
+
+def _shared_columns(rows: list[dict], feat: str) -> dict:
+    """The per-checkpoint columns a feature's rows share (clean accuracy, sizes)."""
+    r = next(r for r in rows if r["feature"] == feat)
+    return {k: r[k] for k in ("step", "feature", "kind", "clean_acc", "clean_loss", "n_random", "n_eval",
+                              "n_eval_random")}
+
+
+def _ablate_all_positions(parts, model, task, ev, ev_random, ok_clean, loss_clean, s, boot, shared) -> list[dict]:
+    """method projection_all: each feature's best probes projected out at all its answer positions at
+    once (a feature ablated whole), against random_shift_all (every position's own displacement along
+    its own random frame). position -1; site: the sites involved, '+'-joined."""
+    rows = []
+    n_rand = len(ev_random)
+    for feat, ps_ in sorted(parts.items()):
+        if len(ps_) < 2:
+            continue   # one position: the per-position rows say it all
+        by_site: dict[str, list] = {}
+        ctrl_site: dict[str, list] = {}
+        for site, pos, B, a0 in ps_:
+            by_site.setdefault(site, []).append(SubspaceEdit(pos, B[None], a0[None]))
+            V = random_frames(B.shape[0], B.shape[1], s["n_random"], derive_seed(s["seed"], "all", feat, site, pos),
+                              None, B.device)
+            ctrl_site.setdefault(site, []).append(SubspaceEdit(pos, V, along=(B, a0)))
+        ok, loss = (v[0] for v in evaluate_examples(model, task, ev, {k: ComposedEdit(e) for k, e in by_site.items()},
+                                                    chunk=s["chunk"]))
+        okc, lossc = evaluate_examples(model, task, ev_random, {k: ComposedEdit(e) for k, e in ctrl_site.items()},
+                                       repeat=s["n_random"], chunk=s["chunk"])
+        ref = {"acc_drop": ok_clean[None, :n_rand] - okc, "loss_rise": lossc - loss_clean[None, :n_rand]}
+        per = {"acc_drop": ok_clean - ok, "loss_rise": loss - loss_clean}
+        base = {**shared[feat], "layer": -1, "site": "+".join(sorted(by_site)), "position": -1,
+                "rank": int(sum(B.shape[1] for _, _, B, _ in ps_)), "probe_train_log_loss": float("nan"),
+                "probe_accuracy": float("nan"), "probe_balanced_accuracy": float("nan")}
+        seed = derive_seed(s["seed"], "all", feat)
+        for measure, x in per.items():
+            rm = ref[measure].mean(1)
+            lo, hi = bootstrap_interval(x, **boot, seed=derive_seed(seed, measure))
+            diff = x[:n_rand] - ref[measure].mean(0)
+            elo, ehi = bootstrap_interval(diff, **boot, seed=derive_seed(seed, measure, "excess"))
+            common = {"random_mean": float(rm.mean()), "random_std": float(rm.std()), "shift": float("nan")}
+            rows.append({**base, **common, "method": "projection_all", "measure": measure, "value": float(x.mean()),
+                         "ci_lo": lo, "ci_hi": hi, "excess": float(diff.mean()), "excess_lo": elo, "excess_hi": ehi})
+            clo, chi = bootstrap_interval(ref[measure], **boot, seed=derive_seed(seed, measure, "control"))
+            rows.append({**base, **common, "method": "random_shift_all", "measure": measure,
+                         "value": float(ref[measure].mean()), "ci_lo": clo, "ci_hi": chi, "excess": float("nan"),
+                         "excess_lo": float("nan"), "excess_hi": float("nan")})
     return rows
 
 

@@ -80,6 +80,8 @@ def test_projection_of_planted_direction_removes_behaviour_random_does_not():
         assert drop[(pos, "random")] < 0.05               # random directions leave it
         assert drop[(pos, "random_shift")] < 0.05         # so does the probe's own displacement, elsewhere
         assert drop[(pos, "random_projection")] < 0.05
+    # the bit removed at all four positions at once: every answer a coin flip per position
+    assert drop[(-1, "projection_all")] > 0.85 and drop[(-1, "random_shift_all")] < 0.05
     row = df[(df.method == "projection") & (df.measure == "acc_drop")].iloc[0]
     assert row.random_std >= 0 and row.value > row.random_mean + 3 * row.random_std
     # one of T=4 positions falls to a coin flip: mean answer loss rises by about ln(2) / 4
@@ -95,7 +97,7 @@ def test_compute_ablations_on_a_run_and_rerun_skips(tiny_run, monkeypatch):
     assert (tiny_run.dir / "ablations.csv").is_file()
     assert {"step", "feature", "site", "position", "method", "measure", "value", "random_mean",
             "random_std"} <= set(df.columns)
-    assert set(df.method) == {"projection", "mean", "random", "random_shift"}
+    assert set(df.method) == {"projection", "mean", "random", "random_shift", "projection_all", "random_shift_all"}
     calls = []
     monkeypatch.setattr(A, "ablate_model", lambda *a, **k: calls.append(1))
     assert len(compute_ablations(tiny_run.dir, s, checkpoints=steps, progress=False)) == len(df)
