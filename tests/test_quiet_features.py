@@ -24,7 +24,8 @@ def _summary(task, verdicts, ablations, drop=True):
 def _abl(feature, drop, lo, hi, excess_lo, control=0.01):
     return dict(feature=feature, position=3, site="resid", acc_drop=drop, ci_lo=lo, ci_hi=hi, clean_acc=1.0,
                 random_shift=control, random_cov=control, random_projection=control, random=control,
-                excess=drop - control, excess_lo=excess_lo, excess_hi=drop, step=2500.0)
+                excess=drop - control, excess_lo=excess_lo, excess_hi=drop, step=2500.0, all_drop=drop, all_ci_lo=lo,
+                all_ci_hi=hi, all_control=control, all_excess_lo=excess_lo)
 
 
 def test_claim_verdicts_follow_the_intervals():
