@@ -110,14 +110,16 @@ def pipeline_settings(quick: bool, features=None):
                       "essential_dynamics": {"n_inputs": 64}},
             checkpoints={"llc": 6, "probes": 6, "ablations": 3},
             skip=("calibration", "crosscoder", "fourier"))
+    # the demo's SGLD settings (its grid calibration chooses ε, nβ, γ per run), at fewer checkpoints:
+    # what a shared 2-core CPU affords for several tasks in an evening
     llc = {"chains": 4, "draws": 100, "burn_in": 50, "batch_size": 32, "n_data": 4096, "observe_every": 10,
            "observe_size": 128}
     return PipelineSettings(
         settings={"calibration": {**llc, "method": "grid", "epsilons": [3e-6, 1e-5, 3e-5, 1e-4]}, "llc": llc,
                   "probes": {"n_train": 1024, "n_test": 256},
-                  "ablations": {**abl, "n_train": 1024, "n_test": 256, "random_eval": 64,
+                  "ablations": {**abl, "n_train": 1024, "n_test": 256, "random_eval": 64, "n_boot": 500,
                                 **({"features": list(features)} if features else {})}},
-        checkpoints={"llc": 16, "probes": 16, "ablations": 8},
+        checkpoints={"llc": 12, "probes": 14, "ablations": 6},
         skip=("crosscoder", "fourier"), workers=2)
 
 
