@@ -24,7 +24,7 @@ from .jobs import make_executor, run_checkpoint_jobs
 from .llc import Calibration, CalibrationError, LLCError, LLCResult, calibrate_llc, estimate_llc, exact
 from .llc.batched import estimate_llc_many
 from .pipeline import PipelineSettings, run_pipeline
-from .probes import quiet_or_loud
+from .analyses.probes import quiet_or_loud
 from .report import write_report
 from .signals import Signal
 from .stages import Boundary, StageMap, align_boundaries, find_boundaries, stage_map

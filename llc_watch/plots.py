@@ -33,7 +33,8 @@ from .axes import set_step_axis
 from .analyses.ablations import ablation_effect
 from .analyses.base import tables_signals
 from .analyses.llc import llc_rows as _llc_valid
-from .analyses.probes import best_probe, probe_control
+from .analyses.probes import probe_control
+from .probes import feature_curves
 from .signals import Signal
 from .stages import StageMap, smooth_signal
 
@@ -128,9 +129,11 @@ def plot_llc(ax: Axes, llc: pd.DataFrame, smooth=None, show_smooth: bool = True)
 
 def plot_probes(ax: Axes, probes: pd.DataFrame, features: Sequence[str] | None = None,
                 control: str = "shuffled") -> Axes:
-    """Best probe accuracy per feature (max over layer, site, position); the control dotted."""
-    best = best_probe(probes)
-    ctrl = probe_control(probes, control)
+    """Each feature's curve (held-out balanced accuracy of the train-selected probe, best position:
+    llc_watch.probes.feature_curves, what the stage map reads); the control dotted."""
+    best = feature_curves(probes, on_missing_train="test")
+    measure = best["measure"].iloc[0] if len(best) and best["measure"].nunique() == 1 else "accuracy"
+    ctrl = probe_control(probes, control, measure=measure)
     feats = list(features) if features is not None else sorted(best["feature"].unique())
     colors = matplotlib.colormaps["tab10"]
     for i, f in enumerate(feats):
@@ -141,7 +144,7 @@ def plot_probes(ax: Axes, probes: pd.DataFrame, features: Sequence[str] | None =
             ax.plot(c["step"], c["value"], ":", lw=1, color=colors(i % 10), alpha=0.7)
     if len(ctrl):
         ax.plot([], [], ":", color="gray", label=f"{control} control")
-    ax.set_ylabel("best probe acc")
+    ax.set_ylabel("probe bal. acc" if (best["measure"] == "balanced_accuracy").any() else "probe acc")
     ax.legend(loc="best", fontsize="small", frameon=False, ncol=2)
     return set_step_axis(ax)
 

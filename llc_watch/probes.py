@@ -436,8 +436,9 @@ def fit_checkpoint_probes(model, task, settings: dict, run_seed: int = 0, step: 
                 measures = ["r2"] if group.kind == "numeric" else ["accuracy", "balanced_accuracy", "log_loss"]
                 if group.kind != "numeric":
                     base["train_log_loss"] = float(train["log_loss"][gi, fi])
-                for mname in measures:
-                    rows.append({**base, "measure": mname, "value": float(test[mname][gi, fi]), "control": "probe"})
+                for mname in measures:  # train_value: the same measure on the train rows (what selects)
+                    rows.append({**base, "measure": mname, "value": float(test[mname][gi, fi]), "control": "probe",
+                                 "train_value": float(train[mname][gi, fi])})
                 if controls and s["shuffled"]:
                     for mname in measures:
                         rows.append({**base, "measure": mname, "value": float(test[mname][gi, F + fi]),
@@ -459,7 +460,7 @@ def fit_checkpoint_probes(model, task, settings: dict, run_seed: int = 0, step: 
 
 
 # ----------------------------------------------------------------------------------------------
-# Whole run: step-0 control, quiet-or-loud (the driver is llc_watch.analyses.probes)
+# Whole run: step-0 control, each feature's curve (quiet-or-loud: llc_watch.analyses.probes)
 # ----------------------------------------------------------------------------------------------
 
 KEY = ["feature", "layer", "site", "position", "measure"]
@@ -484,64 +485,71 @@ def add_step0_control(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([df, s0, sel], ignore_index=True)
 
 
-def loss_drop_step(metrics: pd.DataFrame, acc_level: float = 0.5) -> tuple[float, str]:
-    """(step, how) of the loss drop: the first checkpoint whose test exact-match accuracy reaches
-    `acc_level` (the sudden fall in loss is the rise in accuracy; the loss itself first falls early
-    to the output-unigram level, which is not the drop we mean). Falls back to train accuracy."""
-    for split in ("test", "train"):
-        acc = metrics[metrics.measure == f"{split}_acc"].sort_values("step")
-        if len(acc):
-            hit = acc[acc.value >= acc_level]
-            return (float(hit.step.iloc[0]) if len(hit) else math.inf), f"{split}_acc >= {acc_level}"
-    raise ValueError("metrics.csv has no test_acc or train_acc rows to locate the loss drop")
+def _selection(p: pd.DataFrame) -> tuple[str, bool]:
+    """(column, lower_is_better) that picks the best site: the train log-loss (Naidu et al.), else
+    the measure's train value; never the test value (that would select on the test set)."""
+    for col, lower in (("train_log_loss", True), ("train_value", False)):
+        if col in p.columns and p[col].notna().all():
+            return col, lower
+    raise ValueError("the probes table has no train metric (train_log_loss / train_value) to select probes by; "
+                     "rerun `llc-watch probe RUN` (tables written before this release select on the test set)")
 
 
-def quiet_or_loud(probes: pd.DataFrame, metrics: pd.DataFrame, threshold: float = 0.9,
-                  measure: str = "balanced_accuracy", acc_level: float = 0.5,
-                  reduce: str = "mean", drop: tuple[float, str] | None = None) -> pd.DataFrame:
-    """Per feature: the step its best probes first reach `threshold` vs the step the loss drops.
+HEAD_MEASURES = ("balanced_accuracy", "accuracy", "r2")  # the reported value per feature, in order of preference
+FORMED_REDUCE = "max"   # over answer positions: a feature is held when some position's probe holds it
 
-    drop: (step, how it was found) of the loss drop. The run-level analysis passes the stage map's
-    one definition (llc_watch.stages.loss_drop, its steepest point); without it, the first step
-    test accuracy reaches `acc_level` stands in.
 
-    At each step, each position's best probe (over sites) is taken, then reduced over positions
-    (`mean`, `min` or `max`): the feature is 'held' when that value reaches `threshold`.
-    status: quiet (held before the drop), loud (at or after it), at_init (held at step 0 already),
-    never (not held at any probed step). Evidence columns give the values and losses behind it.
+def feature_curves(probes: pd.DataFrame, reduce: str = FORMED_REDUCE, measures=HEAD_MEASURES,
+                   on_missing_train: str = "raise") -> pd.DataFrame:
+    """Per (feature, step): the held-out value of each position's probe selected by its train metric
+    (lowest train log-loss over layers and sites, as Naidu et al. select; R^2 on train rows for
+    numeric probes), reduced over positions (`max`, `mean` or `min`).
+
+    The value is the first of `measures` the feature has: balanced accuracy (a majority-class
+    predictor scores 0.5 however imbalanced the classes, where raw accuracy can start at 0.75),
+    else accuracy, else R^2. on_missing_train: "raise", or "test" to select on the test value with a
+    warning (old tables). Returns feature, step, value, measure, site, layer, position (of the
+    position that sets the reduced value for max/min; of the first position for mean), selected_by.
+
+        >>> rows = [dict(feature="c", step=10, layer=0, site=s, position=0, measure="balanced_accuracy",
+        ...              control="probe", value=v, train_log_loss=t)
+        ...         for s, v, t in (("resid", 0.95, 0.30), ("mlp", 0.99, 0.40))]
+        >>> feature_curves(pd.DataFrame(rows))[["site", "value"]].values.tolist()   # train-selected
+        [['resid', 0.95]]
     """
-    p = probes[(probes.control == "probe") & (probes.measure == measure)]
-    if measure not in ("accuracy", "balanced_accuracy", "r2"):
-        raise ValueError(f"quiet_or_loud: measure {measure!r} must be higher-is-better (accuracy, balanced_accuracy, r2)")
-    drop, how = drop if drop is not None else loss_drop_step(metrics, acc_level)
-    loss = metrics[metrics.measure == "test_loss"].set_index("step").value
+    if reduce not in ("max", "mean", "min"):
+        raise ValueError(f"reduce={reduce!r}: choose max, mean or min")
+    if on_missing_train not in ("raise", "test"):
+        raise ValueError(f"on_missing_train={on_missing_train!r}: choose raise or test")
+    p = probes[(probes["control"].fillna("probe") == "probe")] if "control" in probes.columns else probes
+    p = p[np.isfinite(p["value"].astype(float))]
     out = []
     for feat, d in p.groupby("feature"):
-        best = d.groupby(["step", "position"]).value.max().groupby("step").agg(reduce).sort_index()
-        held = best[best >= threshold]
-        step = float(held.index[0]) if len(held) else math.inf
-        s0 = float(best.iloc[0]) if best.index[0] == 0 else float("nan")
-        if not len(held):
-            status = "never"
-        elif step == 0:
-            status = "at_init"
-        else:
-            status = "quiet" if step < drop else "loud"
-        at = d[d.step == step] if len(held) else d.iloc[0:0]
-        top = at.loc[at.value.idxmax()] if len(at) else None
-        out.append({
-            "feature": feat, "status": status, "feature_step": step, "drop_step": drop, "drop_rule": how,
-            "measure": measure, "threshold": threshold, "reduce": reduce,
-            "value_at_feature_step": float(best.loc[step]) if len(held) else float("nan"),
-            "value_at_drop_step": float(best[best.index <= drop].iloc[-1]) if (best.index <= drop).any() else float("nan"),
-            "final_value": float(best.iloc[-1]), "step0_value": s0,
-            "test_loss_at_feature_step": float(loss.get(step, float("nan"))) if len(held) else float("nan"),
-            "test_loss_at_drop_step": float(loss.get(drop, float("nan"))),
-            "best_site": top.site if top is not None else "", "best_position": int(top.position) if top is not None else -1,
-        })
-    return pd.DataFrame(out)
+        m = next((m for m in measures if (d["measure"] == m).any()), None)
+        if m is None:
+            continue
+        d = d[d["measure"] == m]
+        try:
+            col, lower = _selection(d)
+        except ValueError:
+            if on_missing_train != "test":
+                raise
+            warnings.warn(f"probes of {feat}: no train metric, selected on the test value (rerun llc-watch probe)")
+            col, lower = "value", False
+        key = d[col].astype(float) * (1 if lower else -1)
+        best = d.assign(_k=key).sort_values("_k", kind="stable").groupby(["step", "position"], as_index=False).first()
+        for step, g in best.groupby("step"):
+            if reduce == "mean":
+                at, val = g.iloc[0], float(g["value"].mean())
+            else:
+                at = g.loc[g["value"].idxmax() if reduce == "max" else g["value"].idxmin()]
+                val = float(at["value"])
+            out.append({"feature": feat, "step": float(step), "value": val, "measure": m, "site": at["site"],
+                        "layer": int(at["layer"]), "position": int(at["position"]), "selected_by": col})
+    cols = ["feature", "step", "value", "measure", "site", "layer", "position", "selected_by"]
+    return pd.DataFrame(out, columns=cols).sort_values(["feature", "step"]).reset_index(drop=True)
 
 
 __all__ = ["DEFAULT_SETTINGS", "LinearFit", "fit_logistic", "fit_multinomial", "fit_ridge", "binary_metrics",
            "categorical_metrics", "numeric_metrics", "majority_metrics", "fit_checkpoint_probes", "ProbeSettings",
-           "add_step0_control", "quiet_or_loud", "loss_drop_step", "resolve_settings"]
+           "add_step0_control", "feature_curves", "resolve_settings", "HEAD_MEASURES", "FORMED_REDUCE"]

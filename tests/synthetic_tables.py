@@ -128,11 +128,13 @@ def synthetic_run_tables(seed: int = 0, total: int = 20000, noise: float = 1.0,
                     curve = sigmoid_step(steps, at * (1 + 2 * (1 - good)), 0.3, 0.5, 0.5 + 0.48 * good)
                     accs = np.clip(curve + 0.01 * rng.standard_normal(n), 0, 1)
                     for s, a in zip(steps, accs):
-                        base = dict(step=s, feature=feat, layer=layer, site=site, position=pos)
+                        # the train log-loss ranks probes as the true curve does (what selects them)
+                        base = dict(step=s, feature=feat, layer=layer, site=site, position=pos,
+                                    train_log_loss=1.0 - good)
                         prows += [dict(base, measure="accuracy", value=a, control="probe"),
                                   dict(base, measure="log_loss", value=-np.log(max(a, 1e-3)), control="probe"),
                                   dict(base, measure="accuracy", value=0.5 + 0.01 * rng.standard_normal(),
-                                       control="shuffled")]
+                                       control="shuffled", train_log_loss=np.log(2))]
     probes = from_schema("probes", pd.DataFrame(prows).assign(kind="binary", n_train=1024, n_test=256))
 
     arows = []

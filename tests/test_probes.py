@@ -4,10 +4,10 @@ import pandas as pd
 import pytest
 import torch
 
-from llc_watch.analyses.probes import compute_probes, probe_job
-from llc_watch.probes import (add_step0_control, binary_metrics, categorical_metrics,
+from llc_watch.analyses.probes import compute_probes, probe_job, quiet_or_loud
+from llc_watch.probes import (add_step0_control, binary_metrics, categorical_metrics, feature_curves,
                               fit_logistic, fit_multinomial, fit_ridge, numeric_metrics,
-                              quiet_or_loud, resolve_settings)
+                              resolve_settings)
 
 
 def planted(n=1200, d=16, seed=0, scale=1.0):
@@ -109,19 +109,75 @@ def test_unknown_feature_and_bad_ranges_are_refused_before_work(tiny_run):
             compute_probes(tiny_run.dir, given, progress=False)
 
 
-def test_step0_control_and_quiet_or_loud_on_a_synthetic_table():
-    rows = []
-    for step, val_q, val_l in [(0, .5, .5), (10, .95, .6), (100, .97, .7), (1000, .99, .98)]:
-        for feat, v in (("quiet_feat", val_q), ("loud_feat", val_l)):
-            rows.append(dict(step=step, feature=feat, layer=0, site="blocks.0.hook_resid_post", position=3,
-                             measure="balanced_accuracy", value=v, control="probe"))
+def test_step0_control_on_a_synthetic_table():
+    rows = [dict(step=step, feature="f", layer=0, site="resid", position=3, measure="balanced_accuracy", value=v,
+                 control="probe") for step, v in [(0, .5), (10, .95), (1000, .99)]]
     df = add_step0_control(pd.DataFrame(rows))
-    s0 = df[(df.control == "step0") & (df.step == 1000) & (df.feature == "loud_feat")]
+    s0 = df[(df.control == "step0") & (df.step == 1000) & (df.measure == "balanced_accuracy")]
     assert float(s0.value.iloc[0]) == 0.5
-    metrics = pd.DataFrame([dict(step=s, measure="test_acc", value=a) for s, a in
-                            [(0, 0), (10, 0), (100, 0.1), (1000, 1.0)]] +
-                           [dict(step=s, measure="test_loss", value=l) for s, l in
-                            [(0, 1.6), (10, .7), (100, .65), (1000, .01)]])
-    q = quiet_or_loud(df, metrics, threshold=0.9).set_index("feature")
-    assert q.loc["quiet_feat", "status"] == "quiet" and q.loc["quiet_feat", "feature_step"] == 10
-    assert q.loc["loud_feat", "status"] == "loud" and q.loc["loud_feat", "drop_step"] == 1000
+
+
+STEPS = np.unique(np.geomspace(1, 20000, 45).astype(int)).astype(float)
+
+
+def _sig(at, lo=0.0, hi=1.0, width=0.2):
+    return lo + (hi - lo) / (1 + np.exp(-(np.log1p(STEPS) - np.log(at)) / width))
+
+
+def _planted_probe_rows():
+    """Two sites per feature: `resid` has the lower train log-loss; `mlp` looks better on the
+    test set (a selection on the test set would pick it). Accuracy rows carry a 0.9 majority
+    baseline (imbalanced labels) where balanced accuracy starts at 0.5."""
+    rows = []
+    truth = {"quiet_feat": _sig(150, 0.5), "loud_feat": _sig(4000, 0.5), "stalls": _sig(150, 0.5, 0.8),
+             "init_feat": np.full(len(STEPS), 0.97)}
+    for feat, curve in truth.items():
+        for site, tl in (("resid", 0.2), ("mlp", 0.6)):
+            # the test-set winner rises 10x earlier than the train-selected probe
+            v = curve if site == "resid" else np.maximum(curve, _sig(15, 0.5))
+            for s, val in zip(STEPS, v):
+                base = dict(step=s, feature=feat, layer=0, site=site, position=1, control="probe", kind="binary",
+                            train_log_loss=tl)
+                rows.append(dict(base, measure="balanced_accuracy", value=val))
+                rows.append(dict(base, measure="accuracy", value=0.9 + 0.1 * (val - 0.5) / 0.5))
+    return pd.DataFrame(rows)
+
+
+def _planted_metrics():
+    loss = 0.7 - 0.69 * _sig(1000, width=0.15)
+    acc = _sig(1000, width=0.15)
+    return pd.DataFrame([dict(step=s, measure=m, value=v) for m, c in
+                         (("train_loss", loss), ("test_loss", loss), ("train_acc", acc), ("test_acc", acc))
+                         for s, v in zip(STEPS, c)])
+
+
+def test_feature_curves_select_by_train_metric_and_report_balanced_accuracy():
+    c = feature_curves(_planted_probe_rows()).set_index(["feature", "step"])
+    assert set(c["site"]) == {"resid"} and set(c["measure"]) == {"balanced_accuracy"}
+    assert c.loc[("quiet_feat", STEPS[0]), "value"] < 0.55   # chance is 0.5, not the 0.9 majority rate
+    with pytest.raises(ValueError, match="no train metric"):
+        feature_curves(_planted_probe_rows().drop(columns="train_log_loss"))
+    with pytest.warns(UserWarning, match="selected on the test value"):
+        t = feature_curves(_planted_probe_rows().drop(columns="train_log_loss"), on_missing_train="test")
+    mid = t[(t.feature == "quiet_feat") & t.step.between(20, 60)]
+    assert len(mid) and set(mid["site"]) == {"mlp"}   # test selection picks the earlier-looking probe
+
+
+def test_quiet_or_loud_uses_the_stage_maps_onsets_and_drop():
+    """probes_quiet.csv and the stage map: the same formed onset and the same drop, by construction."""
+    from llc_watch.analyses.probes import probe_signals
+    from llc_watch.analyses.training import metrics_signals
+    from llc_watch.stages import loss_drop, stage_map
+    probes, metrics = _planted_probe_rows(), _planted_metrics()
+    q = quiet_or_loud(probes, metrics).set_index("feature")
+    assert q.loc["quiet_feat", "status"] == "quiet" and q.loc["quiet_feat", "before_drop"]
+    assert 60 < q.loc["quiet_feat", "feature_step"] < 300    # the train-selected probe's rise, not the mlp one's
+    assert q.loc["loud_feat", "status"] == "loud" and not q.loc["loud_feat", "before_drop"]
+    assert q.loc["stalls", "status"] == "never" and q.loc["init_feat", "status"] == "at_init"
+    assert 600 < q.loc["quiet_feat", "drop_step"] < 1600
+    sm = stage_map({**metrics_signals(metrics), **probe_signals(probes)}, resamples=100)
+    onsets = {b.signal: b.step for b in sm.boundaries if b.kind == "onset"}
+    assert set(onsets) == {"probe:quiet_feat", "probe:loud_feat"}  # the stalled rise keeps no onset
+    assert onsets["probe:quiet_feat"] == q.loc["quiet_feat", "feature_step"]
+    assert loss_drop(sm).step == q.loc["quiet_feat", "drop_step"]
+    assert any("probe:quiet_feat" in e for e in sm.stages.loc[sm.stages["quiet"], "quiet_events"])

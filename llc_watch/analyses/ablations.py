@@ -15,9 +15,18 @@ from .base import Analysis, run_analysis
 
 ABLATIONS_TABLE = register_table(TableSchema("ablations", "ablations.csv", "llc-watch ablate RUN", (
     Column("step", "int"), Column("feature", "str"), Column("layer", "int"), Column("site", "str"),
-    Column("position", "int"), Column("method", "str", "projection, mean, random"),
-    Column("measure", "str", "acc_drop, loss_increase, ..."), Column("value", "float"),
-    Column("random_mean", "float", "the random-direction control's mean"), Column("random_std", "float"),
+    Column("position", "int"),
+    Column("method", "str", "projection, mean, random, random_shift, random_cov, random_projection"),
+    Column("measure", "str", "acc_drop, loss_rise"), Column("value", "float"),
+    Column("random_mean", "float", "the matched control's mean (projection: random_shift; mean: random)"),
+    Column("random_std", "float", "its standard deviation over random directions"),
+    Column("ci_lo", "float", "bootstrap interval of value (examples; directions too for controls)", required=False),
+    Column("ci_hi", "float", required=False),
+    Column("excess", "float", "value minus the matched control, paired on the control's examples", required=False),
+    Column("excess_lo", "float", "bootstrap interval of excess", required=False),
+    Column("excess_hi", "float", required=False),
+    Column("kind", "str", "binary or categorical feature", required=False),
+    Column("rank", "int", "dimension of the ablated subspace (1 for binary, <= K-1 for K classes)", required=False),
     Column("shift", "float"), Column("clean_acc", "float"), Column("clean_loss", "float"),
     Column("n_eval", "int"), Column("n_eval_random", "int"), Column("n_random", "int"),
     Column("probe_accuracy", "float"), Column("probe_balanced_accuracy", "float"),
@@ -35,15 +44,18 @@ def ablate_job(checkpoint, settings: dict) -> list[dict]:
 def ablation_effect(ablations: pd.DataFrame, measure: str = "acc_drop", method: str = "projection") -> pd.DataFrame:
     """Largest projection-ablation effect per (feature, step) with its random-direction control.
 
-    Returns feature, step, value, random_mean, random_std, excess (value - random_mean), site, position.
+    Returns feature, step, value, random_mean, random_std, excess (value - matched control), site,
+    position, and the bootstrap intervals (ci_lo, ci_hi, excess_lo, excess_hi) when the table has them.
     """
     a = ablations[(ablations["method"] == method) & (ablations["measure"] == measure)].copy()
     a = a[np.isfinite(a["value"].astype(float))]
     if a.empty:
         return pd.DataFrame(columns=["feature", "step", "value", "random_mean", "random_std", "excess"])
-    a["excess"] = a["value"] - a["random_mean"].fillna(0.0)
+    if "excess" not in a.columns or a["excess"].isna().all():   # tables before the paired excess
+        a["excess"] = a["value"] - a["random_mean"].fillna(0.0)
     idx = a.groupby(["feature", "step"])["excess"].idxmax()
     keep = ["feature", "step", "value", "random_mean", "random_std", "excess", "site", "position"]
+    keep += [c for c in ("ci_lo", "ci_hi", "excess_lo", "excess_hi") if c in a.columns]
     return a.loc[idx, keep].sort_values(["feature", "step"]).reset_index(drop=True)
 
 
@@ -54,11 +66,13 @@ class Ablations(Analysis):
     schema = ABLATIONS_TABLE
     job = staticmethod(ablate_job)
     help = "ablate probe directions at every checkpoint, against random directions"
-    description = ("Project activations onto each best probe's hyperplane (and mean-ablate along its normal) at "
-                   "every checkpoint; compare with random unit directions at the same site. Writes ablations.csv.")
+    description = ("Project activations onto each best probe's decision set (hyperplane; for K classes the subspace "
+                   "where all class logits tie) at every checkpoint, and mean-ablate along it; compare with matched "
+                   "random controls (the same displacement along random or covariance directions, random "
+                   "hyperplanes with the probe's offset), with bootstrap intervals. Writes ablations.csv.")
 
     def applies_to(self, task):
-        return any(f.kind == "binary" for f in task.features.values())
+        return any(f.kind in ("binary", "categorical") for f in task.features.values())
 
     def settings(self, run, given=None):
         s = self.Settings.from_mapping(given)

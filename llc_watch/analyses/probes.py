@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from llc_watch.stages import stage_map
-from llc_watch.probes import ProbeSettings, add_step0_control, fit_checkpoint_probes, quiet_or_loud
+from llc_watch.probes import FORMED_REDUCE, ProbeSettings, add_step0_control, feature_curves, fit_checkpoint_probes
+from llc_watch.stages import FORMED_THRESHOLD, feature_verdicts, stage_map
+from llc_watch.stages.quiet import VERDICT_COLUMNS
 from llc_watch.run import Column, TableSchema, register_table
 from llc_watch.signals import Signal
 
@@ -27,20 +28,19 @@ PROBES_TABLE = register_table(TableSchema("probes", "probes.csv", "llc-watch pro
     Column("value", "float"), Column("control", "str", "probe, shuffled, majority, step0"),
     Column("kind", "str", "binary, categorical, numeric"), Column("n_train", "int"), Column("n_test", "int"),
     Column("train_log_loss", "float", required=False),
+    Column("train_value", "float", "the same measure on the probe's train rows (what selects the best probe)",
+           required=False),
 )))
-QUIET_TABLE = register_table(TableSchema("probes_quiet", "probes_quiet.csv", "llc-watch probe RUN", (
-    Column("feature", "str"), Column("status", "str", "quiet, loud, at_init, never"),
-    Column("feature_step", "float"), Column("drop_step", "float"), Column("drop_rule", "str"),
-    Column("measure", "str"), Column("threshold", "float"), Column("reduce", "str"),
-    Column("value_at_feature_step", "float"), Column("value_at_drop_step", "float"), Column("final_value", "float"),
-    Column("step0_value", "float"), Column("test_loss_at_feature_step", "float"),
-    Column("test_loss_at_drop_step", "float"), Column("best_site", "str"), Column("best_position", "int"),
-)))
+_QUIET_TYPES = {"feature": "str", "status": "str", "before_drop": "bool", "formed_by": "str", "drop_rule": "str"}
+QUIET_TABLE = register_table(TableSchema("probes_quiet", "probes_quiet.csv", "llc-watch probe RUN", tuple(
+    Column(c, _QUIET_TYPES.get(c, "float"),
+           "quiet, early, loud, at_init, never (llc_watch.stages.quiet)" if c == "status" else "")
+    for c in VERDICT_COLUMNS)))
 
 
 @dataclass(frozen=True)
 class ProbeRunSettings(ProbeSettings):
-    threshold: float = 0.9            # balanced accuracy at which a feature counts as formed (quiet-or-loud)
+    threshold: float = FORMED_THRESHOLD   # held-out balanced accuracy (R^2) at which a feature counts as formed
 
     def validate(self):
         super().validate()
@@ -111,16 +111,13 @@ class Probes(Analysis):
         df = add_step0_control(table)
         try:
             metrics = run.metrics()
-            run.write_table("probes_quiet", quiet_or_loud(df, metrics, threshold=settings.threshold,
-                                                          drop=stage_map_drop(metrics)))
+            run.write_table("probes_quiet", quiet_or_loud(df, metrics, threshold=settings.threshold))
         except Exception as e:  # the table is still useful without the verdict
             warnings.warn(f"quiet-or-loud classification skipped: {e}")
         return df
 
     def signals(self, table):
-        return {f"probe:{feat}": Signal(f"probe:{feat}", "onset", g["step"].to_numpy(float),
-                                        g["value"].to_numpy(float), direction="up")
-                for feat, g in best_probe(table).groupby("feature")}
+        return probe_signals(table)
 
     def summary(self, run, table):
         q = run.table("probes_quiet", required=False)
@@ -140,15 +137,24 @@ def compute_probes(run_dir, settings=None, checkpoints=None, executor=None, prog
     return run_analysis(PROBES, run_dir, given, checkpoints, executor, progress)
 
 
-def stage_map_drop(metrics: pd.DataFrame) -> tuple[float, str] | None:
-    """The loss drop as the stage map defines it (llc_watch.stages.loss_drop on the training curves),
-    so probes_quiet.csv and the stage map judge "quiet" against the same step."""
-    from llc_watch.stages import loss_drop
+def probe_signals(probes: pd.DataFrame, reduce: str = FORMED_REDUCE) -> dict[str, Signal]:
+    """"probe:<feature>" onset signals: each feature's train-selected held-out curve
+    (llc_watch.probes.feature_curves). The stage map and probes_quiet.csv both read these."""
+    curves = feature_curves(probes, reduce=reduce, on_missing_train="test")
+    return {f"probe:{feat}": Signal(f"probe:{feat}", "onset", g["step"].to_numpy(float),
+                                    g["value"].to_numpy(float), direction="up")
+            for feat, g in curves.groupby("feature")}
+
+
+def quiet_or_loud(probes: pd.DataFrame, metrics: pd.DataFrame, threshold: float = FORMED_THRESHOLD,
+                  reduce: str = FORMED_REDUCE, resamples: int = 100, seed: int = 0) -> pd.DataFrame:
+    """probes_quiet.csv: per feature, quiet / early / loud / at_init / never, decided by
+    llc_watch.stages.feature_verdicts on the stage map of the training curves and the probe signals,
+    i.e. the same "formed", "drop" and "quiet" as the run's stage map (same detector settings).
+
+        >>> q = quiet_or_loud(run.table("probes"), run.metrics())          # doctest: +SKIP
+    """
     from .training import metrics_signals
-    try:
-        ld = loss_drop(stage_map(metrics_signals(metrics), resamples=30))
-    except ValueError:
-        return None
-    if ld is None:
-        return None
-    return float(ld.step), f"steepest point of the {ld.signal} drop (the stage map's loss drop)"
+    signals = {**metrics_signals(metrics), **probe_signals(probes, reduce)}
+    sm = stage_map(signals, resamples=resamples, seed=seed, formed_threshold=threshold)
+    return feature_verdicts(sm)

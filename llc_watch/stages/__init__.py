@@ -9,6 +9,7 @@ arXiv 2505.03997), emergence peaks and trajectory turning points (essential dyna
     smoothing.py   GP fit of one signal (Smooth, with posterior draws)
     boundaries.py  Boundary, find_boundaries, merge_boundaries, align_boundaries
     stage_map.py   stage_table, StageMap, stage_map(signals), loss_drop, quiet_events, quiet_stages
+    quiet.py       the one definition of "formed" (probe onset) and "quiet"; feature_verdicts
     adaptive.py    adaptive SGLD budget (which checkpoints need more draws; the loop)
     synthetic.py   planted curves and the recall / spurious / coverage scorer
 
@@ -27,6 +28,7 @@ signals from its table) is llc_watch.analyses.stage_map.run_stage_map.
 """
 from .boundaries import (BOUNDARY_KINDS, CRITICAL_KINDS, Boundary, align_boundaries, find_boundaries, is_strong,
                          merge_boundaries)
+from .quiet import FORMED_THRESHOLD, Formation, event_is_quiet, feature_verdicts, formed_onset
 from .smoothing import Smooth, log_step, smooth_signal, step_of
 from .stage_map import (LossDrop, StageMap, credibly_flat, loss_drop, quiet_events, quiet_stages, stage_map,
                         stage_table)
@@ -35,4 +37,5 @@ __all__ = [
     "Boundary", "Smooth", "smooth_signal", "find_boundaries", "align_boundaries", "stage_table",
     "StageMap", "stage_map", "BOUNDARY_KINDS", "log_step", "step_of", "CRITICAL_KINDS", "is_strong",
     "merge_boundaries", "LossDrop", "loss_drop", "quiet_events", "quiet_stages", "credibly_flat",
+    "FORMED_THRESHOLD", "Formation", "event_is_quiet", "feature_verdicts", "formed_onset",
 ]

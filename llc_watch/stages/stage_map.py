@@ -14,6 +14,7 @@ from llc_watch.signals import Signal
 
 from .boundaries import (CRITICAL_KINDS, CUT_KINDS as _CUT_KINDS, Boundary, align_boundaries, find_boundaries,
                          is_strong)
+from .quiet import FORMED_THRESHOLD, PROBE_PREFIX, Formation, event_is_quiet, formed_onset, plateau_start
 from .smoothing import Smooth, log_step, smooth_signal, step_of
 
 # --------------------------------------------------------------------------------------------------
@@ -89,11 +90,10 @@ def quiet_events(aligned: pd.DataFrame, smooths: Mapping[str, Smooth], first_ste
             le = le[le["strong"].astype(bool)]
         ends = sorted(le["step"].astype(float))
     rows = []
-    for r in ev.itertuples():
-        start = max([e for e in ends if e <= r.step], default=first_step)
-        q = sm is not None and credibly_flat(sm, start, float(r.hi), flat)
+    for r in ev.itertuples():  # the rule is llc_watch.stages.quiet's, shared with probes_quiet.csv
+        q = event_is_quiet(float(r.step), float(r.hi), sm, ends, first_step, flat)
         rows.append({"signal": r.signal, "kind": r.kind, "step": r.step, "lo": r.lo, "hi": r.hi,
-                     "plateau_start": start, "quiet": bool(q)})
+                     "plateau_start": plateau_start(float(r.step), ends, first_step), "quiet": bool(q)})
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -167,20 +167,23 @@ class StageMap:
     llc_invalid_steps: list[float] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
     smooths: dict = field(default_factory=dict, repr=False)
+    formations: dict = field(default_factory=dict)   # probe signal -> Formation (llc_watch.stages.quiet)
 
     def to_dict(self) -> dict:
         def records(df):
             return json.loads(df.to_json(orient="records"))
         return {"boundaries": [b.to_dict() for b in self.boundaries], "aligned": records(self.aligned),
                 "stages": records(self.stages), "warnings": list(self.warnings),
-                "llc_invalid_steps": [float(s) for s in self.llc_invalid_steps], "settings": dict(self.settings)}
+                "llc_invalid_steps": [float(s) for s in self.llc_invalid_steps], "settings": dict(self.settings),
+                "formations": [f.to_dict() for f in self.formations.values()]}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "StageMap":
         return cls(boundaries=[Boundary.from_dict(b) for b in d["boundaries"]],
                    aligned=pd.DataFrame(d["aligned"]), stages=pd.DataFrame(d["stages"]),
                    warnings=list(d.get("warnings", [])), llc_invalid_steps=list(d.get("llc_invalid_steps", [])),
-                   settings=dict(d.get("settings", {})))
+                   settings=dict(d.get("settings", {})),
+                   formations={f["signal"]: Formation.from_dict(f) for f in d.get("formations", [])})
 
     def save(self, run_dir: str | Path) -> dict[str, Path]:
         """Write stages.csv, boundaries.csv (the aligned table) and stage_map.json, atomically."""
@@ -370,11 +373,14 @@ def quiet_stages(sm: "StageMap", loss: str | None = None, flat: float = 0.1, str
 
 
 def stage_map(signals: Mapping[str, Signal], tolerance: float = 0.35, resamples: int = 100, seed: int = 0,
-              warnings: Sequence[str] = (), llc_invalid_steps: Sequence[float] = (), **detect) -> StageMap:
+              warnings: Sequence[str] = (), llc_invalid_steps: Sequence[float] = (),
+              formed_threshold: float = FORMED_THRESHOLD, **detect) -> StageMap:
     """The stage map of a set of signals: boundaries per signal, aligned, cut into stages.
 
     `warnings` (what the caller already knows: missing tables, invalid LLC checkpoints) are carried
-    into the result; `llc_invalid_steps` are the checkpoints whose LLC was left out. `detect` goes to
+    into the result; `llc_invalid_steps` are the checkpoints whose LLC was left out. A probe signal
+    ("probe:...") keeps one onset, its feature's formation at `formed_threshold`
+    (llc_watch.stages.quiet.formed_onset), and none when it never forms. `detect` goes to
     find_boundaries (e.g. min_rel_change, widen, strong={"min_support": 0.9}).
 
         >>> import numpy as np
@@ -385,7 +391,7 @@ def stage_map(signals: Mapping[str, Signal], tolerance: float = 0.35, resamples:
         True
     """
     warnings = list(warnings)
-    smooths, boundaries = {}, []
+    smooths, boundaries, formations = {}, [], {}
     all_steps = []
     for name, s in signals.items():
         all_steps += list(s.step)
@@ -404,6 +410,9 @@ def stage_map(signals: Mapping[str, Signal], tolerance: float = 0.35, resamples:
             if not np.any(s.value > 2 * rs):
                 warnings.append(f"{name}: the ablation drop never clears the random-direction control; no onset")
                 bs = []
+        if name.startswith(PROBE_PREFIX):  # one onset per probe: when its feature formed (or none)
+            formations[name] = f = formed_onset(s, bs, formed_threshold)
+            bs = [b for b in bs if b.kind != "onset"] + ([f.boundary()] if f.status == "formed" else [])
         boundaries += bs
     if not all_steps:
         raise ValueError("no signal with enough checkpoints to map stages")
@@ -411,5 +420,6 @@ def stage_map(signals: Mapping[str, Signal], tolerance: float = 0.35, resamples:
     stages = stage_table(aligned, smooths, float(min(all_steps)), float(max(all_steps)),
                          llc_invalid_steps=llc_invalid_steps)
     return StageMap(boundaries=boundaries, aligned=aligned, stages=stages, warnings=warnings,
-                    llc_invalid_steps=list(llc_invalid_steps), smooths=smooths,
-                    settings={"tolerance": tolerance, "resamples": resamples, "seed": seed, **detect})
+                    llc_invalid_steps=list(llc_invalid_steps), smooths=smooths, formations=formations,
+                    settings={"tolerance": tolerance, "resamples": resamples, "seed": seed,
+                              "formed_threshold": formed_threshold, **detect})
