@@ -84,4 +84,6 @@ def test_compute_fourier_on_a_small_run_and_rerun_skips(tmp_path, monkeypatch):
     signals, _, missing = run_signals(run.dir)
     assert {"fourier:key_power", "fourier:restricted_loss"} <= set(signals)
     assert len(signals["fourier:key_power"]) == len(run.checkpoints())
-    assert "ablations" not in missing and "fourier" not in missing   # ablations do not apply to modular addition
+    assert "fourier" not in missing
+    # its operands and answer are categorical features, so ablations apply; not run yet, it names its command
+    assert "llc-watch ablate" in missing["ablations"]

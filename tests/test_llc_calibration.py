@@ -202,6 +202,7 @@ def test_calibrated_deep_linear_networks_are_right_or_say_so(widths, r_, n):
         assert cal.warnings and any(w.startswith(("NO PLATEAU", "UNTRUSTED")) for w in cal.warnings)
 
 
+@pytest.mark.slow   # minutes on 2 cores: the tiny run's pilots are unmixed, rerun longer, and the ladder climbs
 def test_calibrate_run_auto_saves_a_choice_compute_llc_reads(tmp_path):
     """`llc-watch calibrate` (method auto) saves calibrate_llc's choice; the LLC analysis reads it."""
     import json

@@ -13,17 +13,27 @@ from llc_watch.run import SCHEMAS, open_run
 LLC = {"chains": 2, "draws": 12, "burn_in": 4, "n_data": 128, "batch_size": 32}
 
 
-@pytest.fixture(scope="module")
-def real_run(tiny_run, tmp_path_factory):
+def _real_run(tiny_run, tmp_path_factory, calibration: dict):
     d = tmp_path_factory.mktemp("real") / "run"
     shutil.copytree(tiny_run.dir, d)
     steps = [c.step for c in open_run(d).checkpoints()]
-    calibrate_run(d, steps=[steps[len(steps) // 2], steps[-1]], settings={**LLC, "pilot_draws": 40, "checks": False},
-                  progress=False)
+    calibrate_run(d, steps=[steps[len(steps) // 2], steps[-1]], settings={**LLC, **calibration}, progress=False)
     compute_llc(d, {**LLC, "epsilon": 1e-4}, checkpoints=steps[::3], progress=False)
     compute_probes(d, {"n_train": 128, "n_test": 64, "features": ["carry_in"]}, checkpoints=steps[::4], progress=False)
     path = write_report(d)
     return open_run(d), path.read_text()
+
+
+@pytest.fixture(scope="module")
+def real_run(tiny_run, tmp_path_factory):
+    """Calibrated by the grid method (seconds); the auto method's ladder is the slow fixture below
+    (minutes on 2 cores: its unmixed pilots are rerun longer and the ladder climbs)."""
+    return _real_run(tiny_run, tmp_path_factory, {"method": "grid", "epsilons": [1e-4, 1e-3], "gammas": [100.0]})
+
+
+@pytest.fixture(scope="module")
+def real_run_auto(tiny_run, tmp_path_factory):
+    return _real_run(tiny_run, tmp_path_factory, {"pilot_draws": 40, "checks": False})
 
 
 def test_tables_follow_their_schemas(real_run):
@@ -50,10 +60,11 @@ def test_hyperparameter_table_lists_settings_not_data(real_run):
         assert data_column not in settings, data_column
 
 
-def test_calibration_draws_each_checkpoint_apart(real_run):
+@pytest.mark.slow
+def test_calibration_draws_each_checkpoint_apart(real_run_auto):
     """calibrate_llc's cells (the default method): one panel per checkpoint, each holding only that
     checkpoint's ladder, titled with its verdict; the report states the rule and the choice."""
-    run, text = real_run
+    run, text = real_run_auto
     sweep = run.table("calibration")
     assert sweep["step"].nunique() == 2 and sweep["method"].eq("auto").all()
     fig = plots.calibration_figure(sweep)

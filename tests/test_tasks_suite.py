@@ -459,7 +459,12 @@ def chance_baseline(task, batch) -> float:
 SHORT_RUN_OVERRIDES = {"icl-regression": ["task.settings.n_dims=1"]}
 
 
-@pytest.mark.parametrize("name", sorted(SUITE_PRESETS))
+# the five slowest (20-26 s each on 2 cores) run with the slow suite; one graph task stays in the fast one
+SLOW_PRESETS = {"icl-regression", "mst", "topo-sort", "bfs", "path"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_PRESETS else n
+                                  for n in sorted(SUITE_PRESETS)])
 def test_preset_learns_above_chance_in_a_short_run(name, tmp_path):
     from llc_watch.config import RunConfig
     from llc_watch.train import train
