@@ -37,6 +37,38 @@ class Claim:
             raise ValueError(f"claim {self.id}: verdict {self.verdict!r} is not one of {VERDICTS}")
 
 
+def add_study_arguments(ap, root: Path, run_default: str) -> None:
+    """The options every paper study takes beside its own (--quick and any study-specific ones)."""
+    ap.add_argument("--run", type=Path, default=None, help=f"run folder (default {run_default})")
+    ap.add_argument("--figures", type=Path, default=root / "figures")
+    ap.add_argument("--set", action="append", default=[], help="config override section.key=value")
+    ap.add_argument("--llc", action="append", default=[], help="LLC setting key=value (e.g. chains=8)")
+    ap.add_argument("--compute-only", action="store_true")
+    ap.add_argument("--tables-only", action="store_true")
+    ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--workers", type=int, default=1, help="LLC jobs in this many processes")
+
+
+def llc_overrides(ap, base: dict, items) -> dict:
+    """`base` with --llc key=value items applied (a known key keeps its type); a malformed item
+    stops the study with one line (argparse's error: usage and exit status 2).
+
+        >>> import argparse
+        >>> llc_overrides(argparse.ArgumentParser(), {"chains": 4, "epsilon": 1e-4}, ["chains=8", "gamma=10"])
+        {'chains': 8, 'epsilon': 0.0001, 'gamma': 10.0}
+    """
+    out = dict(base)
+    for item in items:
+        k, sep, v = item.partition("=")
+        try:
+            if not (k and sep):
+                raise ValueError
+            out[k] = type(out[k])(float(v)) if k in out and out[k] is not None else float(v)
+        except ValueError:
+            ap.error(f"--llc {item!r}: give key=number, e.g. --llc chains=8 or --llc epsilon=1e-4")
+    return out
+
+
 def llc_at_every_checkpoint(run_dir, llc_settings: dict, workers: int, progress: bool):
     """The LLC over a study's run (a process pool when workers > 1); prints its first warnings.
     Returns the llc table."""

@@ -31,7 +31,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (Claim, boundaries_of, claims_markdown, llc_at_every_checkpoint, drop_event, fmt_interval, fmt_step, frame_markdown,  # noqa: E402
+from _common import (Claim, add_study_arguments, boundaries_of, llc_overrides, claims_markdown, llc_at_every_checkpoint, drop_event, fmt_interval, fmt_step, frame_markdown,  # noqa: E402
                      log_distance, nearest, pick, write_markdown)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -417,20 +417,10 @@ def report(run_dir: Path, figures: Path, quick: bool) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="p = 31 in a few CPU minutes (the test uses it)")
-    ap.add_argument("--run", type=Path, default=None, help="run folder (default runs/grokking[-quick])")
-    ap.add_argument("--figures", type=Path, default=ROOT / "figures")
-    ap.add_argument("--set", action="append", default=[], help="config override section.key=value")
-    ap.add_argument("--llc", action="append", default=[], help="LLC setting key=value (e.g. chains=8)")
-    ap.add_argument("--compute-only", action="store_true")
-    ap.add_argument("--tables-only", action="store_true")
-    ap.add_argument("--quiet", action="store_true")
-    ap.add_argument("--workers", type=int, default=1, help="LLC jobs in this many processes")
+    add_study_arguments(ap, ROOT, "runs/grokking[-quick]")
     a = ap.parse_args(argv)
     run_dir = a.run or ROOT / "runs" / ("grokking-quick" if a.quick else "grokking")
-    llc_settings = dict(LLC_QUICK if a.quick else LLC_FULL)
-    for item in a.llc:
-        k, v = item.split("=", 1)
-        llc_settings[k] = type(llc_settings.get(k, 1.0))(float(v)) if k in llc_settings else float(v)
+    llc_settings = llc_overrides(ap, LLC_QUICK if a.quick else LLC_FULL, a.llc)
     if not a.tables_only:
         compute(run_dir, a.quick, llc_settings, a.set, progress=not a.quiet, workers=a.workers)
     if not a.compute_only:

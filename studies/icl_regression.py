@@ -35,7 +35,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (Claim, boundaries_of, claims_markdown, llc_at_every_checkpoint, fmt_interval, fmt_step, frame_markdown,  # noqa: E402
+from _common import (Claim, add_study_arguments, boundaries_of, llc_overrides, claims_markdown, llc_at_every_checkpoint, fmt_interval, fmt_step, frame_markdown,  # noqa: E402
                      log_distance, nearest, write_markdown)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -425,21 +425,11 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="minutes on a CPU (the test uses it)")
     ap.add_argument("--steps", type=int, default=None, help=f"train this many steps of the schedule "
                     f"(default {FULL_STOP} full, {QUICK_STOP} quick)")
-    ap.add_argument("--run", type=Path, default=None, help="run folder (default runs/icl-regression[-quick])")
-    ap.add_argument("--figures", type=Path, default=ROOT / "figures")
-    ap.add_argument("--set", action="append", default=[], help="config override section.key=value")
-    ap.add_argument("--llc", action="append", default=[], help="LLC setting key=value")
-    ap.add_argument("--compute-only", action="store_true")
-    ap.add_argument("--tables-only", action="store_true")
-    ap.add_argument("--quiet", action="store_true")
-    ap.add_argument("--workers", type=int, default=1, help="LLC jobs in this many processes")
+    add_study_arguments(ap, ROOT, "runs/icl-regression[-quick]")
     a = ap.parse_args(argv)
     run_dir = a.run or ROOT / "runs" / ("icl-regression-quick" if a.quick else "icl-regression")
     stop = a.steps or (QUICK_STOP if a.quick else FULL_STOP)
-    llc_settings = dict(LLC_QUICK if a.quick else LLC_FULL)
-    for item in a.llc:
-        k, v = item.split("=", 1)
-        llc_settings[k] = type(llc_settings[k])(float(v)) if k in llc_settings else float(v)
+    llc_settings = llc_overrides(ap, LLC_QUICK if a.quick else LLC_FULL, a.llc)
     if not a.tables_only:
         compute(run_dir, a.quick, stop, llc_settings, a.set, progress=not a.quiet, workers=a.workers)
     if not a.compute_only:

@@ -250,3 +250,12 @@ def test_icl_quick_end_to_end(tmp_path):
     last = b[(b.measure == "mse_model") & (b.position == -1)].sort_values("step").value.iloc[-1]
     zero = b[(b.measure == "mse_zero") & (b.position == -1)].value.iloc[0]
     assert last < zero            # it has started to learn in context
+
+
+@pytest.mark.parametrize("study", [grokking, icl])
+def test_a_malformed_llc_option_is_one_line_and_exit_2(study, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        study.main(["--llc", "chains", "--tables-only", "--run", str(tmp_path / "none")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--llc 'chains': give key=number" in err and "Traceback" not in capsys.readouterr().err
