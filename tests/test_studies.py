@@ -257,5 +257,5 @@ def test_a_malformed_llc_option_is_one_line_and_exit_2(study, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
         study.main(["--llc", "chains", "--tables-only", "--run", str(tmp_path / "none")])
     assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "--llc 'chains': give key=number" in err and "Traceback" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--llc 'chains': give key=number" in err.strip().splitlines()[-1] and "Traceback" not in err
