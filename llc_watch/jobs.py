@@ -84,8 +84,12 @@ def make_executor(kind: str = "serial", workers: int = 2) -> Executor:
 
 
 def job_key(fn: JobFn, checkpoint: Checkpoint, settings: dict) -> str:
+    """A job's identity: the function, the checkpoint's bytes and the settings. Settings whose names
+    start with "_" are plumbing (where a job keeps side files), not identity: a moved run folder
+    keeps its results."""
+    identity = {k: v for k, v in settings.items() if not str(k).startswith("_")}
     payload = json.dumps({"fn": f"{fn.__module__}.{fn.__qualname__}", "ckpt": checkpoint.fingerprint(),
-                          "settings": settings}, sort_keys=True, default=str)
+                          "settings": identity}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -57,3 +57,32 @@ def test_adaptive_spends_less_and_finds_most_dense_strong_boundaries():
         n_dense += sum(b.strong for b in dense)
     assert spent < 0.35 * dense_cost
     assert matched >= n_dense - 1
+
+
+def test_a_curve_without_boundaries_stops_after_bounded_doublings():
+    """A flat, noisy curve shows no boundary at any budget: the loop doubles the first pass's draws at
+    most max_doublings times and stops saying so, instead of climbing to the dense budget."""
+    calls = []
+
+    def flat(steps, draws):
+        calls.append(draws)
+        rng = np.random.default_rng(len(calls))
+        return 5.0 + 0.05 * rng.standard_normal(len(steps)), np.full(len(steps), 0.05)
+    steps = planted_llc(0).steps
+    s = AdaptiveSettings(first_draws=10, full_draws=400, max_doublings=2)
+    r = adaptive_estimate(flat, steps, s)
+    assert r.boundaries == [] and r.stopped.startswith("no boundary after 2 doubling")
+    assert calls == [10, 10, 20] and r.draws.max() == 40 < s.full_draws
+
+
+def test_cumulative_estimates_replace_instead_of_pooling():
+    seen = {}
+
+    def est(steps, draws):   # a continued chain: the estimate from all draws so far
+        for st in steps:
+            seen[st] = seen.get(st, 0) + draws
+        d = np.array([seen[st] for st in steps], float)
+        return np.interp(np.log1p(steps), [0, 5, 10], [0, 10, 10]), 1 / np.sqrt(d)
+    r = adaptive_estimate(est, planted_llc(0).steps, AdaptiveSettings(max_rounds=2), cumulative=True)
+    assert np.allclose(r.stderr, 1 / np.sqrt(r.draws))
+    assert np.allclose(r.draws, [seen[st] for st in r.steps])

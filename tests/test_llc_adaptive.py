@@ -35,23 +35,35 @@ def test_adaptive_writes_draws_per_checkpoint_resumes_and_spends_less(run):
     assert 0 < len(table) <= n_ckpt and table["step"].is_monotonic_increasing
     written = run.table("llc")
     assert written["step"].tolist() == table["step"].tolist()
-    # draws per checkpoint: the sum over the estimates pooled there, each on its own seed
+    # draws per checkpoint: the sum over its estimates, each on its own seed
     est = [json.loads(e) for e in written["estimates"]]
     assert written["draws"].tolist() == [sum(x["draws"] for x in e) for e in est]
     assert written["draws"].min() >= 4 and written["draws"].max() <= 32 + 4
     seeds = [x["seed"] for e in est for x in e]
     assert len(set(seeds)) == len(seeds)
     assert written["seed"].tolist() == [checkpoint_seed({"seed": 0}, s) for s in written["step"]]
-    # one estimate pooled: the row is that estimate; several: inverse-variance mean, smaller stderr
-    for (_, row), e in zip(written.iterrows(), est):
-        if len(e) == 1:
-            assert row["value"] == pytest.approx(e[0]["value"]) and row["stderr"] == pytest.approx(e[0]["stderr"])
-        elif all(x["stderr"] for x in e):
-            w = np.array([1 / x["stderr"] ** 2 for x in e])
-            assert row["value"] == pytest.approx(float(w @ [x["value"] for x in e] / w.sum()))
-            assert row["stderr"] < min(x["stderr"] for x in e)
+    # refinements continue the checkpoint's chains (no burn-in again): one lineage per checkpoint,
+    # its segments numbered, and the row's value the mean over every draw of its chains
+    assert any(len(e) > 1 for e in est), "the loop refined nothing: the test exercises no continuation"
+    for e in est:
+        assert [x["lineage"] for x in e] == ["r0"] * len(e) and [x["segment"] for x in e] == list(range(len(e)))
+        assert [x["burn_in"] for x in e] == [4] + [0] * (len(e) - 1)
+    records = {}
+    for p in (run.dir / "results" / "llc").glob("*.json"):
+        r = json.loads(p.read_text())
+        records.setdefault(r["step"], []).append(r["rows"][0])
+    for _, row in written.iterrows():
+        segs = sorted(records[row["step"]], key=lambda r: r["segment"])
+        per = np.array([json.loads(r["llc_per_chain"]) for r in segs], float)
+        d = np.array([r["draws_per_chain"] for r in segs], float)
+        chains = per.T @ d / d.sum()
+        assert row["value"] == pytest.approx(chains.mean())
+        assert row["stderr"] == pytest.approx(chains.std(ddof=1) / np.sqrt(2))
+    # the chains' saved state: only each checkpoint's latest segment is kept
+    states = sorted(p.name for p in (run.dir / "results" / "llc" / "chains").glob("*.npy"))
+    assert states == sorted(f"step_{s:07d}-r0-{len(e) - 1}.npy" for s, e in zip(written["step"], est))
     # the spend: chains x (burn-in + draws) per estimate, less than the dense job at 32 draws everywhere
-    assert table.attrs["sgld_steps"] == sum(2 * (4 + x["draws"]) for e in est for x in e)
+    assert table.attrs["sgld_steps"] == sum(2 * (x["burn_in"] + x["draws"]) for e in est for x in e)
     assert table.attrs["sgld_steps"] < table.attrs["dense_sgld_steps"] == n_ckpt * 2 * (4 + 32)
     log = json.loads((run.dir / ADAPTIVE_FILE).read_text())
     assert log["sgld_steps"] == table.attrs["sgld_steps"] and log["history"][0]["round"] == 0
@@ -63,8 +75,11 @@ def test_adaptive_writes_draws_per_checkpoint_resumes_and_spends_less(run):
     assert result_files(run) == files
     assert again[["step", "value", "stderr", "draws"]].equals(table[["step", "value", "stderr", "draws"]])
 
-    # killed before its last estimate was saved: the rerun redoes only that one
-    last = max(files, key=files.get)
+    # killed before its last fresh estimate was saved: the rerun redoes only that one (a continued
+    # segment's record is written before its predecessor's state is deleted, so a kill never loses both)
+    fresh = [k for k in files
+             if json.loads((run.dir / "results" / "llc" / k).read_text())["rows"][0]["segment"] == 0]
+    last = max(fresh, key=files.get)
     (run.dir / "results" / "llc" / last).unlink()
     (run.dir / "llc.csv").unlink()
     resumed = adaptive_llc(run.dir, LLC, ADAPTIVE, progress=False)

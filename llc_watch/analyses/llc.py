@@ -277,13 +277,60 @@ def checkpoint_seed(settings: dict, step: int) -> int:
 
 
 def llc_job(checkpoint, settings: dict) -> list[dict]:
-    """Estimate the LLC at one checkpoint; one tidy row (measure 'llc'). Top level: picklable."""
+    """Estimate the LLC at one checkpoint; one tidy row (measure 'llc'). Top level: picklable.
+
+    Chains that continue (the adaptive driver's refinements): settings `lineage` (a name for one set
+    of chains at this checkpoint) and `segment` (0: fresh chains; k > 0: continue segment k − 1's
+    chains from their saved final weights, so the settings' burn_in should be 0); `_state_dir`
+    (plumbing, not part of the job's key) is where each segment's final weights are kept.
+    """
     s, model, loss_fn, data = checkpoint_problem(checkpoint, settings)
     s["seed"] = checkpoint_seed(s, checkpoint.step)
     if s.get("backend") == "devinterp":
         return [devinterp_row(checkpoint, s, model, loss_fn, data)]
-    r = estimate_llc(model, loss_fn, data, **estimator_kwargs(s, model))
-    return [llc_row(checkpoint, r)]
+    kw = estimator_kwargs(s, model)
+    lineage, segment, state_dir = s.get("lineage"), int(s.get("segment") or 0), s.get("_state_dir")
+    if segment > 0:
+        kw["init_weights"] = load_chain_state(state_dir, checkpoint.step, lineage, segment - 1)
+    r = estimate_llc(model, loss_fn, data, **kw)
+    if state_dir is not None and lineage is not None:
+        save_chain_state(state_dir, checkpoint.step, lineage, segment, r.final_weights)
+    row = llc_row(checkpoint, r)
+    if lineage is not None:
+        row.update(lineage=str(lineage), segment=segment)
+    return [row]
+
+
+def chain_state_path(state_dir, step: int, lineage, segment: int):
+    """Where one segment's final chain weights are kept: STATE_DIR/step_0000100-LINEAGE-SEGMENT.npy."""
+    from pathlib import Path
+    return Path(state_dir) / f"step_{int(step):07d}-{lineage}-{int(segment)}.npy"
+
+
+def save_chain_state(state_dir, step: int, lineage, segment: int, weights) -> None:
+    """Write a segment's final weights [chains, D] atomically (a plain .npy: loads without pickle)."""
+    import os
+    path = chain_state_path(state_dir, step, lineage, segment)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.save(f, np.asarray(weights.detach().cpu().numpy() if hasattr(weights, "detach") else weights,
+                              dtype=np.float32), allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_chain_state(state_dir, step: int, lineage, segment: int) -> torch.Tensor:
+    """A saved segment's final weights, to continue its chains; a clear error when absent or unreadable."""
+    path = None if state_dir is None else chain_state_path(state_dir, step, lineage, segment)
+    try:
+        if path is None:
+            raise FileNotFoundError("no _state_dir given")
+        return torch.from_numpy(np.load(path, allow_pickle=False))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot continue the chains of step {step} ({lineage}, segment {segment}): their "
+                         f"saved state {path} is missing or unreadable ({e}); rerun to start fresh chains") from None
 
 
 def llc_row(checkpoint, r) -> dict:

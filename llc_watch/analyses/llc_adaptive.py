@@ -1,12 +1,20 @@
 """`llc-watch llc RUN --adaptive`: the LLC job with its SGLD budget spent where the stage boundaries are.
 
 The loop (llc_watch.stages.adaptive.adaptive_estimate) asks for estimates at some checkpoints with
-some draws per chain; each ask runs the ordinary LLC job (llc_job) with those draws and a fresh
-seed, through the same resumable driver (llc_watch.jobs): every (checkpoint, n-th estimate, draws)
-is its own result file in RUN/results/llc/, keyed by its settings, so a killed adaptive run replays
-the loop from the files and only samples what is missing. The estimates at one checkpoint are pooled
-by inverse variance into one llc.csv row whose `draws` is the total per chain, `sgld_steps` the cost
-and `estimates` the pooled ones; the stage map and report read it as they read the dense table.
+some draws per chain; each ask runs the ordinary LLC job (llc_job) through the same resumable driver
+(llc_watch.jobs): every (checkpoint, n-th estimate, draws) is its own result file in
+RUN/results/llc/, keyed by its settings, so a killed adaptive run replays the loop from the files
+and only samples what is missing.
+
+More draws at a checkpoint continue its chains (warm_start, the default for plain SGLD): each
+estimate saves its chains' final weights (RUN/results/llc/chains/, a plain .npy per checkpoint, the
+previous one deleted once its successor is written), and the next one starts there with no burn-in
+and a fresh seed, so a refinement costs only its draws; each chain's LLC is then the mean over all
+its draws. Where chains cannot be continued (a failed chain, RMSProp-SGLD whose preconditioner is not
+saved, warm_start off, a lost state file) the new estimate is a fresh set of chains with burn-in, pooled
+with the earlier ones by inverse variance. One llc.csv row per checkpoint: `draws` is the total per
+chain, `sgld_steps` the cost, `estimates` the pieces; the stage map and report read it as they read
+the dense table.
 
     >>> table = adaptive_llc("runs/addition")                    # doctest: +SKIP
     >>> table[["step", "value", "stderr", "draws", "sgld_steps"]]  # doctest: +SKIP
@@ -21,12 +29,12 @@ import numpy as np
 import pandas as pd
 
 from llc_watch.io import atomic_write_json
-from llc_watch.jobs import JobsFailed, run_checkpoint_jobs
+from llc_watch.jobs import JobsFailed, job_key, result_path, run_checkpoint_jobs
 from llc_watch.run import Run, open_run
 from llc_watch.settings import SettingsError
 from llc_watch.stages.adaptive import AdaptiveSettings, adaptive_estimate
 
-from .llc import LLC_ANALYSIS, estimate_warnings, llc_job, llc_rows, sgld_steps
+from .llc import LLC_ANALYSIS, chain_state_path, estimate_warnings, llc_job, llc_rows, sgld_steps
 
 ADAPTIVE_FILE = "llc_adaptive.json"   # the loop's rounds, boundaries and spend, beside llc.csv
 
@@ -53,29 +61,50 @@ def adaptive_llc(run_dir, settings: Mapping | None = None, adaptive: AdaptiveSet
     by_step = {int(c.step): c for c in ckpts}
     base = a.job_settings(run, s)
     out_dir = run.results_dir(a.name)
+    state_dir = out_dir / "chains"
+    warm = bool(ad.warm_start) and s.sampler == "sgld" and s.backend == "ours"
     estimates: dict[int, list[dict]] = {}   # step -> the rows of its estimates, in order
 
+    def next_job(st: int, draws: int) -> dict:
+        """The job settings of the next estimate at `st` (`draws` per chain): its last chains continued
+        when they can be (no burn-in again), else fresh chains (a new lineage, a new seed)."""
+        rows = estimates.get(st, [])
+        plumbing = {"_state_dir": str(state_dir)} if warm else {}
+        fresh = {**base, **plumbing, "draws": int(draws), "repeat": len(rows)}
+        if warm:
+            fresh.update(lineage=f"r{len(rows)}", segment=0)
+        last = rows[-1] if rows else None
+        if not (warm and last is not None and continuable(last)):
+            return fresh
+        cont = {**fresh, "lineage": last["lineage"], "segment": int(last["segment"]) + 1, "burn_in": 0}
+        # continue only from a saved state, or where the continuation is already done (a replay)
+        done = result_path(out_dir, by_step[st], job_key(llc_job, by_step[st], cont)).is_file()
+        saved = chain_state_path(state_dir, st, last["lineage"], last["segment"]).is_file()
+        return cont if done or saved else fresh
+
     def estimate(steps, draws):
-        """The LLC at `steps` with `draws` per chain, each checkpoint's n-th estimate on its own seed."""
-        groups: dict[int, list] = {}
+        """`draws` more per chain at `steps`; each checkpoint's estimate from all its draws so far."""
+        groups: dict[str, tuple[dict, list]] = {}
         for st in steps:
-            groups.setdefault(len(estimates.get(int(st), [])), []).append(by_step[int(st)])
-        for repeat, group in groups.items():
-            job = {**base, "draws": int(draws), "repeat": repeat}
+            job = next_job(int(st), draws)
+            groups.setdefault(json.dumps(job, sort_keys=True, default=str), (job, []))[1].append(by_step[int(st)])
+        for job, group in groups.values():
             report = run_checkpoint_jobs(llc_job, group, job, out_dir=out_dir, executor=executor,
                                          desc=f"llc adaptive ({draws} draws)", progress=progress)
             if report.failures:
                 raise JobsFailed(f"llc --adaptive ({a.schema.file} not rewritten)", report)
             for rec in report.records:
-                estimates.setdefault(int(rec["step"]), []).append(rec["rows"][0])
-        rows = [estimates[int(st)][-1] for st in steps]
-        value = np.array([np.nan if r["value"] is None else r["value"] for r in rows], float)
-        stderr = np.array([np.nan if r["stderr"] is None else r["stderr"] for r in rows], float)
-        return value, stderr
+                row = rec["rows"][0]
+                estimates.setdefault(int(rec["step"]), []).append(row)
+                if int(row.get("segment") or 0) > 0:   # the chains moved on: their old state is not needed
+                    chain_state_path(state_dir, rec["step"], row["lineage"], int(row["segment"]) - 1).unlink(
+                        missing_ok=True)
+        pooled = [pool_estimates(estimates[int(st)]) for st in steps]
+        return (np.array([p[0] for p in pooled], float), np.array([p[1] for p in pooled], float))
 
-    result = adaptive_estimate(estimate, sorted(by_step), ad, seed=0)
-    table = pd.DataFrame([pooled_row(estimates[int(st)], v, e)
-                          for st, v, e in zip(result.steps, result.values, result.stderr)])
+    result = adaptive_estimate(estimate, sorted(by_step), ad, seed=0, cumulative=True)
+    table = pd.DataFrame([pooled_row(estimates[int(st)], *pool_estimates(estimates[int(st)])[:2])
+                          for st in result.steps])
     run.write_table(a.schema.name, table)
     table = a.schema.ordered(table)
     dense = len(ckpts) * sgld_steps({"chains": s.chains, "burn_in": s.burn_in, "draws": ad.full_draws,
@@ -94,6 +123,66 @@ def adaptive_llc(run_dir, settings: Mapping | None = None, adaptive: AdaptiveSet
     return table
 
 
+def continuable(row: dict) -> bool:
+    """Whether an estimate's chains can be continued: a lineage of ours, valid, every chain healthy
+    (a failed chain's final weights are no place to start from)."""
+    failed = json.loads(row["failed_chains"]) if isinstance(row.get("failed_chains"), str) else row.get("failed_chains")
+    return (row.get("lineage") is not None and bool(row.get("valid")) and row.get("backend", "ours") == "ours"
+            and failed is not None and all(f is None for f in failed))
+
+
+def lineage_estimate(segments: list[dict]) -> tuple[float, float]:
+    """(value, stderr) of one set of chains sampled in segments (each continuing the last): each
+    chain's LLC is the draw-weighted mean of its segments' (the mean over all its draws), the value
+    the mean over chains healthy in every segment, the stderr their spread / √chains.
+
+        >>> seg = lambda per, d: {"llc_per_chain": json.dumps(per), "failed_chains": json.dumps([None] * len(per)),
+        ...                       "draws_per_chain": d, "valid": True}
+        >>> v, e = lineage_estimate([seg([1.0, 3.0], 10), seg([4.0, 6.0], 30)])   # chains: 3.25, 5.25
+        >>> round(v, 3), round(e, 3)
+        (4.25, 1.0)
+    """
+    per = np.array([[np.nan if x is None else x for x in json.loads(r["llc_per_chain"])] for r in segments], float)
+    failed = np.array([[f is not None for f in json.loads(r["failed_chains"])] for r in segments], bool)
+    d = np.array([float(r["draws_per_chain"]) for r in segments])
+    lam = (per * d[:, None]).sum(0) / d.sum()
+    ok = ~failed.any(0) & np.isfinite(lam)
+    if not all(bool(r["valid"]) for r in segments) or ok.sum() < 1:
+        return float("nan"), float("nan")
+    h = lam[ok]
+    return float(h.mean()), float(h.std(ddof=1) / np.sqrt(h.size)) if h.size > 1 else float("nan")
+
+
+def pool_estimates(rows: list[dict]) -> tuple[float, float, int]:
+    """(value, stderr, lineages) of a checkpoint's estimates: segments of one set of chains combine
+    into one estimate (`lineage_estimate`); independent sets of chains (fresh seeds) are pooled by
+    inverse variance. An invalid one adds nothing; none valid: (nan, nan).
+
+        >>> r = {"llc_per_chain": "[1.0, 3.0]", "failed_chains": "[null, null]", "draws_per_chain": 10,
+        ...      "valid": True, "value": 2.0, "stderr": 1.0}
+        >>> pool_estimates([{**r, "lineage": "r0", "segment": 0}, {**r, "lineage": "r1", "segment": 0}])
+        (2.0, 0.7071067811865475, 2)
+    """
+    by_lineage: dict = {}
+    for i, r in enumerate(rows):   # rows without a lineage (fresh estimates of older runs) stand alone
+        by_lineage.setdefault(r.get("lineage") if r.get("lineage") is not None else f"#{i}", []).append(r)
+    vals, ses = [], []
+    for segs in by_lineage.values():
+        if len(segs) == 1 and segs[0].get("lineage") is None:
+            r = segs[0]
+            v, e = (r["value"], r["stderr"]) if r["valid"] else (None, None)
+            v, e = (np.nan if v is None else float(v)), (np.nan if e is None else float(e))
+        else:
+            v, e = lineage_estimate(sorted(segs, key=lambda r: int(r.get("segment") or 0)))
+        if np.isfinite(v) and np.isfinite(e) and e > 0:
+            vals.append(v)
+            ses.append(e)
+    if not vals:
+        return float("nan"), float("nan"), len(by_lineage)
+    w = 1 / np.array(ses) ** 2
+    return float((w * np.array(vals)).sum() / w.sum()), float(1 / np.sqrt(w.sum())), len(by_lineage)
+
+
 def pooled_row(rows: list[dict], value: float, stderr: float) -> dict:
     """One llc.csv row from a checkpoint's estimates: the loop's inverse-variance pooled value and
     stderr, draws and SGLD steps summed, diagnostics from the largest estimate, every warning kept.
@@ -105,7 +194,7 @@ def pooled_row(rows: list[dict], value: float, stderr: float) -> dict:
         >>> p["value"], p["draws"], p["sgld_steps"], p["seed"], len(json.loads(p["estimates"]))
         (1.8, 40, 80, 1, 2)
     """
-    main = max(rows, key=lambda r: r["draws"])
+    main = {k: v for k, v in max(rows, key=lambda r: r["draws"]).items() if k not in ("lineage", "segment")}
     ok = bool(np.isfinite(value)) and any(r["valid"] for r in rows)
     warnings = []
     for i, r in enumerate(rows):
@@ -126,7 +215,8 @@ def pooled_row(rows: list[dict], value: float, stderr: float) -> dict:
         "negative": bool(ok and value < 0), "drifting": any(bool(r["drifting"]) for r in rows),
         "warnings": json.dumps(warnings),
         "estimates": json.dumps([{"draws": int(r["draws"]), "seed": int(r["seed"]), "value": r["value"],
-                                  "stderr": r["stderr"]} for r in rows]),
+                                  "stderr": r["stderr"], "burn_in": int(r["burn_in"]),
+                                  "lineage": r.get("lineage"), "segment": r.get("segment")} for r in rows]),
     }
 
 

@@ -215,7 +215,7 @@ def _stackable(calls: list[_Call]) -> bool:
             return False
         if list(c.kwargs.get("draw_steps", ())) != list(c0.kwargs.get("draw_steps", ())):
             return False
-        if c.kwargs.get("centers") is not None:
+        if c.kwargs.get("centers") is not None or c.kwargs.get("start") is not None:
             return False
         # the stacked run uses checkpoint 0's loss: parameters held fixed must be the same
         if (f.names != f0.names or f.shapes != f0.shapes or not _same(f.mask, f0.mask)

@@ -214,7 +214,7 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
                  batch_control: bool = True, per_chain_batches: bool = True,
                  terms_per_example: float = 1.0, observe_every: int | None = None,
                  observe_size: int | None = 1024, progress: bool = False,
-                 precision: str = "fp32") -> LLCResult:
+                 precision: str = "fp32", init_weights: torch.Tensor | None = None) -> LLCResult:
     """Estimate the local learning coefficient of `model` at its current weights.
 
     model: any nn.Module; it is copied (to `device`), never modified. Sampled in eval() mode.
@@ -251,6 +251,10 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
         device; "bf16": matmuls autocast to bfloat16, on CPU too. Both agree with fp32 within chain
         noise on the exact-answer models (tests/test_llc_precision.py). L_n(w*) and the observable
         are computed at the same precision as the draws, so a rounding shift of the loss cancels.
+    init_weights: [chains, D] where the chains start (default: at w*), e.g. an earlier estimate's
+        `final_weights` at the same checkpoint and settings: those chains are continued, so their
+        burn-in is already spent (pass burn_in=0) and the new draws extend the old ones (D: the
+        selected parameters' flat size, as in final_weights). Localisation stays at w*.
     """
     t_start = time.perf_counter()
     for name, v in (("chains", chains), ("draws", draws), ("steps_between_draws", steps_between_draws),
@@ -315,6 +319,17 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
         with torch.no_grad(), matmul_precision(precision, dev):
             observe_init = float(loss_at_precision(flat.w_star, observe_batch))
 
+    if init_weights is not None:
+        init_weights = torch.as_tensor(init_weights, dtype=flat.w_star.dtype)
+        if tuple(init_weights.shape) != (chains, flat.w_star.numel()):
+            raise LLCError(f"init_weights has shape {tuple(init_weights.shape)}; continuing chains needs "
+                           f"[chains, D] = [{chains}, {flat.w_star.numel()}] (the final_weights of "
+                           "an estimate at the same checkpoint with the same chains and params)")
+        if not torch.isfinite(init_weights).all():
+            raise LLCError("init_weights has non-finite entries: a failed chain cannot be continued; "
+                           "start afresh (init_weights=None, with burn-in)")
+        init_weights = init_weights.to(dev)
+
     used_vectorized = vectorized
     if vectorized:
         try:   # probe: can this model's loss be vmapped?
@@ -335,7 +350,8 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
                      seed=seed, draw_steps=draw_steps, mala=mala, vectorized=used_vectorized,
                      center_loss=batch_control, per_chain_batches=per_chain_batches,
                      observe_batch=observe_batch, observe_every=observe_every,
-                     progress=(lambda t: bar.update(1)) if bar else None, precision=precision)
+                     progress=(lambda t: bar.update(1)) if bar else None, precision=precision,
+                     start=init_weights)
     t_sample = time.perf_counter() - t0
     if bar:
         bar.close()
@@ -442,7 +458,7 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
                  vectorized=used_vectorized, device=str(dev),
                  min_healthy_fraction=min_healthy_fraction, mala=mala, batch_control=batch_control,
                  per_chain_batches=per_chain_batches, terms_per_example=float(terms_per_example),
-                 precision=precision,
+                 precision=precision, continued=init_weights is not None,
                  beta=1.0 / math.log(n) if n > 1 else float("nan"))
     if sampler == "rmsprop_sgld":
         hyper.update(rmsprop_alpha=rmsprop_alpha, rmsprop_eps=rmsprop_eps)

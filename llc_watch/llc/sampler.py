@@ -369,8 +369,9 @@ def run_chains(loss_of: Callable, flat: FlatParams, s: SGLDSettings, *, chains: 
                centers: torch.Tensor | None = None, per_chain_batches: bool = False,
                observe_batch=None, observe_every: int = 0,
                chain_ids: Sequence[int] | None = None, capture: bool | None = None,
-               precision: str = "fp32", row_seeds: Sequence[int] | None = None) -> ChainRun:
-    """Run `chains` localised SGLD chains for `steps` steps, chain c from its centre.
+               precision: str = "fp32", row_seeds: Sequence[int] | None = None,
+               start: torch.Tensor | None = None) -> ChainRun:
+    """Run `chains` localised SGLD chains for `steps` steps, chain c from its centre (or `start`).
 
     get_batch(t) gives step t's minibatch, shared by every chain; with per_chain_batches=True it
     gives a chain-stacked batch (every tensor [C, ...], row c chain c's own minibatch; see
@@ -389,6 +390,8 @@ def run_chains(loss_of: Callable, flat: FlatParams, s: SGLDSettings, *, chains: 
         estimate_llc gives chain c).
     row_seeds: the noise seed of each row (default `seed` for every row): stacked checkpoints
         sampled with their own seeds keep their own noise.
+    start: [C, D] where each chain starts (default: its centre). A chain continued from an earlier
+        run's final w (ChainRun.final_w) needs no burn-in again; localisation stays at the centre.
     capture: run the vectorised step as a captured CUDA graph (None: when on CUDA). The captured
         and the eager step run the same operations, so they give the same numbers.
     precision: the matmuls' precision during sampling, "fp32" (default), "tf32" or "bf16" (see
@@ -407,7 +410,7 @@ def run_chains(loss_of: Callable, flat: FlatParams, s: SGLDSettings, *, chains: 
                            center_loss=center_loss, progress=progress, centers=centers,
                            per_chain_batches=per_chain_batches, observe_batch=observe_batch,
                            observe_every=observe_every, chain_ids=chain_ids, capture=capture,
-                           precision=precision, row_seeds=row_seeds)
+                           precision=precision, row_seeds=row_seeds, start=start)
         finally:
             _INTERCEPT.reset(token)
     s.validate()
@@ -421,13 +424,18 @@ def run_chains(loss_of: Callable, flat: FlatParams, s: SGLDSettings, *, chains: 
         if centers.shape != (chains, D):
             raise SamplerError(f"centers has shape {tuple(centers.shape)}; it must be [chains, D] = "
                                f"[{chains}, {D}] (one w* per chain)")
+    if start is not None:
+        start = torch.as_tensor(start).to(device=device, dtype=w_star.dtype)
+        if start.shape != (chains, D) or not torch.isfinite(start).all():
+            raise SamplerError(f"start has shape {tuple(start.shape)}{'' if torch.isfinite(start).all() else ' and non-finite entries'}; "
+                               f"it must be finite, [chains, D] = [{chains}, {D}] (one start per chain)")
     if chain_ids is not None and len(chain_ids) != chains:
         raise SamplerError(f"chain_ids has {len(chain_ids)} entries for {chains} chains")
     if observe_every < 0 or (observe_every > 0) != (observe_batch is not None):
         raise SamplerError("observe_batch and observe_every > 0 go together: pass both (a fixed "
                            "evaluation batch and how often to evaluate on it) or neither")
     r = _Run(s=s, loss_of=loss_of, mask=flat.mask, w_star=w_star, centers=centers,
-             C0=w_star.expand(chains, D) if centers is None else centers,
+             C0=w_star.expand(chains, D) if centers is None else centers, start=start,
              per_chain_batches=per_chain_batches,
              noise=ChainNoise(seed, chains, D, device, w_star.dtype, chain_ids, row_seeds=row_seeds),
              get_batch=get_batch, steps=steps,
@@ -462,6 +470,7 @@ class _Run:
     w_star: torch.Tensor
     centers: torch.Tensor | None
     C0: torch.Tensor                      # [C, D] every chain's centre (a view when shared)
+    start: torch.Tensor | None            # [C, D] where the chains start; None: at C0
     per_chain_batches: bool
     noise: ChainNoise
     get_batch: Callable
@@ -496,7 +505,8 @@ def _sequential(r: _Run) -> torch.Tensor:
         L = loss_of(w, batch)
         return torch.autograd.grad(L, w)[0], L.detach()
 
-    ws = [C0[c].clone() for c in range(chains)]
+    W0 = C0 if r.start is None else r.start
+    ws = [W0[c].clone() for c in range(chains)]
     states = [init_state(s, w) for w in ws]
     for t in range(r.steps):
         batch = r.get_batch(t)
@@ -616,7 +626,7 @@ def _vectorised(r: _Run, capture: bool | None) -> tuple[torch.Tensor, bool]:
     if r.per_chain_batches:
         _check_chain_stacked(r.get_batch(0), chains)
     t_dev = torch.zeros(1, dtype=torch.long, device=device)  # the step index, on the device
-    W = C0.clone()
+    W = (C0 if r.start is None else r.start).clone()
     state = init_state(s, W)
     noise = r.noise
 

@@ -47,6 +47,11 @@ class AdaptiveSettings(SettingsBase):
     kind: str = "llc"             # how boundaries are read (see find_boundaries)
     min_support: float = 0.3      # boundaries kept while refining (the final reading is the caller's)
     resamples: int = 100          # posterior function draws per reading of the curve
+    max_doublings: int = 2        # a first pass that shows no boundary gets its draws doubled everywhere at
+                                  # most this often; still none: stop ('no boundary'), not a dense run in disguise
+    warm_start: bool = True       # refinements continue a checkpoint's chains from their saved final state
+                                  # (no second burn-in; the draws extend the old ones); off: fresh chains
+                                  # pooled by inverse variance (the LLC driver; the pure loop ignores it)
 
     cli_hidden = ("kind",)        # the CLI reads LLC curves only
 
@@ -57,6 +62,7 @@ class AdaptiveSettings(SettingsBase):
             self._fail("first_draws", f"must be <= full_draws ({self.full_draws})")
         for name in ("first_every", "max_rounds", "patience", "per_boundary", "resamples"):
             self.at_least(name, 1)
+        self.at_least("max_doublings", 0)
         self.at_least("growth", 2)
         self.within("support_goal", 0.0, 1.0)
         self.within("min_support", 0.0, 1.0)
@@ -132,7 +138,7 @@ class AdaptiveResult:
 
 
 def adaptive_estimate(estimate: Callable, steps: Sequence[float], s: AdaptiveSettings = AdaptiveSettings(),
-                      candidates: Sequence[float] = (), seed: int = 0) -> AdaptiveResult:
+                      candidates: Sequence[float] = (), seed: int = 0, cumulative: bool = False) -> AdaptiveResult:
     """Run the adaptive loop: first pass at `first_draws` on `steps` (every `first_every`-th, the rest
     joining `candidates`), then refine (see `plan`) until every boundary is settled, the unsettled
     intervals stop shrinking, or max_rounds.
@@ -142,6 +148,9 @@ def adaptive_estimate(estimate: Callable, steps: Sequence[float], s: AdaptiveSet
     (so `estimate` must use a new seed on every call: independent errors). An estimate that failed
     is NaN (any stderr): it adds nothing to the pool, and a checkpoint with no finite estimate yet is
     left out of the boundary reading.
+    cumulative=True: `estimate(steps, extra)` pools itself (e.g. continues the checkpoint's chains for
+    `extra` more draws) and returns each checkpoint's estimate from all its draws so far, which
+    replaces the old one.
     """
     s = s.resolved()
 
@@ -175,22 +184,32 @@ def adaptive_estimate(estimate: Callable, steps: Sequence[float], s: AdaptiveSet
     def pool(idx, extra):
         """Add `extra` draws at checkpoints idx: a fresh estimate pooled with the old by inverse variance."""
         nv, ne = call(st[idx], extra)
-        w0, w1 = 1 / e[idx] ** 2, 1 / ne ** 2          # a failed estimate (stderr inf) weighs nothing
-        w = w0 + w1
-        v[idx] = np.where(w > 0, (w0 * np.nan_to_num(v[idx]) + w1 * np.nan_to_num(nv)) / np.where(w > 0, w, 1),
-                          np.nan)
-        e[idx] = np.where(w > 0, 1 / np.sqrt(np.where(w > 0, w, 1)), np.inf)
+        if cumulative:
+            v[idx], e[idx] = nv, ne
+        else:
+            w0, w1 = 1 / e[idx] ** 2, 1 / ne ** 2          # a failed estimate (stderr inf) weighs nothing
+            w = w0 + w1
+            v[idx] = np.where(w > 0, (w0 * np.nan_to_num(v[idx]) + w1 * np.nan_to_num(nv)) / np.where(w > 0, w, 1),
+                              np.nan)
+            e[idx] = np.where(w > 0, 1 / np.sqrt(np.where(w > 0, w, 1)), np.inf)
         dr[idx] += extra
         return extra * len(idx)
 
     bs = read()
-    # nothing to refine around: the first pass was too noisy to show any boundary; add draws everywhere
-    while not bs and dr.min() < s.full_draws:
+    # nothing to refine around: the first pass may have been too noisy to show a boundary; add draws
+    # everywhere, a bounded number of times (a curve with no boundary at 4x the draws most likely has
+    # none at the dense budget either; doubling on to full_draws would be the dense run, dearer)
+    doublings = 0
+    while not bs and dr.min() < s.full_draws and doublings < s.max_doublings:
         total += pool(np.arange(len(st)), min(dr.min(), s.full_draws - dr.min()))  # double
+        doublings += 1
         bs = read()
     history = [{"round": 0, "checkpoints": len(st), "draws": total, "unsettled": sum(needs_more(b, s) for b in bs),
-                "unsettled_width": sum(b.width for b in bs if needs_more(b, s))}]
+                "unsettled_width": sum(b.width for b in bs if needs_more(b, s)), "doublings": doublings}]
     stopped, stalls = "max_rounds", 0
+    if not bs:
+        return AdaptiveResult(st, v, e, dr, bs, total, history,
+                              f"no boundary after {doublings} doubling(s) of the first pass's draws")
     for r in range(1, s.max_rounds + 1):
         width = history[-1]["unsettled_width"]
         if history[-1]["unsettled"] == 0:
