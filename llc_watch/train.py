@@ -448,3 +448,65 @@ def train(cfg: RunConfig, run_dir: str | Path, progress: bool = True, stop_after
         bar.close()
     checkpoint(t.steps)
     return Run(run_dir)
+
+
+def replay_checkpoints(run_dir: str | Path, steps, progress: bool = False, rtol: float = 1e-4) -> list[int]:
+    """Write checkpoints at `steps` (new ones, inside the run's training) by retracing its training
+    from step 0 with its own config: the data at step s is a pure function of (seed, s) and the
+    initial weights of the seed, so the replay walks the run's path again. This is how the adaptive
+    LLC adds checkpoints inside a wide boundary interval after training is done.
+
+    The replay is checked against the run: at every saved checkpoint it passes, its weights must
+    match the saved ones (to `rtol` of the largest weight); otherwise a CheckpointError names the step
+    (a run trained on another device or torch build may not retrace bit for bit) and nothing is
+    written. Steps that already have a checkpoint are left alone. Returns the steps written.
+
+        >>> replay_checkpoints("runs/addition", [700, 800])   # doctest: +SKIP
+        [700, 800]
+    """
+    from llc_watch.checkpoints import checkpoint_name
+    run = Run(run_dir)
+    cfg = run.config
+    have = {int(c.step): c for c in run.checkpoints()}
+    want = sorted({int(s) for s in steps} - set(have))
+    if not want:
+        return []
+    if want[0] < 0 or want[-1] > cfg.train.steps:
+        raise ConfigError(f"replay_checkpoints: steps {want} must lie within the run's training, 0..{cfg.train.steps}")
+    device = resolve_device(cfg.train.device)
+    task = cfg.make_task()
+    data = TrainingData(task, cfg)
+    model, opt = new_model_and_optimizer(cfg, task, device)
+    model.train()
+    stepper = Stepper(cfg, task, data, model, opt, device, fast=True)
+    checks = [s for s in have if s <= want[-1]]
+    written, pending = [], []
+    step = 0
+    try:
+        for stop in sorted(set(checks) | set(want)):
+            stepper.run(step, stop)
+            step = stop
+            if stop in have:
+                saved = have[stop].load_state()
+                now = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+                scale = max(float(v.abs().max()) for v in saved.values() if v.numel())
+                worst = max(float((now[k].float() - saved[k].float()).abs().max()) for k in saved)
+                if worst > rtol * scale:
+                    raise CheckpointError(
+                        f"{run.dir}: replaying training does not retrace the run (weights differ by {worst:.3g} "
+                        f"at step {stop}, more than {rtol:g} x the largest weight {scale:.3g}); it was trained on "
+                        "another device or torch build. Train a run with the checkpoints you need instead")
+            if stop in want:
+                # held until the replay has passed its last check: a mismatch writes nothing
+                pending.append((stop, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}))
+    finally:
+        stepper.close()
+    keep = {k: v.clone() for k, v in model.state_dict().items()}
+    for stop, state in pending:
+        model.load_state_dict(state)
+        save_checkpoint(run.dir, stop, model, cfg)
+        written.append(stop)
+        if progress:
+            print(f"{run.dir}: replayed training to step {stop}: wrote checkpoints/{checkpoint_name(stop)}")
+    model.load_state_dict(keep)
+    return written

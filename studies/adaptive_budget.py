@@ -74,8 +74,12 @@ def compare_run(argv=None):
     args = p.parse_args(argv)
     llc, ad = given_settings(args, LLCSettings), given_settings(args, AdaptiveSettings)
     run = open_run(args.run)
+    # the dense run: the run's own checkpoints (not those an adaptive replay of training added)
+    from llc_watch.analyses.llc_adaptive import replay_candidates
+    added = set(replay_candidates(run, AdaptiveSettings()))
+    own = [c.step for c in run.checkpoints() if c.step not in added]
     t0 = time.perf_counter()
-    dense = compute_llc(run, llc, progress=False)
+    dense = compute_llc(run, llc, checkpoints=own, progress=False)
     t_dense = time.perf_counter() - t0
     t0 = time.perf_counter()
     adaptive = adaptive_llc(run, llc, ad, progress=False)
@@ -101,6 +105,10 @@ def compare_run(argv=None):
     matched, only_dense, only_adaptive = same_strong(found["dense"], found["adaptive"])
     anywhere = same_strong(found["dense"], found["adaptive"], strong_b=False)[0]
     lines.append(df.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    import json
+    log = json.loads((run.dir / "llc_adaptive.json").read_text())
+    lines.append(f"adaptive: {len(log.get('replayed_checkpoints', []))} checkpoint(s) added by replaying training "
+                 f"({log.get('replay_s', 0.0):.0f} s, not SGLD), {log['checkpoints_estimated']} estimated in all")
     lines.append(f"dense strong boundaries found by the adaptive run within intervals: {matched} of "
                  f"{matched + only_dense} as strong ones ({anywhere} among all its boundaries); "
                  f"{only_adaptive} strong only in the adaptive run; adaptive stopped: {adaptive.attrs['stopped']}")

@@ -105,3 +105,29 @@ def test_adaptive_options_need_the_flag_and_are_checked(run, capsys):
     assert "only with --adaptive" in capsys.readouterr().err
     assert main(["llc", str(run.dir), "--adaptive", "--growth", "1"]) == 2
     assert "growth" in capsys.readouterr().err
+
+
+def test_refinement_adds_checkpoints_by_replaying_training(run, monkeypatch):
+    """A candidate the run never saved (a log-midpoint of its schedule) is written by retracing
+    training when the loop asks for it, then estimated like any checkpoint; a rerun replays nothing."""
+    import llc_watch.analyses.llc_adaptive as la
+    real, asked = la.adaptive_estimate, []
+
+    def loop(estimate, steps, s, candidates=(), seed=0, cumulative=False):
+        new = [c for c in candidates if c not in set(steps)][:1]
+        assert new, "no replay candidates offered"
+        v, e = estimate(np.array(new, float), 4)          # what refinement does inside an interval
+        asked.append((new[0], float(v[0])))
+        return real(estimate, steps, s, candidates=candidates, seed=seed, cumulative=cumulative)
+
+    monkeypatch.setattr(la, "adaptive_estimate", loop)
+    own = [c.step for c in run.checkpoints()]
+    adaptive_llc(run.dir, LLC, ADAPTIVE, progress=False)
+    step, value = asked[0]
+    assert step not in own and np.isfinite(value)
+    assert sorted(c.step for c in run.checkpoints()) == sorted(own + [step])
+    log = json.loads((run.dir / ADAPTIVE_FILE).read_text())
+    assert log["replayed_checkpoints"] == [step] and log["checkpoints"] == len(own)
+    adaptive_llc(run.dir, LLC, ADAPTIVE, progress=False)
+    assert json.loads((run.dir / ADAPTIVE_FILE).read_text())["replayed_checkpoints"] == []
+    assert asked[1] == asked[0]                             # the same estimate, read back

@@ -22,6 +22,7 @@ the dense table.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict
 from typing import Mapping
 
@@ -58,8 +59,11 @@ def adaptive_llc(run_dir, settings: Mapping | None = None, adaptive: AdaptiveSet
     if len(ckpts) < 4:
         raise SettingsError(f"--adaptive needs at least 4 checkpoints to read boundaries from; {run.dir} has "
                             f"{len(ckpts)} (run the dense `llc-watch llc` instead)")
+    virtual = replay_candidates(run, ad) if checkpoints is None else []
     by_step = {int(c.step): c for c in ckpts}
     base = a.job_settings(run, s)
+    replayed: list[int] = []
+    replay_s = [0.0]                        # seconds spent retracing training
     out_dir = run.results_dir(a.name)
     state_dir = out_dir / "chains"
     warm = bool(ad.warm_start) and s.sampler == "sgld" and s.backend == "ours"
@@ -84,6 +88,13 @@ def adaptive_llc(run_dir, settings: Mapping | None = None, adaptive: AdaptiveSet
 
     def estimate(steps, draws):
         """`draws` more per chain at `steps`; each checkpoint's estimate from all its draws so far."""
+        missing = [int(st) for st in steps if int(st) not in by_step]
+        if missing:   # new checkpoints inside an interval: retrace training to write them
+            from llc_watch.train import replay_checkpoints
+            t0 = time.perf_counter()
+            replayed.extend(replay_checkpoints(run.dir, missing, progress=progress))
+            replay_s[0] += time.perf_counter() - t0
+            by_step.update({int(c.step): c for c in run.checkpoints(missing)})
         groups: dict[str, tuple[dict, list]] = {}
         for st in steps:
             job = next_job(int(st), draws)
@@ -102,18 +113,21 @@ def adaptive_llc(run_dir, settings: Mapping | None = None, adaptive: AdaptiveSet
         pooled = [pool_estimates(estimates[int(st)]) for st in steps]
         return (np.array([p[0] for p in pooled], float), np.array([p[1] for p in pooled], float))
 
-    result = adaptive_estimate(estimate, sorted(by_step), ad, seed=0, cumulative=True)
+    # the loop's checkpoints: the run's own (not those an earlier replay wrote, which are candidates
+    # again, so a rerun replays the same loop); candidates: the log-midpoints it may add
+    own = sorted(st for st in by_step if st not in set(virtual))
+    result = adaptive_estimate(estimate, own, ad, candidates=virtual, seed=0, cumulative=True)
     table = pd.DataFrame([pooled_row(estimates[int(st)], *pool_estimates(estimates[int(st)])[:2])
                           for st in result.steps])
     run.write_table(a.schema.name, table)
     table = a.schema.ordered(table)
-    dense = len(ckpts) * sgld_steps({"chains": s.chains, "burn_in": s.burn_in, "draws": ad.full_draws,
+    dense = len(own) * sgld_steps({"chains": s.chains, "burn_in": s.burn_in, "draws": ad.full_draws,
                                      "steps_between_draws": s.steps_between_draws})
     spent = int(table["sgld_steps"].sum())
     atomic_write_json(run.dir / ADAPTIVE_FILE, {
         "adaptive": asdict(ad), "stopped": result.stopped, "history": result.history,
         "sgld_steps": spent, "dense_sgld_steps": dense, "checkpoints_estimated": len(table),
-        "checkpoints": len(ckpts),
+        "checkpoints": len(own), "replayed_checkpoints": sorted(set(replayed)), "replay_s": replay_s[0],
         "boundaries": [{"step": b.step, "lo": b.lo, "hi": b.hi, "kind": b.kind, "support": b.support,
                         "strong": bool(b.strong)} for b in result.boundaries]})
     table.attrs.update(settings=s, adaptive=ad, sgld_steps=spent, dense_sgld_steps=dense, stopped=result.stopped,
@@ -121,6 +135,24 @@ def adaptive_llc(run_dir, settings: Mapping | None = None, adaptive: AdaptiveSet
                                f"{sum(len(x) for x in estimates.values())} estimates; stopped: {result.stopped}")
     table.attrs["warnings"] = estimate_warnings(table)
     return table
+
+
+def replay_candidates(run, ad) -> list[int]:
+    """Steps refinement may add by replaying training: the log-midpoint of every pair of consecutive
+    checkpoints in the run's schedule (from its config, so the same on every rerun) not already a
+    scheduled step. Empty for runs llc_watch did not train (nothing to replay) or new_checkpoints off.
+
+        >>> class R: config = None
+        >>> replay_candidates(R(), AdaptiveSettings())
+        []
+    """
+    from llc_watch.checkpoints import checkpoint_steps
+    cfg = getattr(run, "config", None)
+    if not ad.new_checkpoints or cfg is None or not hasattr(cfg, "checkpoints"):
+        return []
+    sched = checkpoint_steps(cfg.train.steps, cfg.checkpoints.n_log, cfg.checkpoints.n_linear)
+    mids = {int(round(np.expm1(0.5 * (np.log1p(a) + np.log1p(b))))) for a, b in zip(sched, sched[1:])}
+    return sorted(mids - set(sched))
 
 
 def continuable(row: dict) -> bool:

@@ -49,6 +49,9 @@ class AdaptiveSettings(SettingsBase):
     resamples: int = 100          # posterior function draws per reading of the curve
     max_doublings: int = 2        # a first pass that shows no boundary gets its draws doubled everywhere at
                                   # most this often; still none: stop ('no boundary'), not a dense run in disguise
+    new_checkpoints: bool = True  # refinement may add checkpoints training never saved (log-midpoints between
+                                  # the run's scheduled ones) inside an unsettled interval, written by replaying
+                                  # training from step 0 (our runs only; the LLC driver; see train.replay_checkpoints)
     warm_start: bool = True       # refinements continue a checkpoint's chains from their saved final state
                                   # (no second burn-in; the draws extend the old ones); off: fresh chains
                                   # pooled by inverse variance (the LLC driver; the pure loop ignores it)
