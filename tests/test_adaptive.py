@@ -22,6 +22,12 @@ def test_plan_refines_only_near_unsettled_boundaries():
     more, new = plan(steps, np.array([50, 50, 400, 50, 50, 50]), [settled, wide], s, candidates=[95, 7000])
     assert set(more) <= {50.0, 110.0, 400.0} and 90.0 not in more and 5000.0 not in more  # 90 is at full draws
     assert list(new) == [95.0] and len(more) + len(new) == 2
+    # replayed-training steps only where nothing saved is left inside the interval
+    more, new = plan(steps, np.array([50, 50, 400, 50, 50, 50]), [settled, wide], s, candidates=[95],
+                     last_resort=[105, 7000])
+    assert 105.0 not in new
+    more, new = plan(steps, np.array([400, 400, 400, 400, 400, 50]), [settled, wide], s, last_resort=[105, 7000])
+    assert list(more) == [] and list(new) == [105.0]
 
 
 def test_pooled_draws_shrink_the_error_and_are_counted():

@@ -113,12 +113,13 @@ def test_refinement_adds_checkpoints_by_replaying_training(run, monkeypatch):
     import llc_watch.analyses.llc_adaptive as la
     real, asked = la.adaptive_estimate, []
 
-    def loop(estimate, steps, s, candidates=(), seed=0, cumulative=False):
-        new = [c for c in candidates if c not in set(steps)][:1]
+    def loop(estimate, steps, s, candidates=(), seed=0, cumulative=False, last_resort=()):
+        new = [c for c in last_resort if c not in set(steps)][:1]
         assert new, "no replay candidates offered"
         v, e = estimate(np.array(new, float), 4)          # what refinement does inside an interval
         asked.append((new[0], float(v[0])))
-        return real(estimate, steps, s, candidates=candidates, seed=seed, cumulative=cumulative)
+        return real(estimate, steps, s, candidates=candidates, seed=seed, cumulative=cumulative,
+                    last_resort=last_resort)
 
     monkeypatch.setattr(la, "adaptive_estimate", loop)
     own = [c.step for c in run.checkpoints()]

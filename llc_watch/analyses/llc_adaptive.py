@@ -114,9 +114,10 @@ def adaptive_llc(run_dir, settings: Mapping | None = None, adaptive: AdaptiveSet
         return (np.array([p[0] for p in pooled], float), np.array([p[1] for p in pooled], float))
 
     # the loop's checkpoints: the run's own (not those an earlier replay wrote, which are candidates
-    # again, so a rerun replays the same loop); candidates: the log-midpoints it may add
+    # again, so a rerun replays the same loop); the log-midpoints it may add are a last resort, for an
+    # interval where no saved checkpoint can still improve (replaying training costs more)
     own = sorted(st for st in by_step if st not in set(virtual))
-    result = adaptive_estimate(estimate, own, ad, candidates=virtual, seed=0, cumulative=True)
+    result = adaptive_estimate(estimate, own, ad, last_resort=virtual, seed=0, cumulative=True)
     table = pd.DataFrame([pooled_row(estimates[int(st)], *pool_estimates(estimates[int(st)])[:2])
                           for st in result.steps])
     run.write_table(a.schema.name, table)
@@ -131,8 +132,11 @@ def adaptive_llc(run_dir, settings: Mapping | None = None, adaptive: AdaptiveSet
         "boundaries": [{"step": b.step, "lo": b.lo, "hi": b.hi, "kind": b.kind, "support": b.support,
                         "strong": bool(b.strong)} for b in result.boundaries]})
     table.attrs.update(settings=s, adaptive=ad, sgld_steps=spent, dense_sgld_steps=dense, stopped=result.stopped,
-                       summary=f"{len(table)} of {len(ckpts)} checkpoints estimated, "
-                               f"{sum(len(x) for x in estimates.values())} estimates; stopped: {result.stopped}")
+                       replayed=sorted(set(replayed)), replay_s=replay_s[0],
+                       summary=f"{len(table)} checkpoints estimated (the run has {len(own)}"
+                               + (f"; {len(set(replayed))} added by replaying training in {replay_s[0]:.0f} s"
+                                  if replayed else "")
+                               + f"), {sum(len(x) for x in estimates.values())} estimates; stopped: {result.stopped}")
     table.attrs["warnings"] = estimate_warnings(table)
     return table
 
@@ -216,10 +220,10 @@ def pool_estimates(rows: list[dict]) -> tuple[float, float, int]:
 
 
 def pooled_row(rows: list[dict], value: float, stderr: float) -> dict:
-    """One llc.csv row from a checkpoint's estimates: the loop's inverse-variance pooled value and
-    stderr, draws and SGLD steps summed, diagnostics from the largest estimate, every warning kept.
+    """One llc.csv row from a checkpoint's estimates: the value and stderr given (`pool_estimates`),
+    draws and SGLD steps summed, diagnostics from the largest estimate, every warning kept.
 
-        >>> r = {"step": 5, "value": 1.0, "stderr": 0.5, "valid": True, "draws": 10, "draws_per_chain": 10,
+        >>> r = {"step": 5, "value": 1.0, "stderr": 0.5, "valid": True, "draws": 10, "draws_per_chain": 10, "burn_in": 4,
         ...      "seed": 1, "sgld_steps": 40, "warnings": "[]", "rhat": 1.0, "ess": 20.0, "sampling_s": 1.0,
         ...      "n_healthy": 2, "negative": False, "drifting": False}
         >>> p = pooled_row([r, {**r, "value": 2.0, "draws": 30, "draws_per_chain": 30, "seed": 2}], 1.8, 0.2)

@@ -94,12 +94,14 @@ def needs_more(b: Boundary, s: AdaptiveSettings) -> bool:
 
 
 def plan(steps: np.ndarray, draws: np.ndarray, boundaries: Sequence[Boundary], s: AdaptiveSettings,
-         candidates: Sequence[float] = ()) -> tuple[np.ndarray, np.ndarray]:
+         candidates: Sequence[float] = (), last_resort: Sequence[float] = ()) -> tuple[np.ndarray, np.ndarray]:
     """(checkpoints to re-estimate with more draws, new checkpoints to add) for one round.
 
     Checkpoints inside an unsettled boundary's interval (widened by `reach` half-widths) that are
     below full_draws get more draws; candidates (checkpoints that exist but have no estimate yet)
-    inside those intervals are added, nearest the boundary first.
+    inside those intervals are added, nearest the boundary first; `last_resort` candidates (steps
+    that cost more to add, e.g. checkpoints training must be replayed to write) only for an interval
+    where nothing else is left.
 
         >>> b = Boundary(100, 50, 200, "llc", "slope-zero", support=0.95)
         >>> more, new = plan(np.array([10., 60, 100, 150, 1000]), np.full(5, 50), [b], AdaptiveSettings(),
@@ -112,6 +114,7 @@ def plan(steps: np.ndarray, draws: np.ndarray, boundaries: Sequence[Boundary], s
     x = np.log1p(steps)
     more, new = set(), []
     cand = np.array(sorted(set(float(c) for c in candidates) - set(steps.tolist())), float)
+    last = np.array(sorted(set(float(c) for c in last_resort) - set(steps.tolist()) - set(cand.tolist())), float)
     for b in boundaries:
         if not needs_more(b, s):
             continue
@@ -123,6 +126,9 @@ def plan(steps: np.ndarray, draws: np.ndarray, boundaries: Sequence[Boundary], s
                 if lo <= xi <= hi and d < s.full_draws and st not in more]
         pool += [(abs(np.log1p(c) - b.x), float(c), "new") for c in cand
                  if lo <= np.log1p(c) <= hi and c not in new]
+        if not pool:   # nothing else can sharpen this interval: steps that cost more to make (replayed training)
+            pool = [(abs(np.log1p(c) - b.x), float(c), "new") for c in last
+                    if lo <= np.log1p(c) <= hi and c not in new]
         for _, st, what in sorted(pool)[: s.per_boundary]:
             (more.add(st) if what == "more" else new.append(st))
     return np.array(sorted(more), float), np.array(new, float)
@@ -141,7 +147,8 @@ class AdaptiveResult:
 
 
 def adaptive_estimate(estimate: Callable, steps: Sequence[float], s: AdaptiveSettings = AdaptiveSettings(),
-                      candidates: Sequence[float] = (), seed: int = 0, cumulative: bool = False) -> AdaptiveResult:
+                      candidates: Sequence[float] = (), seed: int = 0, cumulative: bool = False,
+                      last_resort: Sequence[float] = ()) -> AdaptiveResult:
     """Run the adaptive loop: first pass at `first_draws` on `steps` (every `first_every`-th, the rest
     joining `candidates`), then refine (see `plan`) until every boundary is settled, the unsettled
     intervals stop shrinking, or max_rounds.
@@ -218,7 +225,7 @@ def adaptive_estimate(estimate: Callable, steps: Sequence[float], s: AdaptiveSet
         if history[-1]["unsettled"] == 0:
             stopped = "settled"
             break
-        more, new = plan(st, dr, bs, s, candidates)
+        more, new = plan(st, dr, bs, s, candidates, last_resort)
         if not len(more) and not len(new):
             stopped = "nothing left to refine"
             break
