@@ -132,3 +132,16 @@ def test_refinement_adds_checkpoints_by_replaying_training(run, monkeypatch):
     adaptive_llc(run.dir, LLC, ADAPTIVE, progress=False)
     assert json.loads((run.dir / ADAPTIVE_FILE).read_text())["replayed_checkpoints"] == []
     assert asked[1] == asked[0]                             # the same estimate, read back
+
+
+def test_a_torn_chain_state_means_fresh_chains_not_a_failure(run):
+    adaptive_llc(run.dir, LLC, {**ADAPTIVE, "max_doublings": 1}, progress=False)
+    states = list((run.dir / "results" / "llc" / "chains").glob("*.npy"))
+    assert states
+    for p in states:
+        p.write_bytes(b"torn")                       # killed mid-write by something other than us
+    table = adaptive_llc(run.dir, LLC, {**ADAPTIVE, "max_doublings": 2}, progress=False)
+    est = [json.loads(e) for e in table["estimates"]]
+    # where the second doubling needed the torn state, a fresh set of chains (with burn-in) was sampled
+    assert any(x["lineage"] == "r2" and x["segment"] == 0 and x["burn_in"] == 4 for e in est for x in e)
+    assert table["value"].notna().all()

@@ -83,8 +83,8 @@ def adaptive_llc(run_dir, settings: Mapping | None = None, adaptive: AdaptiveSet
         cont = {**fresh, "lineage": last["lineage"], "segment": int(last["segment"]) + 1, "burn_in": 0}
         # continue only from a saved state, or where the continuation is already done (a replay)
         done = result_path(out_dir, by_step[st], job_key(llc_job, by_step[st], cont)).is_file()
-        saved = chain_state_path(state_dir, st, last["lineage"], last["segment"]).is_file()
-        return cont if done or saved else fresh
+        return cont if done or state_readable(chain_state_path(state_dir, st, last["lineage"], last["segment"]),
+                                              int(base["chains"])) else fresh
 
     def estimate(steps, draws):
         """`draws` more per chain at `steps`; each checkpoint's estimate from all its draws so far."""
@@ -157,6 +157,21 @@ def replay_candidates(run, ad) -> list[int]:
     sched = checkpoint_steps(cfg.train.steps, cfg.checkpoints.n_log, cfg.checkpoints.n_linear)
     mids = {int(round(np.expm1(0.5 * (np.log1p(a) + np.log1p(b))))) for a, b in zip(sched, sched[1:])}
     return sorted(mids - set(sched))
+
+
+def state_readable(path, chains: int) -> bool:
+    """Whether a saved chain state can be continued from: a finite [chains, D] array. A torn or
+    foreign file is deleted (the next estimate there starts fresh chains instead of failing on it)."""
+    if not path.is_file():
+        return False
+    try:
+        w = np.load(path, allow_pickle=False)
+        if w.ndim == 2 and w.shape[0] == chains and np.isfinite(w).all():
+            return True
+    except (OSError, ValueError):
+        pass
+    path.unlink(missing_ok=True)
+    return False
 
 
 def continuable(row: dict) -> bool:
