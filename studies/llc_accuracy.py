@@ -109,12 +109,13 @@ def run_case(name, device="cpu", devinterp=True, threads=1):
                target_kind=target_kind, llc=r.llc_mean, llc_se=r.llc_stderr,
                rel_error=(r.llc_mean - target) / target, valid=r.valid, status=cal.status,
                cal_warnings=len(cal.warnings), est_warnings=len(r.warnings),
-               epsilon=cal.choice["epsilon"], gamma=cal.choice["gamma"], batch=cal.choice["batch_size"],
+               sampler=cal.choice["sampler"], epsilon=cal.choice["epsilon"], gamma=cal.choice["gamma"],
+               batch=cal.choice["batch_size"],
                draws=cal.choice["draws"], cost_ratio=cal.evidence["cost"]["ratio"],
                calib_s=t_cal, estimate_s=t_est, devinterp_llc=dv,
                devinterp_rel_error=(dv - lam) / lam if math.isfinite(dv) else float("nan"))
     print(f"{name}: λ={lam:g} target={target:.4g} λ̂={r.llc_mean:.4g}±{r.llc_stderr:.2g} "
-          f"({100 * row['rel_error']:+.1f} %) {cal.status} devinterp={dv:.4g} "
+          f"({100 * row['rel_error']:+.1f} %) {cal.status} {cal.choice['sampler']} devinterp={dv:.4g} "
           f"[{t_cal:.0f}+{t_est:.0f} s]", flush=True)
     for w in cal.warnings + r.warnings:
         print(f"   {name}: {w}", flush=True)
@@ -149,11 +150,12 @@ def figure(df, ax=None):
 
 
 def table(df) -> str:
-    lines = ["| case | params | n | target | λ̂ ± se | error | status | devinterp defaults | cost × | s |",
-             "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+    lines = ["| case | params | n | target | λ̂ ± se | error | status | sampler | devinterp defaults | cost × | s |",
+             "|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|"]
     for _, r in df.iterrows():
         lines.append(f"| {r['case']} | {r['params']} | {r['n']} | {r['target']:.4g} ({r['target_kind']}) | "
                      f"{r['llc']:.4g} ± {r['llc_se']:.2g} | {100 * r['rel_error']:+.1f} % | {r['status']} | "
+                     f"{r.get('sampler', 'sgld')} | "
                      f"{r['devinterp_llc']:.3g} | {r['cost_ratio']:.1f} | {r['calib_s'] + r['estimate_s']:.0f} |")
     return "\n".join(lines)
 

@@ -127,6 +127,10 @@ def test_calibrated_regular_model():
     assert cal.evidence["noise_ratio"] <= NOISE_RATIO_MAX
     assert set(cal.choice) >= {"epsilon", "gamma", "nbeta", "batch_size", "draws", "burn_in", "sampler"}
     assert {"ladder", "gamma_check"} <= set(cal.sweep["role"])
+    # sampler auto: SGLD's ladder reached a plateau, so no second sampler's ladder was run
+    assert cal.choice["sampler"] == "sgld" and set(cal.sweep["sampler"]) == {"sgld"}
+    assert [t["sampler"] for t in cal.evidence["sampler"]["ladders"]] == ["sgld"]
+    assert not any(w.startswith("SECOND SAMPLER") for w in cal.warnings)
     assert r.valid
     assert abs(r.llc_mean - lam) <= GOAL * lam + K * r.llc_stderr, (r.llc_mean, lam)
 
@@ -160,12 +164,42 @@ def test_unmixed_pilots_never_make_a_plateau():
     # read 10.2 and 10.8 after 300 / 900 draws (R̂ 1.56 / 1.25 on the observable): "agree", so the
     # old rule called a plateau at 10.2. An unmixed pilot reads low and must not be compared.
     model, loss_fn, data, lam = exact.make_dln([10, 8, 6, 10], 2, 20000)
-    cal = calibrate_llc(model, loss_fn, data, epsilons=[3e-7, 1e-7], draws=100, checks=False, seed=0)
+    cal = calibrate_llc(model, loss_fn, data, epsilons=[3e-7, 1e-7], draws=100, checks=False, seed=0,
+                        sampler="sgld")   # the SGLD ladder's own rule (auto would go on to RMSProp-SGLD)
     assert cal.status == "untrusted", (cal.status, cal.llc)
     assert cal.evidence["unmixed"] and not cal.evidence["plateau_tests"]
     assert any("not mixed" in w for w in cal.warnings) and any("UNTRUSTED" in w for w in cal.warnings)
     assert not cal.sweep["comparable"].any()
     assert cal.llc < 0.6 * lam          # what it says: the number it returns is biased low
+
+
+@pytest.mark.slow   # ~50 s on one core: two samplers' ladders, then the estimate
+def test_auto_sampler_takes_rmsprop_sgld_where_plain_sgld_cannot_mix():
+    # issue 10: on deep linear networks plain SGLD's pilots do not mix in the budget (one rung of
+    # five mixed here), and RMSProp-SGLD's preconditioner crosses the flat directions. A DLN of
+    # 47 weights (λ = 7.5) at n = 2000 with 300-draw pilots: auto must run the second ladder, say
+    # so, choose RMSProp-SGLD on its better evidence, and its choice must land on the known answer.
+    model, loss_fn, data, lam = exact.make_dln([5, 4, 3, 5], 1, 2000)
+    cal = calibrate_llc(model, loss_fn, data, draws=300, seed=0)
+    sgld, rms = cal.evidence["sampler"]["ladders"]
+    assert (sgld["sampler"], sgld["status"]) == ("sgld", "untrusted"), sgld
+    assert rms["sampler"] == "rmsprop_sgld" and rms["status"] in ("plateau", "extrapolated"), rms
+    assert cal.choice["sampler"] == "rmsprop_sgld" and cal.status == rms["status"]
+    assert any(w.startswith("SECOND SAMPLER") for w in cal.warnings)
+    assert set(cal.sweep["sampler"]) == {"sgld", "rmsprop_sgld"}
+    per = cal.evidence["cost"]["per_sampler"]
+    assert per["sgld"] > 0 and per["rmsprop_sgld"] > 0
+    assert cal.evidence["cost"]["ratio"] >= per["sgld"] + per["rmsprop_sgld"]   # checks come on top
+    r = estimate_llc(model, loss_fn, data, **{**cal.choice, "seed": 1})
+    assert r.valid
+    assert abs(r.llc_mean - lam) <= GOAL * lam + K * r.llc_stderr, (r.llc_mean, r.llc_stderr, lam)
+
+
+def test_an_unknown_sampler_is_one_clear_error():
+    from llc_watch.llc.estimator import LLCError
+    model, loss_fn, data, lam = exact.make_regular(2, 200)
+    with pytest.raises(LLCError, match="sampler='adam'.*'auto'"):
+        calibrate_llc(model, loss_fn, data, sampler="adam")
 
 
 def test_unmixed_reasons_name_each_failure():
@@ -222,3 +256,31 @@ def test_calibrate_run_auto_saves_a_choice_compute_llc_reads(tmp_path):
     assert (d / "calibration_sweep.csv").is_file() and "40" in saved["per_checkpoint"]
     s = REGISTRY["llc"].settings(open_run(d), {})
     assert s.epsilon == cal.choice["epsilon"] and s.batch_size == cal.choice["batch_size"]
+
+
+def test_run_level_choice_never_mixes_two_samplers_step_sizes(tmp_path):
+    # ε is a different step for SGLD and RMSProp-SGLD: the run's ε must come from the checkpoints
+    # that chose the run's sampler (RMSProp-SGLD, needed somewhere), never min over both
+    import json
+    import types
+
+    import pandas as pd
+    from llc_watch.analyses.calibration import CALIBRATION_ANALYSIS
+
+    def row(step, sampler, eps, status):
+        choice = dict(epsilon=eps, gamma=1.0, nbeta=100.0, batch_size=256 * (step // 10), draws=1000 + step,
+                      burn_in=500, sampler=sampler, chains=4)
+        return dict(step=step, choice=json.dumps(choice), status=status, cal_llc=1.0, cal_llc_stderr=0.1,
+                    evidence="{}", cal_warnings="[]")
+
+    table = pd.DataFrame([row(10, "sgld", 1e-7, "plateau"), row(20, "rmsprop_sgld", 3e-6, "extrapolated"),
+                          row(30, "rmsprop_sgld", 1e-6, "plateau")])
+    out = CALIBRATION_ANALYSIS._finish_auto(types.SimpleNamespace(dir=tmp_path), table, {})
+    choice = out.attrs["choice"]
+    assert (choice["sampler"], choice["epsilon"]) == ("rmsprop_sgld", 1e-6)
+    assert (choice["batch_size"], choice["draws"]) == (768, 1030)        # the most careful over all
+    assert any("different samplers" in w for w in out.attrs["choice_warnings"])
+    assert json.loads((tmp_path / "calibration.json").read_text())["choice"]["epsilon"] == 1e-6
+    one = CALIBRATION_ANALYSIS._finish_auto(types.SimpleNamespace(dir=tmp_path), table.iloc[:1], {})
+    assert (one.attrs["choice"]["sampler"], one.attrs["choice"]["epsilon"]) == ("sgld", 1e-7)
+    assert not any("different samplers" in w for w in one.attrs["choice_warnings"])

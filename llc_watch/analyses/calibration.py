@@ -6,7 +6,8 @@ Two methods (setting `method`):
                   gradient-noise ratio, a plateau of λ̂ in ε judged with its Monte-Carlo error (else
                   an extrapolation to ε → 0 and the smallest ε), checks of batch, γ, MALA, R̂ and ESS.
                   One choice for the run: the most careful of the three (smallest ε, largest batch,
-                  most draws and burn-in).
+                  most draws and burn-in); its sampler is RMSProp-SGLD if any checkpoint needed it
+                  (then ε is the smallest among those checkpoints: ε is a different step per sampler).
   grid            the older ε × nβ × γ sweep on the middle and last checkpoints, chosen by
                   llc_watch.llc.calibrate.choose.
 
@@ -201,8 +202,18 @@ class CalibrationAnalysis(Analysis):
                 warns.append(f"step {int(step)}: no plateau of λ̂ in ε ({r0['status']}); λ̂ there was extrapolated "
                              "to ε → 0 and the smallest ε taken" if r0["status"] == "extrapolated" else
                              f"step {int(step)}: calibration untrusted ({r0['status']})")
-        choice = dict(choices[0])
-        choice.update(epsilon=min(c["epsilon"] for c in choices), batch_size=max(c["batch_size"] for c in choices),
+        # ε means a different step for each sampler: the run's ε is the smallest among the checkpoints
+        # that chose the run's sampler. RMSProp-SGLD is chosen only where SGLD's ladder had no plateau,
+        # so one such checkpoint makes it the run's sampler (said in a warning).
+        samplers = {c.get("sampler", "sgld") for c in choices}
+        run_sampler = "rmsprop_sgld" if "rmsprop_sgld" in samplers else choices[0].get("sampler", "sgld")
+        same = [c for c in choices if c.get("sampler", "sgld") == run_sampler]
+        if len(samplers) > 1:
+            warns.append(f"checkpoints chose different samplers ({', '.join(sorted(samplers))}); the run uses "
+                         f"{run_sampler} (plain SGLD found no plateau somewhere) at the ε of the checkpoints "
+                         "that chose it; at the others that sampler's ε was not calibrated")
+        choice = dict(same[0])
+        choice.update(epsilon=min(c["epsilon"] for c in same), batch_size=max(c["batch_size"] for c in choices),
                       draws=max(c["draws"] for c in choices), burn_in=max(c["burn_in"] for c in choices))
         choice = {k: v for k, v in choice.items() if k in LLCSettings.__dataclass_fields__}
         atomic_write_json(run.dir / CALIBRATION_FILE, _json_safe({

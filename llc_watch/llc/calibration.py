@@ -59,6 +59,19 @@ THE RULE (`RULE` below, in words; every number it uses is in `cal.evidence`):
     R̂ <= 1.01 and ESS >= 100 per chain on the observable (Vehtari et al. 2021).
  6. Draws: the pilot's bulk ESS per draw on the observable sets the draws for 100 ESS per chain
     (at least the pilot's, at most MAX_DRAWS_FACTOR times); burn-in as in the pilot.
+ 7. The sampler (`sampler="auto"`, the default; `pick_sampler`). Steps 1-4 run for plain SGLD
+    first. Only when its ladder finds no plateau (extrapolated, or untrusted: fewer than two rungs
+    mixed in the pilot budget, as on deep linear networks, whose flat directions plain SGLD
+    crosses slowly), steps 1-4 run again for RMSProp-SGLD, its ε scaled by the probe's √E g² + 0.1
+    (`rmsprop_scale`, the preconditioner's size, so both ladders aim at the same discretisation
+    bias; a given `epsilons` ladder is scaled alike). The strictly better status wins (plateau >
+    extrapolated > untrusted); a tie keeps SGLD, the exact Langevin dynamics (RMSProp's
+    history-dependent preconditioner drops a correction term, a bias the ε plateau cannot see).
+    Steps 5-6 run for the winner. `choice['sampler']` says which won, `evidence['sampler']` each
+    ladder's outcome and the reason, a SECOND SAMPLER warning says the second ladder was needed,
+    and `evidence['cost']['per_sampler']` states each ladder's cost. Where SGLD reaches a plateau
+    nothing changes (no second ladder, the same cells). Anchor: issue 10's 3,072-weight DLN, where
+    RMSProp-SGLD read 129.9 after 3,000 draws for a true 128 and plain SGLD needed ~20,000.
 
 Cost: the calibration's per-example gradient evaluations are counted against one estimate at
 the chosen settings (`evidence['cost']['ratio']`). With a plateau at the top rung: 2-chain pilots
@@ -84,7 +97,7 @@ import torch
 from . import diagnostics as dg
 from .data import DataSource, to_device
 from .estimator import LLCError, estimate_llc, resolve_nbeta, select_params, _resolve_device
-from .sampler import FlatParams, make_flat_loss
+from .sampler import SAMPLERS, FlatParams, make_flat_loss
 
 NOISE_RATIO_MAX = 0.025    # gradient-noise ratio ρ allowed (≈ relative bias it causes)
 TOP_CURVATURE_BIAS = 0.1   # ε_top·(nβ·h_max + γ): ≈ 2.5 % discretisation bias at the top rung
@@ -108,7 +121,8 @@ RULE = ("ε ladder ε_top/3^k from the Hessian's top curvature (ε_top·(nβ·h_
         "λ̂ drifting) are rerun 3× longer, then never compared (up the ladder when the top has not "
         "mixed); choose the largest mixed ε whose λ̂ agrees with the mixed λ̂ at ε/3 within 2 se + 5 % "
         "(plateau), else extrapolate to ε→0 over the mixed rungs and take the smallest (fewer than two "
-        "mixed: untrusted); check batch ×2, γ ×3, MALA >= 0.9, R̂ <= 1.01, ESS >= 100/chain")
+        "mixed: untrusted); check batch ×2, γ ×3, MALA >= 0.9, R̂ <= 1.01, ESS >= 100/chain; sampler auto: "
+        "RMSProp-SGLD's ladder too where SGLD's has no plateau, the strictly better status wins, ties keep SGLD")
 
 
 @dataclass
@@ -339,10 +353,44 @@ def extrapolate_to_zero(eps, lam, se) -> tuple[float, float]:
     return float(beta[0]), float(math.sqrt(cov[0, 0]))
 
 
+def rmsprop_scale(gv: dict, rmsprop_eps: float = 0.1) -> float:
+    """√(E g₁²) + eps: RMSProp-SGLD's step is ε·P with P = 1/(√v + eps), so an SGLD step size
+    maps to an RMSProp-SGLD one of about ε·(√E g² + eps) (the probe's per-example E g², per weight)."""
+    return math.sqrt(gv["sq"]) + rmsprop_eps
+
+
+STATUS_RANK = {"plateau": 0, "extrapolated": 1, "untrusted": 2}
+
+
+def pick_sampler(tried: list[dict]) -> dict:
+    """Which sampler's ladder wins (step 0 of the rule): the strictly better status (plateau, then
+    extrapolated, then untrusted); a tie keeps the first (plain SGLD, the exact Langevin dynamics,
+    whose only bias is ε's: RMSProp's preconditioner, a running mean of g², adds the bias of a
+    dropped correction term that the ε plateau does not see). Two untrusted ladders are not ranked
+    by their mixed rungs: an untrusted λ̂ is unchecked either way, and a sampler that mixed only at
+    a coarse step reads that step's bias (RMSProp-SGLD read 72.7 for a true 29.5 so).
+
+        >>> a = {"sampler": "sgld", "status": "untrusted", "mixed_rungs": 0}
+        >>> b = {"sampler": "rmsprop_sgld", "status": "plateau", "mixed_rungs": 2}
+        >>> pick_sampler([a, b])["winner"], pick_sampler([a, {**b, "status": "untrusted", "mixed_rungs": 1}])["winner"]
+        ('rmsprop_sgld', 'sgld')
+    """
+    key = lambda t: STATUS_RANK[t["status"]]
+    best = min(tried, key=key)      # min keeps the first of equals
+    others = [t for t in tried if t is not best]
+    if best is tried[0]:
+        reason = (f"kept {best['sampler']} ({best['status']}, {best['mixed_rungs']} mixed rung(s)): "
+                  + ", ".join(f"{t['sampler']} was no better ({t['status']}, {t['mixed_rungs']} mixed)" for t in others))
+    else:
+        reason = (f"chose {best['sampler']} ({best['status']}, {best['mixed_rungs']} mixed rung(s)) over "
+                  + ", ".join(f"{t['sampler']} ({t['status']}, {t['mixed_rungs']} mixed)" for t in others))
+    return {"winner": best["sampler"], "reason": reason}
+
+
 # --- the calibration ----------------------------------------------------------------------------
 
 def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float = 1.0,
-                  gamma: float = 1.0, batch_size: int | None = None, sampler: str = "sgld",
+                  gamma: float = 1.0, batch_size: int | None = None, sampler: str = "auto",
                   chains: int = 4, draws: int | None = None, burn_in: int | None = None,
                   epsilons=None, seed: int = 0, params=None, device=None,
                   checks: bool = True, progress: bool = False) -> Calibration:
@@ -354,7 +402,12 @@ def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float 
     draws / burn_in: the pilots' (None: PILOT_DRAWS = 1000 and half of that).
     epsilons: a ladder to use instead of the probed one (ascending or not).
     chains: chains of the final estimate (pilots use 2).
+    sampler: "auto" (SGLD, then RMSProp-SGLD where SGLD finds no plateau: rule step 7), "sgld" or
+    "rmsprop_sgld" (that sampler's ladder only).
     """
+    if sampler not in ("auto",) + SAMPLERS:
+        raise LLCError(f"calibrate_llc: sampler={sampler!r}: choose 'auto' (SGLD, then RMSProp-SGLD where "
+                       f"SGLD finds no plateau) or one of {SAMPLERS}")
     t0 = time.perf_counter()
     src = DataSource(data)
     n = len(src)
@@ -370,10 +423,10 @@ def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float 
         return (top_curvature(loss_of, flat, eval_batch, seed=seed, at=at),
                 gradient_variance(loss_of, flat, src, dev, seed=seed, at=at))
 
-    def plan(h_max, gv):
+    def plan(h_max, gv, samp):
         curv = nb * h_max + gamma
-        if sampler == "rmsprop_sgld":   # steps are scaled by P ≈ 1/(√E g² + 0.1): scale ε alike
-            curv = curv / (math.sqrt(gv["sq"]) + 0.1)
+        if samp == "rmsprop_sgld":   # steps are scaled by P ≈ 1/(√E g² + 0.1): scale ε alike
+            curv = curv / rmsprop_scale(gv)
         eps_top = TOP_CURVATURE_BIAS / curv
         if batch_size is None:
             B = _batch_for(eps_top, nb, gv["v"], n, start=cheap_batch(flat.n_sampled, n))
@@ -384,194 +437,222 @@ def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float 
                 eps_top *= NOISE_RATIO_MAX / rho
         return curv, eps_top, B
 
-    h_max, gv = probe(None)
-    curv, eps_top, B = plan(h_max, gv)
-    probes = [{"at": "w*", "h_max": h_max, "v": gv["v"], "epsilon_top": eps_top, "batch": B}]
+    probe_w_star = probe(None)            # shared by every sampler's ladder
     draws = PILOT_DRAWS if draws is None else int(draws)
     if burn_in is None:
         burn_in = max(100, draws // 2)
-    base = dict(nbeta=nb, terms_per_example=terms_per_example, sampler=sampler, seed=seed,
+    base = dict(nbeta=nb, terms_per_example=terms_per_example, seed=seed,
                 params=params, device=device, per_chain_batches=True, batch_control=True)
     per_step = lambda chains_, B_: chains_ * B_                        # gradient-evals ∝ examples
-    rows, warnings = [], []
-
+    rows = []
     last = {}
 
-    def run(role, eps, g, B_, ch, mala=False, draws_=None, burn_=None):
+    def run(role, eps, g, B_, ch, samp, mala=False, draws_=None, burn_=None):
         d_, b_ = draws_ or draws, burn_ if burn_ is not None else burn_in
         r = estimate_llc(model, loss_fn, data, epsilon=eps, gamma=g, batch_size=B_, chains=ch,
-                         draws=d_, burn_in=b_, mala=mala, **base)
+                         draws=d_, burn_in=b_, mala=mala, sampler=samp, **base)
         cost = per_step(ch, r.hyperparameters["batch_size"]) * r.timing["steps"] * (2 if mala else 1)
         row = _row(r, role, cost)
         rows.append(row)
         last["r"] = r
         if progress:
-            print(f"  {role:12s} ε={eps:.3g} γ={g:g} B={B_}: λ̂={row['llc']:.4g} ± {row['llc_se']:.2g} "
+            print(f"  {role:12s} {samp} ε={eps:.3g} γ={g:g} B={B_}: λ̂={row['llc']:.4g} ± {row['llc_se']:.2g} "
                   f"R̂={row['rhat']:.3f} ESS={row['ess_bulk']:.0f}", flush=True)
         return row
 
-    # ladder from the top: a rung's pilot gets clip(ε_top/ε, 1, 3)× the draws (a smaller step
-    # mixes slower); the next rung down is run only when needed. Cells are keyed by ε.
-    cells: dict[float, dict] = {}
-    ladder: list[float] = []
-    eps_ref = [eps_top]
-    unmixed: list[dict] = []
+    def ladder_for(samp, eps_given) -> dict:
+        """Steps 1-4 of the rule for one sampler: probe-planned ladder, pilots, plateau test."""
+        n_rows0 = len(rows)
+        h_max, gv = probe_w_star
+        curv, eps_top, B = plan(h_max, gv, samp)
+        probes = [{"at": "w*", "h_max": h_max, "v": gv["v"], "epsilon_top": eps_top, "batch": B}]
+        warnings: list[str] = []
+        # ladder from the top: a rung's pilot gets clip(ε_top/ε, 1, 3)× the draws (a smaller step
+        # mixes slower); the next rung down is run only when needed. Cells are keyed by ε.
+        cells: dict[float, dict] = {}
+        ladder: list[float] = []
+        eps_ref = [eps_top]
+        unmixed: list[dict] = []
 
-    def cell(e, B_=None, lengthen=True):
-        if e in cells and lengthen and cells[e].get("short"):   # probed only: now judge it properly
-            cells[e]["role"], cells[e]["comparable"] = "ladder_short", False
-            del cells[e]
-        if e not in cells:
-            Bc = B if B_ is None else B_
-            mult = min(max(eps_ref[0] / e, 1.0), 3.0)
-            d_k, b_k = int(math.ceil(draws * mult)), int(math.ceil(burn_in * mult))
-            row = run("ladder", e, gamma, Bc, PILOT_CHAINS, draws_=d_k, burn_=b_k)
-            if not lengthen and _healthy(row) and not _pilot_mixed(row):
-                row["short"], row["comparable"] = True, False   # lengthened only if asked for again
+        def cell(e, B_=None, lengthen=True):
+            if e in cells and lengthen and cells[e].get("short"):   # probed only: now judge it properly
+                cells[e]["role"], cells[e]["comparable"] = "ladder_short", False
+                del cells[e]
+            if e not in cells:
+                Bc = B if B_ is None else B_
+                mult = min(max(eps_ref[0] / e, 1.0), 3.0)
+                d_k, b_k = int(math.ceil(draws * mult)), int(math.ceil(burn_in * mult))
+                row = run("ladder", e, gamma, Bc, PILOT_CHAINS, samp, draws_=d_k, burn_=b_k)
+                if not lengthen and _healthy(row) and not _pilot_mixed(row):
+                    row["short"], row["comparable"] = True, False   # lengthened only if asked for again
+                    cells[e] = row
+                    return row
+                if _healthy(row) and not _pilot_mixed(row):   # unmixed: once 3× longer
+                    row["role"], row["comparable"] = "ladder_short", False
+                    row = run("ladder", e, gamma, Bc, PILOT_CHAINS, samp, draws_=3 * d_k, burn_=3 * b_k)
+                    why = unmixed_reasons(row) if _healthy(row) else []
+                    if why:   # still unmixed: its λ̂ is not compared with any other (it reads low)
+                        row["comparable"] = False
+                        unmixed.append({"epsilon": e, "draws": 3 * d_k, "reasons": why})
+                        warnings.append(f"ε={e:.3g}: pilots not mixed after {3 * d_k} draws ({'; '.join(why)}); "
+                                        "their λ̂ is not used for the plateau test")
+                row.setdefault("comparable", _healthy(row))
                 cells[e] = row
-                return row
-            if _healthy(row) and not _pilot_mixed(row):   # unmixed: once 3× longer
-                row["role"], row["comparable"] = "ladder_short", False
-                row = run("ladder", e, gamma, Bc, PILOT_CHAINS, draws_=3 * d_k, burn_=3 * b_k)
-                why = unmixed_reasons(row) if _healthy(row) else []
-                if why:   # still unmixed: its λ̂ is not compared with any other (it reads low)
-                    row["comparable"] = False
-                    unmixed.append({"epsilon": e, "draws": 3 * d_k, "reasons": why})
-                    warnings.append(f"ε={e:.3g}: pilots not mixed after {3 * d_k} draws ({'; '.join(why)}); "
-                                    "their λ̂ is not used for the plateau test")
-            row.setdefault("comparable", _healthy(row))
-            cells[e] = row
-        return cells[e]
+            return cells[e]
 
-    # a singular w* (e.g. zero weights) has little curvature or gradient noise at w* itself, and
-    # much more where the posterior lives: re-probe at the top pilot's final weights and restart
-    # the ladder lower (or with a larger batch) when the plan changes (at most twice)
-    for attempt in range(4):
-        ladder = sorted(epsilons, reverse=True) if epsilons else [eps_top / 3 ** k for k in range(RUNGS)]
-        eps_ref[0] = ladder[0]
-        cells.clear()
-        unmixed.clear()
-        warnings.clear()
-        top = cell(ladder[0], lengthen=False)
-        if epsilons or attempt == 3:
-            break
-        W = last["r"].final_weights
-        if not _healthy(top) or W is None or not torch.isfinite(W).all():
-            eps_top = ladder[0] / 3        # the top rung diverged: start a rung lower
-            probes.append({"at": f"pilot end (ε={ladder[0]:.3g})", "diverged": True})
-            continue
-        found = [probe(W[c].to(dev)) for c in range(W.shape[0])]
-        h2 = max(f[0] for f in found)
-        gv2 = max((f[1] for f in found), key=lambda g: g["v"])
-        h_new, gv_new = max(h_max, h2), (gv2 if gv2["v"] > gv["v"] else gv)
-        curv2, eps2, B2 = plan(h_new, gv_new)
-        probes.append({"at": f"pilot end (ε={ladder[0]:.3g})", "h_max": h2, "v": gv2["v"],
-                       "epsilon_top": eps2, "batch": B2})
-        if eps2 >= eps_top / 1.5 and B2 <= B:
-            break
-        h_max, gv, curv, eps_top, B = h_new, gv_new, curv2, min(eps2, eps_top), max(B2, B)
+        # a singular w* (e.g. zero weights) has little curvature or gradient noise at w* itself, and
+        # much more where the posterior lives: re-probe at the top pilot's final weights and restart
+        # the ladder lower (or with a larger batch) when the plan changes (at most twice)
+        for attempt in range(4):
+            ladder = sorted(eps_given, reverse=True) if eps_given else [eps_top / 3 ** k for k in range(RUNGS)]
+            eps_ref[0] = ladder[0]
+            cells.clear()
+            unmixed.clear()
+            warnings.clear()
+            top = cell(ladder[0], lengthen=False)
+            if eps_given or attempt == 3:
+                break
+            W = last["r"].final_weights
+            if not _healthy(top) or W is None or not torch.isfinite(W).all():
+                eps_top = ladder[0] / 3        # the top rung diverged: start a rung lower
+                probes.append({"at": f"pilot end (ε={ladder[0]:.3g})", "diverged": True})
+                continue
+            found = [probe(W[c].to(dev)) for c in range(W.shape[0])]
+            h2 = max(f[0] for f in found)
+            gv2 = max((f[1] for f in found), key=lambda g: g["v"])
+            h_new, gv_new = max(h_max, h2), (gv2 if gv2["v"] > gv["v"] else gv)
+            curv2, eps2, B2 = plan(h_new, gv_new, samp)
+            probes.append({"at": f"pilot end (ε={ladder[0]:.3g})", "h_max": h2, "v": gv2["v"],
+                           "epsilon_top": eps2, "batch": B2})
+            if eps2 >= eps_top / 1.5 and B2 <= B:
+                break
+            h_max, gv, curv, eps_top, B = h_new, gv_new, curv2, min(eps2, eps_top), max(B2, B)
 
-    # the top rung healthy but unmixed: smaller steps mix slower still, so go UP the ladder (at
-    # most UP_RUNGS rungs, while ε·(nβ·h_max + γ) <= STABILITY_MAX), the batch grown with ε to
-    # keep the gradient-noise ratio under NOISE_RATIO_MAX, until two rungs have mixed
-    cell(ladder[0])                       # the top rung, lengthened if it had not mixed
-    went_up = []
-    if not epsilons and _healthy(cells[ladder[0]]):
-        while len(went_up) < UP_RUNGS and sum(c["comparable"] for c in cells.values()) < 2:
-            e_up = ladder[0] * 3
-            if e_up * curv > STABILITY_MAX:
-                break
-            B_up = _batch_for(e_up, nb, gv["v"], n, start=B) if batch_size is None else B
-            if noise_ratio(e_up, nb, gv["v"], B_up, n) > NOISE_RATIO_MAX:
-                break
-            ladder.insert(0, e_up)
-            went_up.append({"epsilon": e_up, "batch": B_up})
-            if not _healthy(cell(e_up, B_up)):
-                break
-        if went_up:
-            warnings.append(f"the pilot at ε_top={eps_ref[0]:.3g} had not mixed: went up the ladder to "
-                            f"ε={ladder[0]:.3g} (batch {cells[ladder[0]]['batch_size']})")
+        # the top rung healthy but unmixed: smaller steps mix slower still, so go UP the ladder (at
+        # most UP_RUNGS rungs, while ε·(nβ·h_max + γ) <= STABILITY_MAX), the batch grown with ε to
+        # keep the gradient-noise ratio under NOISE_RATIO_MAX, until two rungs have mixed
+        cell(ladder[0])                       # the top rung, lengthened if it had not mixed
+        went_up = []
+        if not eps_given and _healthy(cells[ladder[0]]):
+            while len(went_up) < UP_RUNGS and sum(c["comparable"] for c in cells.values()) < 2:
+                e_up = ladder[0] * 3
+                if e_up * curv > STABILITY_MAX:
+                    break
+                B_up = _batch_for(e_up, nb, gv["v"], n, start=B) if batch_size is None else B
+                if noise_ratio(e_up, nb, gv["v"], B_up, n) > NOISE_RATIO_MAX:
+                    break
+                ladder.insert(0, e_up)
+                went_up.append({"epsilon": e_up, "batch": B_up})
+                if not _healthy(cell(e_up, B_up)):
+                    break
+            if went_up:
+                warnings.append(f"the pilot at ε_top={eps_ref[0]:.3g} had not mixed: went up the ladder to "
+                                f"ε={ladder[0]:.3g} (batch {cells[ladder[0]]['batch_size']})")
 
-    # plateau: from the top, the first pair of neighbouring rungs, both mixed, that agree. A rung
-    # that has not mixed ends the descent (a smaller ε mixes slower still).
-    tests, chosen, status = [], None, "extrapolated"
-    for k in range(len(ladder) - 1):
-        top = cell(ladder[k])
-        if not _healthy(top):
-            warnings.append(f"ε={ladder[k]:.3g}: {top['failed_chains']} failed chain(s) or invalid "
-                            "estimate; going down the ladder")
-            continue
-        if not top["comparable"]:
-            if ladder[k] < eps_ref[0]:
+        # plateau: from the top, the first pair of neighbouring rungs, both mixed, that agree. A rung
+        # that has not mixed ends the descent (a smaller ε mixes slower still).
+        tests, chosen, status = [], None, "extrapolated"
+        for k in range(len(ladder) - 1):
+            top = cell(ladder[k])
+            if not _healthy(top):
+                warnings.append(f"ε={ladder[k]:.3g}: {top['failed_chains']} failed chain(s) or invalid "
+                                "estimate; going down the ladder")
+                continue
+            if not top["comparable"]:
+                if ladder[k] < eps_ref[0]:
+                    break
+                continue
+            low = cell(ladder[k + 1])
+            if not _healthy(low):
+                continue
+            if not low["comparable"]:
                 break
-            continue
-        low = cell(ladder[k + 1])
-        if not _healthy(low):
-            continue
-        if not low["comparable"]:
-            break
-        ok, diff, allowed = _agree(top, low)
-        tests.append({"epsilon": top["epsilon"], "vs": low["epsilon"], "agree": ok,
-                      "diff": diff, "allowed": allowed})
-        if ok:
-            chosen, status = top, "plateau"
-            break
-    if chosen is None:   # no plateau: make sure the ladder has a healthy rung, from the top down
-        for e in ladder:
-            if any(_healthy(c) for c in cells.values()):
+            ok, diff, allowed = _agree(top, low)
+            tests.append({"epsilon": top["epsilon"], "vs": low["epsilon"], "agree": ok,
+                          "diff": diff, "allowed": allowed})
+            if ok:
+                chosen, status = top, "plateau"
                 break
-            cell(e)
-    healthy_cells = sorted((c for c in cells.values() if _healthy(c)), key=lambda r: r["epsilon"])
-    if not healthy_cells:
-        raise LLCError(f"calibrate_llc: every ε of the ladder {[f'{e:.3g}' for e in ladder]} failed "
-                       "(chains diverged); pass smaller epsilons or a larger gamma")
-    lad = [c for c in healthy_cells if c["comparable"]]
-    lam0, se0 = float("nan"), float("nan")
-    if lad:
-        eps_l, lam_l, se_l = ([r["epsilon"] for r in lad], [r["llc"] for r in lad],
-                              [r["llc_se"] if math.isfinite(r["llc_se"]) else abs(r["llc"]) for r in lad])
-        lam0, se0 = extrapolate_to_zero(eps_l, lam_l, se_l)
-    if chosen is not None:
-        llc, llc_se = chosen["llc"], chosen["llc_se"]
-    elif len(lad) >= 2:
-        chosen = lad[0]
-        moves = ", ".join(f"{r['llc']:.4g} at ε={r['epsilon']:.2g}" for r in lad)
-        warnings.append(
-            f"NO PLATEAU: λ̂ moves with ε ({moves}); "
-            f"chose the smallest mixed ε={chosen['epsilon']:.3g}; extrapolated λ̂(ε→0) = {lam0:.4g} ± {se0:.2g}")
-        llc, llc_se = lam0, se0
-    elif len(lad) == 1:
-        chosen, status = lad[0], "untrusted"
-        warnings.append(f"UNTRUSTED: only ε={chosen['epsilon']:.3g} mixed; with no second mixed ε there is "
-                        "no plateau test, so its ε-bias is unmeasured")
-        llc, llc_se = chosen["llc"], chosen["llc_se"]
-    else:
-        chosen, status = healthy_cells[-1], "untrusted"
-        warnings.append(f"UNTRUSTED: NOT MIXED at any ε tried ({', '.join(f'{c:.3g}' for c in sorted(cells))}); "
-                        f"took the largest healthy ε={chosen['epsilon']:.3g}, whose λ̂ {chosen['llc']:.4g} is likely "
-                        "biased LOW (chains start at w*); give more pilot draws, or a larger gamma")
-        llc, llc_se = chosen["llc"], chosen["llc_se"]
+        if chosen is None:   # no plateau: make sure the ladder has a healthy rung, from the top down
+            for e in ladder:
+                if any(_healthy(c) for c in cells.values()):
+                    break
+                cell(e)
+        healthy_cells = sorted((c for c in cells.values() if _healthy(c)), key=lambda r: r["epsilon"])
+        if not healthy_cells:
+            raise LLCError(f"calibrate_llc: every ε of the {samp} ladder {[f'{e:.3g}' for e in ladder]} failed "
+                           "(chains diverged); pass smaller epsilons or a larger gamma")
+        lad = [c for c in healthy_cells if c["comparable"]]
+        lam0, se0 = float("nan"), float("nan")
+        if lad:
+            eps_l, lam_l, se_l = ([r["epsilon"] for r in lad], [r["llc"] for r in lad],
+                                  [r["llc_se"] if math.isfinite(r["llc_se"]) else abs(r["llc"]) for r in lad])
+            lam0, se0 = extrapolate_to_zero(eps_l, lam_l, se_l)
+        if chosen is not None:
+            llc, llc_se = chosen["llc"], chosen["llc_se"]
+        elif len(lad) >= 2:
+            chosen = lad[0]
+            moves = ", ".join(f"{r['llc']:.4g} at ε={r['epsilon']:.2g}" for r in lad)
+            warnings.append(
+                f"NO PLATEAU: λ̂ moves with ε ({moves}); "
+                f"chose the smallest mixed ε={chosen['epsilon']:.3g}; extrapolated λ̂(ε→0) = {lam0:.4g} ± {se0:.2g}")
+            llc, llc_se = lam0, se0
+        elif len(lad) == 1:
+            chosen, status = lad[0], "untrusted"
+            warnings.append(f"UNTRUSTED: only ε={chosen['epsilon']:.3g} mixed; with no second mixed ε there is "
+                            "no plateau test, so its ε-bias is unmeasured")
+            llc, llc_se = chosen["llc"], chosen["llc_se"]
+        else:
+            chosen, status = healthy_cells[-1], "untrusted"
+            warnings.append(f"UNTRUSTED: NOT MIXED at any ε tried ({', '.join(f'{c:.3g}' for c in sorted(cells))}); "
+                            f"took the largest healthy ε={chosen['epsilon']:.3g}, whose λ̂ {chosen['llc']:.4g} is likely "
+                            "biased LOW (chains start at w*); give more pilot draws, or a larger gamma")
+            llc, llc_se = chosen["llc"], chosen["llc_se"]
+        return {"sampler": samp, "status": status, "chosen": chosen, "llc": float(llc), "llc_se": float(llc_se),
+                "mixed_rungs": len(lad), "warnings": warnings, "h_max": h_max, "gv": gv, "curv": curv,
+                "eps_top": eps_top, "ladder": sorted(ladder), "probes": probes, "tests": tests,
+                "unmixed": unmixed, "went_up": went_up, "lam0": lam0, "se0": se0,
+                "cost": float(sum(r["grad_evals"] for r in rows[n_rows0:]))}
+
+    # step 0: the sampler. auto: SGLD's ladder first (the exact Langevin dynamics); RMSProp-SGLD's
+    # only where SGLD's found no plateau; the better-evidenced of the two wins (SAMPLER_RULE)
+    first = "sgld" if sampler == "auto" else sampler
+    tried = [ladder_for(first, epsilons)]
+    switch = None
+    if sampler == "auto" and tried[0]["status"] != "plateau":
+        eps2 = None if not epsilons else [e * rmsprop_scale(probe_w_star[1]) for e in epsilons]
+        tried.append(ladder_for("rmsprop_sgld", eps2))
+        switch = pick_sampler(tried)
+    res = tried[-1] if switch is not None and switch["winner"] == "rmsprop_sgld" else tried[0]
+    sampler_used = res["sampler"]
+    chosen, status, llc, llc_se = res["chosen"], res["status"], res["llc"], res["llc_se"]
+    warnings = list(res["warnings"])
+    h_max, gv, curv, eps_top, ladder = res["h_max"], res["gv"], res["curv"], res["eps_top"], res["ladder"]
+    if switch is not None:
+        warnings.append(f"SECOND SAMPLER: plain SGLD's ladder ended {tried[0]['status']} "
+                        f"({tried[0]['mixed_rungs']} mixed rung(s)), so RMSProp-SGLD's ladder was run too "
+                        f"(it ended {tried[1]['status']}, {tried[1]['mixed_rungs']} mixed); {switch['reason']}")
     B = int(chosen["batch_size"])
     ev_checks = {}
     if checks and chosen["comparable"]:   # checks at an unmixed cell would measure nothing
         if B < n:
             B2 = min(2 * B, n)
-            rb = run("batch_check", chosen["epsilon"], gamma, B2, PILOT_CHAINS,
+            rb = run("batch_check", chosen["epsilon"], gamma, B2, PILOT_CHAINS, sampler_used,
                      draws_=chosen["draws"], burn_=chosen["burn_in"])
             ok, diff, allowed = _agree(chosen, rb)
             ev_checks["batch"] = {"batch": B2, "llc": rb["llc"], "agree": ok, "diff": diff, "allowed": allowed}
             if not ok:
                 warnings.append(f"λ̂ changes when the batch doubles ({chosen['llc']:.4g} at {B} → "
                                 f"{rb['llc']:.4g} at {B2}): gradient noise matters; use a larger batch")
-        rg = run("gamma_check", chosen["epsilon"], 3 * gamma, B, PILOT_CHAINS,
+        rg = run("gamma_check", chosen["epsilon"], 3 * gamma, B, PILOT_CHAINS, sampler_used,
                  draws_=chosen["draws"], burn_=chosen["burn_in"])
         ok, diff, allowed = _agree(chosen, rg)
         ev_checks["gamma"] = {"gamma": 3 * gamma, "llc": rg["llc"], "agree": ok, "diff": diff, "allowed": allowed}
         if not ok:
             warnings.append(f"λ̂ depends on γ ({chosen['llc']:.4g} at γ={gamma:g} vs {rg['llc']:.4g} at "
                             f"γ={3 * gamma:g}): the localisation shapes the answer; report γ with it")
-        if sampler == "sgld":
-            rm = run("mala_check", chosen["epsilon"], gamma, n, PILOT_CHAINS, mala=True,
+        if sampler_used == "sgld":
+            rm = run("mala_check", chosen["epsilon"], gamma, n, PILOT_CHAINS, sampler_used, mala=True,
                      draws_=50, burn_=min(burn_in, 200))
             ev_checks["mala"] = rm["mala"]
             if rm["mala"] is not None and rm["mala"] < MALA_MIN:
@@ -590,7 +671,7 @@ def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float 
         warnings.append(f"100 ESS per chain would need more than {MAX_DRAWS_FACTOR}× the pilot's draws; "
                         f"capped at {final_draws}")
     choice = dict(epsilon=float(chosen["epsilon"]), gamma=float(gamma), nbeta=float(nb),
-                  batch_size=int(B), draws=final_draws, burn_in=int(chosen["burn_in"]), sampler=sampler,
+                  batch_size=int(B), draws=final_draws, burn_in=int(chosen["burn_in"]), sampler=sampler_used,
                   chains=int(chains), terms_per_example=float(terms_per_example),
                   per_chain_batches=True, batch_control=True)
     sweep = pd.DataFrame(rows).drop(columns=["short"], errors="ignore")
@@ -599,15 +680,22 @@ def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float 
     cal_cost = float(sweep["grad_evals"].sum())
     evidence = {
         "nbeta": nb, "nbeta_rule": nb_rule, "n": n, "h_max": h_max, "grad_var_per_example": gv["v"],
-        "curvature": curv, "epsilon_top": eps_top, "ladder": sorted(ladder), "probes": probes,
+        "curvature": curv, "epsilon_top": eps_top, "ladder": ladder, "probes": res["probes"],
         "noise_ratio": noise_ratio(chosen["epsilon"], nb, gv["v"], B, n),
-        "plateau_tests": tests, "unmixed": unmixed, "went_up": went_up, "extrapolated_llc": lam0, "extrapolated_se": se0, "checks": ev_checks,
+        "plateau_tests": res["tests"], "unmixed": res["unmixed"], "went_up": res["went_up"],
+        "extrapolated_llc": res["lam0"], "extrapolated_se": res["se0"], "checks": ev_checks,
         "pilot_draws": draws, "pilot_burn_in": burn_in, "pilot_chains": PILOT_CHAINS,
         "chosen_row": {k: chosen[k] for k in ("epsilon", "llc", "llc_se", "rhat", "ess_bulk", "ess_tail")},
+        "sampler": {"asked": sampler, "chosen": sampler_used,
+                    "reason": (switch["reason"] if switch else
+                               f"SGLD's ladder reached a plateau: no second sampler needed" if sampler == "auto"
+                               else f"sampler={sampler!r} was asked for"),
+                    "ladders": [{k: t[k] for k in ("sampler", "status", "llc", "llc_se", "mixed_rungs", "cost")}
+                                | {"epsilon": float(t["chosen"]["epsilon"]), "warnings": t["warnings"]}
+                                for t in tried]},
         "cost": {"calibration_example_grads": cal_cost, "one_estimate_example_grads": float(one),
-                 "ratio": cal_cost / one, "seconds": time.perf_counter() - t0},
+                 "ratio": cal_cost / one, "seconds": time.perf_counter() - t0,
+                 "per_sampler": {t["sampler"]: t["cost"] / one for t in tried}},
         "rule": RULE, "notes": notes,
     }
-    if status == "plateau" and any("depends on γ" in w or "batch doubles" in w for w in warnings):
-        status = "plateau"   # kept: the plateau exists; the warnings say what else moved
     return Calibration(choice, sweep, evidence, warnings, status, float(llc), float(llc_se))
