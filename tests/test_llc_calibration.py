@@ -13,8 +13,9 @@ import torch
 
 from llc_watch.llc import diagnostics as dg
 from llc_watch.llc import estimate_llc, exact
-from llc_watch.llc.calibration import (NOISE_RATIO_MAX, calibrate_llc, extrapolate_to_zero,
-                                       noise_ratio, unmixed_reasons)
+from llc_watch.llc.calibration import (NOISE_RATIO_MAX, PLATEAU_ALLOWANCE_MAX, calibrate_llc,
+                                       extrapolate_to_zero, noise_ratio, plateau_verdict,
+                                       predicted_allowance_rel, unmixed_reasons)
 from llc_watch.llc.calibrate import choose
 
 torch.set_num_threads(1)
@@ -157,6 +158,39 @@ def test_no_plateau_is_said_and_the_smallest_epsilon_chosen():
     assert cal.choice["epsilon"] == 1e-3 / 3
     assert any("NO PLATEAU" in w for w in cal.warnings)
     assert cal.llc < cal.sweep.query("role == 'ladder'")["llc"].min()    # extrapolated below both
+
+
+def test_a_plateau_test_too_weak_to_see_the_goal_is_no_plateau():
+    # issue 10, normal crossing: pilots with se ≈ 9 % of λ̂ made the allowance 2 se + 5 % ≈ 30 %
+    # of λ̂, so a +16 % ε-bias (0.2425 against 0.2262 one rung down) "agreed"
+    a = {"llc": 0.2425, "llc_se": 0.019, "draws": 1000}
+    b = {"llc": 0.2262, "llc_se": 0.019, "draws": 3000}
+    v = plateau_verdict(a, b)
+    assert v["agree"] and not v["powered"] and v["allowed_rel"] > 2 * PLATEAU_ALLOWANCE_MAX
+    assert v["factor"] > 1
+    # pilots lengthened by the factor: se ∝ 1/√draws predicts an allowance within the bound, and
+    # the same λ̂s with that se are then a powered test (here they still agree: a plateau)
+    f = v["factor"]
+    assert predicted_allowance_rel(a, b, a["draws"] * f, b["draws"] * f) < PLATEAU_ALLOWANCE_MAX
+    longer = [{**c, "llc_se": c["llc_se"] / math.sqrt(f)} for c in (a, b)]
+    assert plateau_verdict(*longer)["powered"] and plateau_verdict(*longer)["agree"]
+    # ... and a powered test still refuses a real difference
+    apart = plateau_verdict({**longer[0], "llc": 0.30}, longer[1])
+    assert apart["powered"] and not apart["agree"]
+
+
+def test_lengthened_pilots_turn_a_weak_agreement_into_a_plateau():
+    # short pilots on a regular model: the top pair agrees, but too loosely to see the goal; the
+    # rule reruns both pilots longer (se ∝ 1/√draws said how much), and only then calls a plateau
+    model, loss_fn, data, lam = exact.make_regular(D_POWER, N_POWER)
+    cal = calibrate_llc(model, loss_fn, data, draws=DRAWS_POWER, checks=False, seed=0, sampler="sgld")
+    t = cal.evidence["plateau_tests"][-1]
+    assert t["before"]["allowed_rel"] > PLATEAU_ALLOWANCE_MAX, t          # too loose at pilot length
+    assert min(t["draws"]) > max(t["before"]["draws"]), t                  # both rerun longer
+    assert t["agree"] and t["powered"] and t["allowed_rel"] <= PLATEAU_ALLOWANCE_MAX, t
+    assert cal.status == "plateau", (cal.status, cal.warnings)
+    assert (cal.sweep["role"] == "ladder_short").sum() >= 2                # the short pilots are kept
+    assert abs(cal.llc - lam) <= GOAL * lam + K * cal.llc_stderr, (cal.llc, lam)
 
 
 def test_unmixed_pilots_never_make_a_plateau():

@@ -701,7 +701,7 @@ def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float 
             chosen = lad[0]
             moves = ", ".join(f"{r['llc']:.4g} at ε={r['epsilon']:.2g}" for r in lad)
             warnings.append(
-                f"NO PLATEAU: λ̂ moves with ε ({moves}); "
+                f"NO PLATEAU: λ̂ moves with ε, or the test could not see whether it does ({moves}); "
                 f"chose the smallest mixed ε={chosen['epsilon']:.3g}; extrapolated λ̂(ε→0) = {lam0:.4g} ± {se0:.2g}")
             llc, llc_se = lam0, se0
         elif len(lad) == 1:
