@@ -501,12 +501,10 @@ def replay_checkpoints(run_dir: str | Path, steps, progress: bool = False, rtol:
                 pending.append((stop, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}))
     finally:
         stepper.close()
-    keep = {k: v.clone() for k, v in model.state_dict().items()}
     for stop, state in pending:
         model.load_state_dict(state)
         save_checkpoint(run.dir, stop, model, cfg)
         written.append(stop)
         if progress:
             print(f"{run.dir}: replayed training to step {stop}: wrote checkpoints/{checkpoint_name(stop)}")
-    model.load_state_dict(keep)
     return written

@@ -309,16 +309,12 @@ def chain_state_path(state_dir, step: int, lineage, segment: int):
 
 def save_chain_state(state_dir, step: int, lineage, segment: int, weights) -> None:
     """Write a segment's final weights [chains, D] atomically (a plain .npy: loads without pickle)."""
-    import os
-    path = chain_state_path(state_dir, step, lineage, segment)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, np.asarray(weights.detach().cpu().numpy() if hasattr(weights, "detach") else weights,
-                              dtype=np.float32), allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    import io
+    from llc_watch.io import atomic_write_bytes
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(weights.detach().cpu().numpy() if hasattr(weights, "detach") else weights,
+                            dtype=np.float32), allow_pickle=False)
+    atomic_write_bytes(chain_state_path(state_dir, step, lineage, segment), buf.getvalue())
 
 
 def load_chain_state(state_dir, step: int, lineage, segment: int) -> torch.Tensor:

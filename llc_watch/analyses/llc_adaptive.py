@@ -110,16 +110,15 @@ def adaptive_llc(run_dir, settings: Mapping | None = None, adaptive: AdaptiveSet
                 if int(row.get("segment") or 0) > 0:   # the chains moved on: their old state is not needed
                     chain_state_path(state_dir, rec["step"], row["lineage"], int(row["segment"]) - 1).unlink(
                         missing_ok=True)
-        pooled = [pool_estimates(estimates[int(st)]) for st in steps]
-        return (np.array([p[0] for p in pooled], float), np.array([p[1] for p in pooled], float))
+        return np.array([pool_estimates(estimates[int(st)]) for st in steps], float).reshape(-1, 2).T
 
     # the loop's checkpoints: the run's own (not those an earlier replay wrote, which are candidates
     # again, so a rerun replays the same loop); the log-midpoints it may add are a last resort, for an
     # interval where no saved checkpoint can still improve (replaying training costs more)
     own = sorted(st for st in by_step if st not in set(virtual))
     result = adaptive_estimate(estimate, own, ad, last_resort=virtual, seed=0, cumulative=True)
-    table = pd.DataFrame([pooled_row(estimates[int(st)], *pool_estimates(estimates[int(st)])[:2])
-                          for st in result.steps])
+    table = pd.DataFrame([pooled_row(estimates[int(st)], v, e)
+                          for st, v, e in zip(result.steps, result.values, result.stderr)])
     run.write_table(a.schema.name, table)
     table = a.schema.ordered(table)
     dense = len(own) * sgld_steps({"chains": s.chains, "burn_in": s.burn_in, "draws": ad.full_draws,
@@ -204,15 +203,15 @@ def lineage_estimate(segments: list[dict]) -> tuple[float, float]:
     return float(h.mean()), float(h.std(ddof=1) / np.sqrt(h.size)) if h.size > 1 else float("nan")
 
 
-def pool_estimates(rows: list[dict]) -> tuple[float, float, int]:
-    """(value, stderr, lineages) of a checkpoint's estimates: segments of one set of chains combine
+def pool_estimates(rows: list[dict]) -> tuple[float, float]:
+    """(value, stderr) of a checkpoint's estimates: segments of one set of chains combine
     into one estimate (`lineage_estimate`); independent sets of chains (fresh seeds) are pooled by
     inverse variance. An invalid one adds nothing; none valid: (nan, nan).
 
         >>> r = {"llc_per_chain": "[1.0, 3.0]", "failed_chains": "[null, null]", "draws_per_chain": 10,
         ...      "valid": True, "value": 2.0, "stderr": 1.0}
         >>> pool_estimates([{**r, "lineage": "r0", "segment": 0}, {**r, "lineage": "r1", "segment": 0}])
-        (2.0, 0.7071067811865475, 2)
+        (2.0, 0.7071067811865475)
     """
     by_lineage: dict = {}
     for i, r in enumerate(rows):   # rows without a lineage (fresh estimates of older runs) stand alone
@@ -229,9 +228,9 @@ def pool_estimates(rows: list[dict]) -> tuple[float, float, int]:
             vals.append(v)
             ses.append(e)
     if not vals:
-        return float("nan"), float("nan"), len(by_lineage)
+        return float("nan"), float("nan")
     w = 1 / np.array(ses) ** 2
-    return float((w * np.array(vals)).sum() / w.sum()), float(1 / np.sqrt(w.sum())), len(by_lineage)
+    return float((w * np.array(vals)).sum() / w.sum()), float(1 / np.sqrt(w.sum()))
 
 
 def pooled_row(rows: list[dict], value: float, stderr: float) -> dict:

@@ -329,12 +329,17 @@ def _row(r, role, cost) -> dict:
             "grad_evals": cost, "seconds": r.timing["total_s"]}
 
 
+def _allowance(a: dict, b: dict, se_a: float, se_b: float) -> float:
+    """The plateau test's allowance for two cells with standard errors se_a, se_b: 2 combined se
+    (an unknown se counts as 0) + PLATEAU_REL of the larger λ̂."""
+    se = math.hypot(se_a if math.isfinite(se_a) else 0.0, se_b if math.isfinite(se_b) else 0.0)
+    return 2 * se + PLATEAU_REL * max(abs(a["llc"]), abs(b["llc"]), 1e-12)
+
+
 def _agree(a: dict, b: dict) -> tuple[bool, float, float]:
     """Do two cells' λ̂ agree within 2 combined se + PLATEAU_REL? (ok, |diff|, allowed)."""
     diff = abs(a["llc"] - b["llc"])
-    se = math.hypot(a["llc_se"] if math.isfinite(a["llc_se"]) else 0.0,
-                    b["llc_se"] if math.isfinite(b["llc_se"]) else 0.0)
-    allowed = 2 * se + PLATEAU_REL * max(abs(a["llc"]), abs(b["llc"]), 1e-12)
+    allowed = _allowance(a, b, a["llc_se"], b["llc_se"])
     return bool(diff <= allowed), float(diff), float(allowed)
 
 
@@ -373,8 +378,8 @@ def predicted_allowance_rel(a: dict, b: dict, draws_a: int, draws_b: int) -> flo
         0.135
     """
     lam = max(abs(a["llc"]), abs(b["llc"]), 1e-12)
-    se = lambda c, d: (c["llc_se"] if math.isfinite(c["llc_se"]) else 0.0) * math.sqrt(c["draws"] / d)
-    return (2 * math.hypot(se(a, draws_a), se(b, draws_b)) + PLATEAU_REL * lam) / lam
+    scaled = lambda c, d: c["llc_se"] * math.sqrt(c["draws"] / d)
+    return _allowance(a, b, scaled(a, draws_a), scaled(b, draws_b)) / lam
 
 
 def _healthy(row) -> bool:
