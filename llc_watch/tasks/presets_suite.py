@@ -67,9 +67,13 @@ SUITE_PRESETS: dict[str, dict] = {
         "config": _graph("mst", 4000, n_layers=3),
     },
     "max-subarray": {
-        "shows": ("marking the maximum subarray of 12 integers in -4..4; measured: 91.9% exact match "
-                  "(99.3% of answer tokens) after 2000 steps, 59 s wall / 54 s CPU on one thread"),
-        "config": _cfg("max_subarray", {"length": 12, "max_value": 4}, 2000),
+        "shows": ("marking the maximum subarray of 12 integers in -4..4; measured: 98.0% exact match "
+                  "(99.8% of answer tokens) after 4000 steps (3 layers, batch 128), 449 s wall / "
+                  "423 s CPU on one thread (the other core busy); test loss: a steep fall to 0.08 by "
+                  "step 200, then only a mild plateau (0.027-0.020, accuracy 87-88%, steps ~700-1,300) "
+                  "before a fall to 0.006 (accuracy 96-98%) by step 3,100, not a long plateau "
+                  "(2 layers, batch 64: 91.9% after 2000 steps, 93.3% after 4000)"),
+        "config": _cfg("max_subarray", {"length": 12, "max_value": 4}, 4000, batch_size=128, n_layers=3),
     },
     "activity-selection": {
         "shows": ("greedy activity selection over 8 activities; measured: 95.3% exact match (99.5% of "
