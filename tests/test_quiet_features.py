@@ -85,3 +85,29 @@ def test_quick_study_runs_resumes_and_agrees_with_probes_quiet(tmp_path):
     c2 = qf.compute("addition", tmp_path / "runs" / "addition-quick", quick=True, progress=False)
     assert c2.get("train", 0.0) < 2.0 and len(open_run(tmp_path / "runs" / "addition-quick").table("ablations")) == n_rows
     assert out["addition"]["verdicts"]["feature"].tolist() == v.index.tolist()
+
+
+def test_llc_column_says_how_the_settings_were_chosen():
+    auto = {"method": "calibrate_llc", "choice": {"epsilon": 3e-5, "sampler": "rmsprop_sgld"},
+            "per_checkpoint": {"2000": {"status": "extrapolated"}, "500": {"status": "plateau"}}}
+    assert qf.calibration_text(auto) == "rmsprop_sgld ε=3e-05 (plateau at 500; extrapolated at 2,000)"
+    grid = {"choice": {"epsilon": 3e-6}, "warnings": ["UNTRUSTED: no cell of the grid was stable"]}
+    assert "UNTRUSTED" in qf.calibration_text(grid)
+    assert qf.calibration_text(None) == "not calibrated"
+    llc = pd.DataFrame({"step": [0, 100, 1000], "measure": "llc", "value": [-50.0, 20.0, np.nan],
+                        "stderr": [1.0, 2.0, np.nan], "valid": [True, True, False]})
+    text = qf.llc_text({"calibration": grid, "llc_table": llc})
+    assert "λ̂ -50 at 0 → 20 ± 2 at 100" in text and "2/3 valid" in text and "1 negative" in text
+    assert qf.llc_text({"calibration": None, "llc_table": None}) == "not calibrated; no LLC computed"
+
+
+def test_graph_tasks_probe_their_state_not_every_edge_and_ablate_a_bounded_family():
+    import llc_watch as lw
+    for task, family in (("topo-sort", "available_"), ("path", "visited_")):
+        t = lw.RunConfig.from_dict(qf.task_config(task, False)).make_task()
+        probed = qf.probed_features(t)
+        assert probed and not any(f.startswith("edge_") for f in probed) and len(probed) < len(t.features)
+        ablated = qf.ablated_features(task, t)
+        assert ablated and all(f.startswith(family) for f in ablated) and set(ablated) <= set(probed)
+    add = lw.RunConfig.from_dict(qf.task_config("addition", False)).make_task()
+    assert qf.probed_features(add) is None          # nothing to leave out: every feature is probed
