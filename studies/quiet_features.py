@@ -493,10 +493,19 @@ def report(summaries: dict[str, dict], costs: dict, quick: bool, command: str) -
              frame_markdown(rows), "", "## The paper's claims", "", claims_markdown(claims(summaries)), "",
              "## Cost", "", "| task | " + " | ".join(["train", "calibration", "llc", "probes", "ablations", "stages",
                                                       "total"]) + " |", "|---" * 8 + "|"]
+    reused = False
     for task, c in costs.items():
-        lines.append(f"| {task} | " + " | ".join(f"{c.get(k, float('nan')):.0f} s" if k in c else "–" for k in
-                                                  ("train", "calibration", "llc", "probes", "ablations", "stages",
-                                                   "total")) + " |")
+        if task not in summaries:
+            continue
+        cells = [f"{c[k]:.0f} s" if k in c else "–" for k in
+                 ("train", "calibration", "llc", "probes", "ablations", "stages", "total")]
+        if c.get("train", 0) < 5:   # the folder was trained before the study's call
+            cells[0] += " †"
+            reused = True
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    if reused:
+        lines += ["", "† the run folder was already trained when the study ran (the preset's measurement run, same "
+                      "config; its training cost is in the README's Tasks table)."]
     return "\n".join(lines) + "\n"
 
 
@@ -535,9 +544,15 @@ def main(argv=None):
         run_dir = a.runs / (t + ("-quick" if a.quick else ""))
         if t in tasks and not a.tables_only:
             c = compute(t, run_dir, a.quick, progress=not a.quiet, workers=a.workers, calibration=a.calibration)
-            if c.get("train", 0) > 1 or t not in costs:   # keep the first full computation's cost
-                costs[t] = c
+            # read again: another call may have finished a task meanwhile (tasks run in parallel processes)
+            costs = json.loads(cost_file.read_text()) if cost_file.is_file() else {}
+            # each step's time from the call that computed it (a resumed call skips finished steps in ~0 s)
+            merged = dict(costs.get(t, {}))
+            merged.update({k: v for k, v in c.items() if k != "total" and (v > 1 or k not in merged)})
+            merged["total"] = sum(v for k, v in merged.items() if k != "total")
+            costs[t] = merged
             atomic_write_json(cost_file, costs)
+        costs = json.loads(cost_file.read_text()) if cost_file.is_file() else costs
         s = task_summary(t, run_dir)
         summaries[t] = s
         run = lw.open_run(run_dir)
