@@ -9,7 +9,8 @@ whether the LLC sees them.
 Tasks can be run one call at a time: the table covers every task of the study whose run folder is
 finished, and its command line names them all. --calibration auto (the default) is calibrate_llc's
 plateau rule, which on these ~100k-parameter models did not finish one checkpoint in 19 minutes on
-one core (measured on the max-subarray preset); --calibration grid is the demo's ε sweep (cheap, and it says UNTRUSTED when no cell is stable).
+one core (measured on the max-subarray preset); --calibration grid is the demo's ε sweep (cheap, and
+it says UNTRUSTED when no cell is stable).
 
 Per task, one run folder runs/quiet/<task>[-quick] (resumable: a rerun skips finished work), made
 by llc_watch.run_pipeline: training, the grid calibration of SGLD (full mode), the LLC at log-spaced
@@ -111,8 +112,9 @@ def task_config(task: str, quick: bool) -> dict:
 def pipeline_settings(quick: bool, features=None, workers: int = 1, calibration: str = "auto", probed=None):
     """What each task's run computes (full: the demo's SGLD budget; quick: seconds).
 
-    calibration: "auto" (calibrate_llc's rule at the last checkpoint: a plateau of λ̂ in ε, else an
-    extrapolation to ε → 0, else untrusted; the LLC column says which) or "grid" (the demo's sweep)."""
+    calibration: "auto" (calibrate_llc's rule at an early, a middle and the last checkpoint: a plateau
+    of λ̂ in ε, else an extrapolation to ε → 0, else untrusted; the LLC column says which) or "grid"
+    (the demo's sweep)."""
     from llc_watch.pipeline import PipelineSettings
     abl = {"controls": ["shift", "cov", "projection"], "n_random": 32}
     if quick:
@@ -494,8 +496,9 @@ def report(summaries: dict[str, dict], costs: dict, quick: bool, command: str) -
              "## Cost", "", "| task | " + " | ".join(["train", "calibration", "llc", "probes", "ablations", "stages",
                                                       "total"]) + " |", "|---" * 8 + "|"]
     reused = False
-    for task, c in costs.items():
-        if task not in summaries:
+    for task in summaries:          # the table's order; a task drawn but never computed here has no row
+        c = costs.get(task)
+        if c is None:
             continue
         cells = [f"{c[k]:.0f} s" if k in c else "–" for k in
                  ("train", "calibration", "llc", "probes", "ablations", "stages", "total")]
@@ -507,6 +510,11 @@ def report(summaries: dict[str, dict], costs: dict, quick: bool, command: str) -
         lines += ["", "† the run folder was already trained when the study ran (the preset's measurement run, same "
                       "config; its training cost is in the README's Tasks table)."]
     return "\n".join(lines) + "\n"
+
+
+def read_costs(path: Path) -> dict:
+    """{task: {step: seconds}} as written so far (empty before the first task finishes)."""
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def main(argv=None):
@@ -536,23 +544,25 @@ def main(argv=None):
     suffix = "_quick" if a.quick else ""
     a.figures.mkdir(parents=True, exist_ok=True)
     cost_file = a.figures / f"quiet_features{suffix}_cost.json"
-    costs = json.loads(cost_file.read_text()) if cost_file.is_file() else {}
     summaries = {}
     import llc_watch as lw
     from llc_watch.io import atomic_write_json
     for t in table_tasks:
         run_dir = a.runs / (t + ("-quick" if a.quick else ""))
+        if a.tables_only and not (run_dir / "report.html").is_file():
+            print(f"[{t}] {run_dir} is not finished (no report.html): left out of the table; "
+                  f"`python studies/quiet_features.py --tasks {t}` finishes it")
+            continue
         if t in tasks and not a.tables_only:
             c = compute(t, run_dir, a.quick, progress=not a.quiet, workers=a.workers, calibration=a.calibration)
-            # read again: another call may have finished a task meanwhile (tasks run in parallel processes)
-            costs = json.loads(cost_file.read_text()) if cost_file.is_file() else {}
+            # read just before writing: another call may have finished a task meanwhile
+            costs = read_costs(cost_file)
             # each step's time from the call that computed it (a resumed call skips finished steps in ~0 s)
             merged = dict(costs.get(t, {}))
             merged.update({k: v for k, v in c.items() if k != "total" and (v > 1 or k not in merged)})
             merged["total"] = sum(v for k, v in merged.items() if k != "total")
             costs[t] = merged
             atomic_write_json(cost_file, costs)
-        costs = json.loads(cost_file.read_text()) if cost_file.is_file() else costs
         s = task_summary(t, run_dir)
         summaries[t] = s
         run = lw.open_run(run_dir)
@@ -563,9 +573,9 @@ def main(argv=None):
         print(f"[{t}] figure: {a.figures / f'quiet_{t}{suffix}.png'}")
     # a rerun skips finished work, so this one command redraws (or finishes) every task in the table
     command = "python studies/quiet_features.py" + (" --quick" if a.quick else "") + \
-        (f" --tasks {','.join(table_tasks)}" if a.tasks else "") + \
+        (f" --tasks {','.join(summaries)}" if list(summaries) != list(QUICK if a.quick else PAPER) else "") + \
         (f" --calibration {a.calibration}" if a.calibration != "auto" else "")
-    text = report(summaries, costs, a.quick, command)
+    text = report(summaries, read_costs(cost_file), a.quick, command)
     path = write_markdown(a.figures / f"quiet_features{suffix}.md", text)
     print(text)
     print(f"table: {path}")

@@ -111,3 +111,13 @@ def test_graph_tasks_probe_their_state_not_every_edge_and_ablate_a_bounded_famil
         assert ablated and all(f.startswith(family) for f in ablated) and set(ablated) <= set(probed)
     add = lw.RunConfig.from_dict(qf.task_config("addition", False)).make_task()
     assert qf.probed_features(add) is None          # nothing to leave out: every feature is probed
+
+
+def test_tables_only_leaves_out_an_unfinished_run_with_one_line(tmp_path, capsys):
+    """A task whose folder has not finished (no report.html) is named and left out, never a traceback."""
+    (tmp_path / "runs" / "addition-quick").mkdir(parents=True)      # trained at most: nothing analysed
+    out = qf.main(["--quick", "--tables-only", "--tasks", "addition", "--runs", str(tmp_path / "runs"),
+                   "--figures", str(tmp_path / "fig"), "--quiet"])
+    assert out == {}
+    assert "is not finished (no report.html)" in capsys.readouterr().out
+    assert "| addition |" not in (tmp_path / "fig" / "quiet_features_quick.md").read_text()
