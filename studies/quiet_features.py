@@ -534,13 +534,20 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.workers < 1:
         ap.error(f"--workers {a.workers}: give 1 or more")
-    tasks = a.tasks.split(",") if a.tasks else list(QUICK if a.quick else PAPER)
+    study = list(QUICK if a.quick else PAPER)
+    tasks = a.tasks.split(",") if a.tasks else study
     for t in tasks:
         task_config(t, a.quick)   # unknown names fail before any work
+
+    def run_dir_of(task: str) -> Path:
+        return a.runs / (task + ("-quick" if a.quick else ""))
+
+    def finished(run_dir: Path) -> bool:   # run_pipeline writes the report last
+        return (run_dir / "report.html").is_file()
+
     # the table covers every task of the study whose run folder exists, not only those run in this call:
     # tasks are computed one call at a time on a small machine, and the table is the study's
-    table_tasks = [t for t in (QUICK if a.quick else PAPER) if t in tasks
-                   or (a.runs / (t + ("-quick" if a.quick else "")) / "report.html").is_file()]
+    table_tasks = [t for t in study if t in tasks or finished(run_dir_of(t))]
     suffix = "_quick" if a.quick else ""
     a.figures.mkdir(parents=True, exist_ok=True)
     cost_file = a.figures / f"quiet_features{suffix}_cost.json"
@@ -548,8 +555,8 @@ def main(argv=None):
     import llc_watch as lw
     from llc_watch.io import atomic_write_json
     for t in table_tasks:
-        run_dir = a.runs / (t + ("-quick" if a.quick else ""))
-        if a.tables_only and not (run_dir / "report.html").is_file():
+        run_dir = run_dir_of(t)
+        if a.tables_only and not finished(run_dir):
             print(f"[{t}] {run_dir} is not finished (no report.html): left out of the table; "
                   f"`python studies/quiet_features.py --tasks {t}` finishes it")
             continue
@@ -573,7 +580,7 @@ def main(argv=None):
         print(f"[{t}] figure: {a.figures / f'quiet_{t}{suffix}.png'}")
     # a rerun skips finished work, so this one command redraws (or finishes) every task in the table
     command = "python studies/quiet_features.py" + (" --quick" if a.quick else "") + \
-        (f" --tasks {','.join(summaries)}" if list(summaries) != list(QUICK if a.quick else PAPER) else "") + \
+        (f" --tasks {','.join(summaries)}" if list(summaries) != study else "") + \
         (f" --calibration {a.calibration}" if a.calibration != "auto" else "")
     text = report(summaries, read_costs(cost_file), a.quick, command)
     path = write_markdown(a.figures / f"quiet_features{suffix}.md", text)
