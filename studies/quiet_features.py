@@ -29,7 +29,8 @@ offset; bootstrap intervals), essential dynamics, and the stage map (one definit
 
 Our sizes are smaller than the paper's (16-bit operands, 11-node graphs, 4-16 layers): they are the
 suite presets' (`llc-watch presets`, each >= 95 % exact match except mst, which is not in the study),
-which train in minutes on a CPU; the table says which. Graph tasks probe every feature except the
+which train in minutes on a CPU; multiplication has no preset (MULTIPLICATION below: 5-bit
+operands, 98.9 % exact match); the table says which. Graph tasks probe every feature except the
 per-pair edge indicators, and ablate the paper's families where it names them (else the algorithm's
 working set: available nodes in topological sort, visited nodes in shortest path).
 """
@@ -67,13 +68,17 @@ PAPER = {
 }
 PAPER_RANGE = (0.41, 0.75)   # ablation accuracy drops of quiet features, as summarised
 
-# Multiplication has no suite preset. 6-bit operands (the paper: 16-bit): 4,096 distinct problems,
-# every one seen many times in 6,000 × 128 examples, so "held-out" accuracy here is not
-# generalisation; the study asks when the features form, which this still shows.
+# Multiplication has no suite preset. 5-bit operands (the paper: 16-bit): 1,024 distinct problems,
+# each seen ~750 times in 6,000 × 128 fresh samples, so "held-out" accuracy here is not
+# generalisation; the study asks when the features form, which this still shows. Measured (seed 0,
+# one core, OMP_NUM_THREADS=1): 98.9 % test exact match at step 6,000 (≥ 95 % from step ~4,700),
+# test loss 0.0034, in 612 s of training. The loss has no long flat plateau: a slow stretch
+# (0.27 → 0.19, steps ~330-1,400) then the fall to 0.002 by step ~5,100. The previous setting
+# (6-bit operands, lr 1e-3) reached only 66 % in 6,000 steps (710 s): underfit.
 MULTIPLICATION = {
-    "task": {"name": "multiplication", "settings": {"n_bits": 6}},
+    "task": {"name": "multiplication", "settings": {"n_bits": 5}},
     "model": {"n_layers": 3, "d_model": 64, "n_heads": 4, "d_mlp": 256},
-    "train": {"steps": 6000, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.1, "warmup_frac": 0.1,
+    "train": {"steps": 6000, "batch_size": 128, "lr": 3e-3, "weight_decay": 0.1, "warmup_frac": 0.1,
               "schedule": "cosine"},
     "checkpoints": {"n_log": 25, "n_linear": 15},
 }
