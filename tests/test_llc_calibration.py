@@ -135,6 +135,8 @@ def test_calibrated_regular_model():
     assert cal.choice["sampler"] == "sgld" and set(cal.sweep["sampler"]) == {"sgld"}
     assert [t["sampler"] for t in cal.evidence["sampler"]["ladders"]] == ["sgld"]
     assert not any(w.startswith("SECOND SAMPLER") for w in cal.warnings)
+    # rule step 5: this pilot already meets R̂ <= 1.01 and ESS >= 100 per chain, so no draws check
+    assert "skipped" in cal.evidence["checks"]["draws"] and "draws_check" not in set(cal.sweep["role"])
     assert r.valid
     assert abs(r.llc_mean - lam) <= GOAL * lam + K * r.llc_stderr, (r.llc_mean, lam)
 
@@ -209,6 +211,50 @@ def test_unmixed_pilots_never_make_a_plateau():
     assert any("not mixed" in w for w in cal.warnings) and any("UNTRUSTED" in w for w in cal.warnings)
     assert not cal.sweep["comparable"].any()
     assert cal.llc < 0.6 * lam          # what it says: the number it returns is biased low
+
+
+def _cell(llc, se, draws):
+    return {"llc": llc, "llc_se": se, "draws": draws, "burn_in": draws // 2, "valid": True, "failed_chains": 0}
+
+
+def test_draws_check_settles_stops_or_fails_as_the_rows_say():
+    from llc_watch.llc.calibration import draws_check
+    start = _cell(10.0, 0.2, 1000)
+    asked = []
+
+    def fake(*rows):
+        it = iter(rows)
+        return lambda d, b: asked.append((d, b)) or next(it)
+
+    still = draws_check(fake(_cell(10.3, 0.1, 4000)), start)            # within 2 se + 5 %: one round
+    assert not still["moved"] and still["warning"] == "" and still["evidence"]["converged"]
+    assert asked == [(4000, 2000)]                                       # burn-in grows with the draws
+    settled = draws_check(fake(_cell(14.0, 0.2, 4000), _cell(14.2, 0.1, 16000)), start)
+    assert settled["moved"] and settled["row"]["draws"] == 16000 and settled["evidence"]["converged"]
+    assert settled["warning"].startswith("λ̂ MOVED WITH DRAWS") and "10 at 1000 → 14 at 4000 → 14.2 at 16000" in settled["warning"]
+    rising = draws_check(fake(_cell(14.0, 0.2, 4000), _cell(18.0, 0.1, 16000)), start)
+    assert rising["moved"] and not rising["evidence"]["converged"]
+    assert rising["warning"].startswith("NOT CONVERGED IN DRAWS") and "LOW" in rising["warning"]
+    bad = draws_check(fake({**_cell(float("nan"), 0.1, 4000), "valid": False}), start)
+    assert bad["row"] is None and bad["warning"].startswith("DRAWS CHECK FAILED")
+
+
+def test_a_lambda_still_rising_with_draws_is_untrusted_and_the_longest_run_is_chosen():
+    # the 188-weight DLN (true λ 29.5) at ε = 3e-7 with 100-draw pilots: chains that start at w*
+    # are far from spread out, so λ̂ rises with every 4× longer run; calibrate_llc must say so and
+    # hand on the longest run (its λ̂ and length), never the short pilot's low number
+    model, loss_fn, data, lam = exact.make_dln([10, 8, 6, 10], 2, 20000)
+    cal = calibrate_llc(model, loss_fn, data, epsilons=[3e-7, 1e-7], draws=100, seed=0, sampler="sgld")
+    rounds = cal.evidence["checks"]["draws"]["rounds"]
+    assert len(rounds) >= 1 and not rounds[0]["agree"], rounds
+    assert rounds[0]["llc"] > rounds[0]["vs_llc"]                        # it rose: the short one read low
+    assert cal.status == "untrusted"
+    assert any(w.startswith(("λ̂ MOVED WITH DRAWS", "NOT CONVERGED IN DRAWS")) for w in cal.warnings)
+    longest = rounds[-1]
+    last = cal.sweep[cal.sweep["role"] == "draws_check"].iloc[-1]
+    assert cal.choice["draws"] >= longest["draws"] == last["draws"] and cal.choice["burn_in"] == last["burn_in"]
+    assert cal.llc == pytest.approx(longest["llc"])
+    assert (cal.sweep["role"] == "draws_check").sum() == len(rounds)
 
 
 @pytest.mark.slow   # ~50 s on one core: two samplers' ladders, then the estimate

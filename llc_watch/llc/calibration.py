@@ -41,7 +41,10 @@ THE RULE (`RULE` below, in words; every number it uses is in `cal.evidence`):
     (`comparable` False in the sweep, `.evidence['unmixed']`, a warning): an unmixed chain started
     at w* reads low, and two unmixed rungs read alike, a false plateau (issue 10: 13.0 and 12.0
     on a DLN whose λ is 29.5). A rung that has not mixed ends the descent (smaller ε mixes slower);
-    when the top rung has not mixed the ladder goes UP instead (at most UP_RUNGS = 2 rungs, while
+    when the top rung has not mixed the ladder goes UP instead (at most DRAWS_CHECK_FACTOR = 4     # the draws check runs the chosen cell this × longer (2× could not see the
+                           # 188-weight DLN's 22.6 → 25 between 2,126 and 4,252 draws within 2 se + 5 %)
+DRAWS_CHECK_ROUNDS = 2     # ... at most this many times (16× the chosen cell's draws)
+UP_RUNGS = 2 rungs, while
     ε·(nβ·h_max + γ) <= 1, the batch grown to keep ρ <= 0.025) until two rungs have mixed.
  4. PLATEAU: the largest mixed ε whose λ̂ agrees, within 2 combined standard errors +
     PLATEAU_REL (5 %) of λ̂, with the mixed λ̂ one rung (3×) down: λ̂ flat for a 3× change of ε is
@@ -66,7 +69,17 @@ THE RULE (`RULE` below, in words; every number it uses is in `cal.evidence`):
     `.warnings`, and choose the *smallest* mixed ε (the least biased), never the largest. One
     mixed rung: status UNTRUSTED (no plateau test was possible). None: UNTRUSTED, the largest
     healthy ε is returned with a warning that its λ̂ is biased low.
- 5. Checks at the chosen cell, each a warning when it fails (and in `.evidence`):
+ 5. Draws first (`draws_check`, with `checks`, unless the chosen pilot already meets the final
+    run's R̂ <= 1.01 and bulk and tail ESS >= 100 per chain: `well_mixed`): the chosen cell is run DRAWS_CHECK_FACTOR = 4× longer
+    (burn-in too); if λ̂ moves (beyond 2 se + 5 %), 4× again, at most DRAWS_CHECK_ROUNDS = 2 times.
+    λ̂ that moved makes the status UNTRUSTED (the ladder compared pilots still rising, so its
+    plateau or extrapolation is void and the ε-bias unmeasured), and the longest run becomes the
+    chosen cell (its λ̂, draws and burn-in); still moving at 16×: NOT CONVERGED IN DRAWS. Why: a
+    2-chain pilot can pass R̂ ≤ 1.05 / ESS ≥ 25 per chain while chains starting at w* are still
+    spreading along flat directions: issue 10's 188-weight DLN (true 29.5) read 22.6 at the chosen
+    ε = 7.9e-6 with 2,126 draws, 24.6 at 3,000 and 30.9 ± 0.3 at 30,000 (4 chains, γ = 1); 2×
+    longer would not have shown it within 2 se + 5 %.
+ 5b. Then checks at the chosen cell, each a warning when it fails (and in `.evidence`):
     λ̂ unchanged when the batch doubles (within 2 se + 5 %); λ̂ insensitive to γ (at 3γ, same
     test); MALA acceptance (short full-batch run) >= 0.9, devinterp's "healthy" level;
     R̂ <= 1.01 and ESS >= 100 per chain on the observable (Vehtari et al. 2021).
@@ -138,6 +151,9 @@ PILOT_DRIFT_Z, PILOT_DRIFT_REL = 3.0, 0.1  # ... or observable λ̂ moving betwe
 STABILITY_MAX = 1.0        # going up the ladder stops where ε·(nβ·h_max + γ) would exceed this
 CHEAP_BATCH_WORK = 2 ** 18  # a batch of B examples on D sampled weights with B·D below this is taken
                            # even when ρ does not ask for it (see `cheap_batch`)
+DRAWS_CHECK_FACTOR = 4     # the draws check runs the chosen cell this × longer (2× could not see the
+                           # 188-weight DLN's 22.6 → 25 between 2,126 and 4,252 draws within 2 se + 5 %)
+DRAWS_CHECK_ROUNDS = 2     # ... at most this many times (16× the chosen cell's draws)
 UP_RUNGS = 2               # at most this many rungs above ε_top when the top pilot has not mixed
 PILOT_DRAWS = 1000         # pilot draws per chain (burn-in: half as many)
 RULE = ("ε ladder ε_top/3^k from the Hessian's top curvature (ε_top·(nβ·h_max+γ) = 0.1); batch "
@@ -147,7 +163,8 @@ RULE = ("ε ladder ε_top/3^k from the Hessian's top curvature (ε_top·(nβ·h_
         "mixed); choose the largest mixed ε whose λ̂ agrees with the mixed λ̂ at ε/3 within 2 se + 5 % "
         "(plateau), the allowance at most 15 % of λ̂ (else both pilots lengthened, up to 8× the draws, where "
         "that is predicted to suffice; still wider: no plateau), else extrapolate to ε→0 over the mixed rungs and take the smallest (fewer than two "
-        "mixed: untrusted); check batch ×2, γ ×3, MALA >= 0.9, R̂ <= 1.01, ESS >= 100/chain; sampler auto: "
+        "mixed: untrusted); λ̂ unchanged at 4× the chosen draws (else 4× again; moved: untrusted, the longest run chosen); "
+        "check batch ×2, γ ×3, MALA >= 0.9, R̂ <= 1.01, ESS >= 100/chain; sampler auto: "
         "RMSProp-SGLD's ladder too where SGLD's has no plateau, the strictly better status wins, ties keep SGLD")
 
 
@@ -406,8 +423,74 @@ def unmixed_reasons(row) -> list[str]:
     return out
 
 
+def well_mixed(row) -> bool:
+    """The final run's standard (Vehtari et al. 2021) met by a pilot: R̂ <= 1.01 and bulk and tail
+    ESS >= 100 per chain on the observable. Such a pilot skips the draws check (rule step 5).
+
+        >>> well_mixed({"rhat": 1.004, "ess_bulk": 450.0, "ess_tail": 380.0, "chains": 2})
+        True
+        >>> well_mixed({"rhat": 1.03, "ess_bulk": 60.0, "ess_tail": 90.0, "chains": 2})   # a pilot's pass
+        False
+    """
+    need = dg.ESS_MIN_PER_CHAIN * row["chains"]
+    return bool(math.isfinite(row["rhat"]) and row["rhat"] <= dg.RHAT_MAX
+                and row["ess_bulk"] >= need and row["ess_tail"] >= need)
+
+
 def _pilot_mixed(row) -> bool:
     return not unmixed_reasons(row)
+
+
+def draws_check(run_at, cell: dict, factor: int = None, rounds: int = None) -> dict:
+    """Rule step 5: does λ̂ at the chosen cell stay put when the chain runs `factor`× longer?
+
+    run_at(draws, burn_in) -> row runs the cell's settings at that length (burn-in grown alike:
+    a chain still spreading from w* must not be counted). Up to `rounds` times, while the longer
+    run disagrees with the shorter (`_agree`: 2 combined se + 5 %). Returns {"moved": whether any
+    round disagreed, "row": the longest healthy run (None if none), "evidence": each round, and
+    "warning"}. A moved λ̂ that agrees in a later round has converged at that length; one that
+    never agrees is NOT CONVERGED and most likely still low.
+
+        >>> rows = iter([{"llc": 27.0, "llc_se": 0.5, "draws": 4000, "burn_in": 2000, "valid": True,
+        ...               "failed_chains": 0},
+        ...              {"llc": 30.5, "llc_se": 0.4, "draws": 16000, "burn_in": 8000, "valid": True,
+        ...               "failed_chains": 0}])
+        >>> out = draws_check(lambda d, b: next(rows), {"llc": 22.6, "llc_se": 0.4, "draws": 1000, "burn_in": 500})
+        >>> out["moved"], out["row"]["draws"], [r["agree"] for r in out["evidence"]["rounds"]]
+        (True, 16000, [False, False])
+        >>> out["warning"].startswith("NOT CONVERGED IN DRAWS")
+        True
+    """
+    factor = DRAWS_CHECK_FACTOR if factor is None else factor
+    rounds = DRAWS_CHECK_ROUNDS if rounds is None else rounds
+    cur, longest, out, moved = cell, None, [], False
+    for _ in range(rounds):
+        row = run_at(int(cur["draws"]) * factor, int(cur["burn_in"]) * factor)
+        if not _healthy(row):
+            out.append({"draws": row["draws"], "llc": row["llc"], "healthy": False})
+            break
+        ok, diff, allowed = _agree(cur, row)
+        out.append({"draws": int(row["draws"]), "llc": float(row["llc"]), "llc_se": float(row["llc_se"]),
+                    "vs_draws": int(cur["draws"]), "vs_llc": float(cur["llc"]), "agree": ok, "diff": diff,
+                    "allowed": allowed})
+        longest, cur = row, row
+        if ok:
+            break
+        moved = True
+    path = " → ".join([f"{cell['llc']:.4g} at {cell['draws']}"] + [f"{r['llc']:.4g} at {r['draws']}" for r in out
+                                                                   if r.get("healthy", True)])
+    if not out or not out[-1].get("healthy", True):
+        warning = f"DRAWS CHECK FAILED: the {factor}× longer run at the chosen cell was not healthy ({path})"
+    elif moved and out[-1]["agree"]:
+        warning = (f"λ̂ MOVED WITH DRAWS ({path} draws per chain) and settled: the pilots were too short; "
+                   f"the estimate uses {out[-1]['draws']} draws")
+    elif moved:
+        warning = (f"NOT CONVERGED IN DRAWS: λ̂ still moves at {factor ** rounds}× the chosen draws ({path}); "
+                   "it is most likely still LOW (chains start at w*): run longer chains")
+    else:
+        warning = ""
+    return {"moved": moved, "row": longest, "warning": warning,
+            "evidence": {"factor": factor, "rounds": out, "converged": bool(out and out[-1].get("agree"))}}
 
 
 def extrapolate_to_zero(eps, lam, se) -> tuple[float, float]:
@@ -744,8 +827,29 @@ def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float 
         warnings.append(f"SECOND SAMPLER: plain SGLD's ladder ended {tried[0]['status']} "
                         f"({tried[0]['mixed_rungs']} mixed rung(s)), so RMSProp-SGLD's ladder was run too "
                         f"(it ended {tried[1]['status']}, {tried[1]['mixed_rungs']} mixed); {switch['reason']}")
-    B = int(chosen["batch_size"])
     ev_checks = {}
+    if checks and _healthy(chosen) and well_mixed(chosen):
+        ev_checks["draws"] = {"skipped": f"the chosen pilot met R̂ <= {dg.RHAT_MAX} and bulk and tail ESS >= "
+                                         f"{dg.ESS_MIN_PER_CHAIN} per chain on the observable"}
+    elif checks and _healthy(chosen):
+        # rule step 5: λ̂ must not move when the chain runs longer. Chains start at w* and read low
+        # until they have spread along the flat directions; a 2-chain pilot can look mixed well
+        # before then (issue 10's 188-weight DLN: 22.6 at 2,126 draws, 30.9 at 30,000, true 29.5)
+        conv = draws_check(lambda d, b: run("draws_check", chosen["epsilon"], gamma, int(chosen["batch_size"]),
+                                            PILOT_CHAINS, sampler_used, draws_=d, burn_=b), chosen)
+        ev_checks["draws"] = conv["evidence"]
+        if conv["warning"]:
+            warnings.append(conv["warning"])
+        if conv["moved"]:
+            last_row = conv["row"]
+            if status != "untrusted":
+                warnings.append(f"UNTRUSTED: the ladder's {status} compared pilots that were still moving with "
+                                "draws, so the ε-bias at the chosen ε is unmeasured")
+            status = "untrusted"
+            last_row["comparable"] = _healthy(last_row) and _pilot_mixed(last_row)
+            chosen, llc, llc_se = last_row, last_row["llc"], last_row["llc_se"]
+        # λ̂ held still: the chosen cell stands as it is (its length, its ESS for the draws rule)
+    B = int(chosen["batch_size"])
     if checks and chosen["comparable"]:   # checks at an unmixed cell would measure nothing
         if B < n:
             B2 = min(2 * B, n)
@@ -778,7 +882,7 @@ def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float 
     ess_per_draw_chain = chosen["ess_bulk"] / (PILOT_CHAINS * chosen["draws"]) if math.isfinite(chosen["ess_bulk"]) else 0
     need = dg.ESS_MIN_PER_CHAIN
     final_draws = draws if ess_per_draw_chain <= 0 else int(math.ceil(need / ess_per_draw_chain))
-    final_draws = int(min(max(final_draws, chosen["draws"]), MAX_DRAWS_FACTOR * draws))
+    final_draws = int(min(max(final_draws, chosen["draws"]), max(MAX_DRAWS_FACTOR * draws, chosen["draws"])))
     if ess_per_draw_chain <= 0 or need / max(ess_per_draw_chain, 1e-12) > MAX_DRAWS_FACTOR * draws:
         warnings.append(f"100 ESS per chain would need more than {MAX_DRAWS_FACTOR}× the pilot's draws; "
                         f"capped at {final_draws}")
