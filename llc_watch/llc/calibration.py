@@ -41,10 +41,7 @@ THE RULE (`RULE` below, in words; every number it uses is in `cal.evidence`):
     (`comparable` False in the sweep, `.evidence['unmixed']`, a warning): an unmixed chain started
     at w* reads low, and two unmixed rungs read alike, a false plateau (issue 10: 13.0 and 12.0
     on a DLN whose λ is 29.5). A rung that has not mixed ends the descent (smaller ε mixes slower);
-    when the top rung has not mixed the ladder goes UP instead (at most DRAWS_CHECK_FACTOR = 4     # the draws check runs the chosen cell this × longer (2× could not see the
-                           # 188-weight DLN's 22.6 → 25 between 2,126 and 4,252 draws within 2 se + 5 %)
-DRAWS_CHECK_ROUNDS = 2     # ... at most this many times (16× the chosen cell's draws)
-UP_RUNGS = 2 rungs, while
+    when the top rung has not mixed the ladder goes UP instead (at most UP_RUNGS = 2 rungs, while
     ε·(nβ·h_max + γ) <= 1, the batch grown to keep ρ <= 0.025) until two rungs have mixed.
  4. PLATEAU: the largest mixed ε whose λ̂ agrees, within 2 combined standard errors +
     PLATEAU_REL (5 %) of λ̂, with the mixed λ̂ one rung (3×) down: λ̂ flat for a 3× change of ε is
@@ -70,7 +67,7 @@ UP_RUNGS = 2 rungs, while
     mixed rung: status UNTRUSTED (no plateau test was possible). None: UNTRUSTED, the largest
     healthy ε is returned with a warning that its λ̂ is biased low.
  5. Draws first (`draws_check`, with `checks`, unless the chosen pilot already meets the final
-    run's R̂ <= 1.01 and bulk and tail ESS >= 100 per chain: `well_mixed`): the chosen cell is run DRAWS_CHECK_FACTOR = 4× longer
+    run's R̂ <= 1.01 and bulk and tail ESS >= 100 per chain, its `mixed`): the chosen cell is run DRAWS_CHECK_FACTOR = 4× longer
     (burn-in too); if λ̂ moves (beyond 2 se + 5 %), 4× again, at most DRAWS_CHECK_ROUNDS = 2 times.
     λ̂ that moved makes the status UNTRUSTED (the ladder compared pilots still rising, so its
     plateau or extrapolation is void and the ε-bias unmeasured), and the longest run becomes the
@@ -423,25 +420,11 @@ def unmixed_reasons(row) -> list[str]:
     return out
 
 
-def well_mixed(row) -> bool:
-    """The final run's standard (Vehtari et al. 2021) met by a pilot: R̂ <= 1.01 and bulk and tail
-    ESS >= 100 per chain on the observable. Such a pilot skips the draws check (rule step 5).
-
-        >>> well_mixed({"rhat": 1.004, "ess_bulk": 450.0, "ess_tail": 380.0, "chains": 2})
-        True
-        >>> well_mixed({"rhat": 1.03, "ess_bulk": 60.0, "ess_tail": 90.0, "chains": 2})   # a pilot's pass
-        False
-    """
-    need = dg.ESS_MIN_PER_CHAIN * row["chains"]
-    return bool(math.isfinite(row["rhat"]) and row["rhat"] <= dg.RHAT_MAX
-                and row["ess_bulk"] >= need and row["ess_tail"] >= need)
-
-
 def _pilot_mixed(row) -> bool:
     return not unmixed_reasons(row)
 
 
-def draws_check(run_at, cell: dict, factor: int = None, rounds: int = None) -> dict:
+def draws_check(run_at, cell: dict, factor: int | None = None, rounds: int | None = None) -> dict:
     """Rule step 5: does λ̂ at the chosen cell stay put when the chain runs `factor`× longer?
 
     run_at(draws, burn_in) -> row runs the cell's settings at that length (burn-in grown alike:
@@ -828,7 +811,7 @@ def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float 
                         f"({tried[0]['mixed_rungs']} mixed rung(s)), so RMSProp-SGLD's ladder was run too "
                         f"(it ended {tried[1]['status']}, {tried[1]['mixed_rungs']} mixed); {switch['reason']}")
     ev_checks = {}
-    if checks and _healthy(chosen) and well_mixed(chosen):
+    if checks and _healthy(chosen) and chosen["mixed"]:   # the estimator's own final-run standard
         ev_checks["draws"] = {"skipped": f"the chosen pilot met R̂ <= {dg.RHAT_MAX} and bulk and tail ESS >= "
                                          f"{dg.ESS_MIN_PER_CHAIN} per chain on the observable"}
     elif checks and _healthy(chosen):
@@ -840,15 +823,14 @@ def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float 
         ev_checks["draws"] = conv["evidence"]
         if conv["warning"]:
             warnings.append(conv["warning"])
-        if conv["moved"]:
-            last_row = conv["row"]
+        if conv["moved"]:   # else λ̂ held still and the chosen cell stands (its length, its ESS)
             if status != "untrusted":
                 warnings.append(f"UNTRUSTED: the ladder's {status} compared pilots that were still moving with "
                                 "draws, so the ε-bias at the chosen ε is unmeasured")
             status = "untrusted"
-            last_row["comparable"] = _healthy(last_row) and _pilot_mixed(last_row)
-            chosen, llc, llc_se = last_row, last_row["llc"], last_row["llc_se"]
-        # λ̂ held still: the chosen cell stands as it is (its length, its ESS for the draws rule)
+            chosen = conv["row"]
+            chosen["comparable"] = _healthy(chosen) and _pilot_mixed(chosen)
+            llc, llc_se = chosen["llc"], chosen["llc_se"]
     B = int(chosen["batch_size"])
     if checks and chosen["comparable"]:   # checks at an unmixed cell would measure nothing
         if B < n:
