@@ -78,7 +78,7 @@ def devinterp_default(model, data, device):
     return float(out.llc_mean)
 
 
-def run_case(name, device="cpu", devinterp=True, threads=1):
+def run_case(name, device="cpu", devinterp=True, threads=1, progress=False):
     import torch
     torch.set_num_threads(threads)
     from llc_watch.llc import estimate_llc, exact
@@ -87,7 +87,7 @@ def run_case(name, device="cpu", devinterp=True, threads=1):
     fam = CASES[name][0]
     n_params = sum(p.numel() for p in model.parameters())
     t0 = time.perf_counter()
-    cal = calibrate_llc(model, loss_fn, data, device=device, seed=0)
+    cal = calibrate_llc(model, loss_fn, data, device=device, seed=0, progress=progress)
     t_cal = time.perf_counter() - t0
     t0 = time.perf_counter()
     r = estimate_llc(model, loss_fn, data, **{**cal.choice, "device": device, "seed": 1})
@@ -168,6 +168,8 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=1, help="cases run in parallel processes")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-devinterp", action="store_true")
+    p.add_argument("--progress", action="store_true",
+                   help="print each calibration pilot as it ends (the large cases run for an hour or more)")
     p.add_argument("--out", default=str(ROOT / "figures" / "llc_accuracy"))
     a = p.parse_args(argv)
     names = (a.cases.split(",") if a.cases else
@@ -178,9 +180,10 @@ def main(argv=None):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if a.jobs > 1:
         with ProcessPoolExecutor(a.jobs) as ex:
-            rows = list(ex.map(run_case, names, [a.device] * len(names), [not a.no_devinterp] * len(names)))
+            rows = list(ex.map(run_case, names, [a.device] * len(names), [not a.no_devinterp] * len(names),
+                               [1] * len(names), [a.progress] * len(names)))
     else:
-        rows = [run_case(nm, a.device, not a.no_devinterp) for nm in names]
+        rows = [run_case(nm, a.device, not a.no_devinterp, progress=a.progress) for nm in names]
     df = pd.DataFrame(rows)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

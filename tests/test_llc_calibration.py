@@ -137,6 +137,8 @@ def test_calibrated_regular_model():
     assert not any(w.startswith("SECOND SAMPLER") for w in cal.warnings)
     # rule step 5: this pilot already meets R̂ <= 1.01 and ESS >= 100 per chain, so no draws check
     assert "skipped" in cal.evidence["checks"]["draws"] and "draws_check" not in set(cal.sweep["role"])
+    assert_no_cell_run_twice(cal)
+    assert cal.evidence["checks"]["failed"] == []                         # batch, γ and MALA checks pass
     assert r.valid
     assert abs(r.llc_mean - lam) <= GOAL * lam + K * r.llc_stderr, (r.llc_mean, lam)
 
@@ -211,6 +213,16 @@ def test_unmixed_pilots_never_make_a_plateau():
     assert any("not mixed" in w for w in cal.warnings) and any("UNTRUSTED" in w for w in cal.warnings)
     assert not cal.sweep["comparable"].any()
     assert cal.llc < 0.6 * lam          # what it says: the number it returns is biased low
+    # the top rung's probe pilot is judged from its own draws when lengthened, not run again
+    # (same seed and settings: the rerun repeated it exactly, a whole pilot's cost for nothing)
+    assert_no_cell_run_twice(cal)
+    assert list(cal.sweep["draws"]) == [100, 300]   # the probe pilot, then its 3× rerun
+
+
+def assert_no_cell_run_twice(cal):
+    same = ["sampler", "epsilon", "gamma", "batch_size", "chains", "draws", "burn_in"]
+    repeated = cal.sweep[cal.sweep.duplicated(same, keep=False)]
+    assert repeated.empty, repeated[same + ["role", "llc"]]
 
 
 def _cell(llc, se, draws):
@@ -255,6 +267,84 @@ def test_a_lambda_still_rising_with_draws_is_untrusted_and_the_longest_run_is_ch
     assert cal.choice["draws"] >= longest["draws"] == last["draws"] and cal.choice["burn_in"] == last["burn_in"]
     assert cal.llc == pytest.approx(longest["llc"])
     assert (cal.sweep["role"] == "draws_check").sum() == len(rounds)
+
+
+def _forced_draws_check(converged):
+    """A draws check that runs the real 4× longer cell but reports that λ̂ moved (and settled or
+    not): it drives calibrate_llc's moved branch on a model small enough for the fast suite."""
+    def check(run_at, cell, factor=None, rounds=None):
+        row = run_at(4 * int(cell["draws"]), 4 * int(cell["burn_in"]))
+        return {"moved": True, "row": row, "warning": "λ̂ MOVED WITH DRAWS (forced by the test)",
+                "evidence": {"factor": 4, "rounds": [{"draws": int(row["draws"]), "agree": converged}],
+                             "converged": converged}}
+    return check
+
+
+def test_a_settled_draws_check_runs_the_plateau_test_again_at_that_length(monkeypatch):
+    # rule step 5, continued: λ̂ moved with draws and settled at D, so the ladder's verdict is
+    # void and the rung below is run at ε/3 with 3D draws; on a regular model (d = 10, λ = 5) the
+    # two agree, so the status is a plateau again, at the settled run (~15 s)
+    from llc_watch.llc import calibration
+    model, loss_fn, data, lam = exact.make_regular(10, 2000)
+    monkeypatch.setattr(calibration, "draws_check", _forced_draws_check(True))
+    cal = calibrate_llc(model, loss_fn, data, draws=300, checks=True, seed=0, sampler="sgld")
+    long = cal.sweep[cal.sweep["role"] == "draws_check"].iloc[-1]
+    low = cal.sweep[cal.sweep["role"] == "settled_test"]
+    assert len(low) == 1, cal.sweep[["role", "epsilon", "draws"]]
+    low = low.iloc[0]
+    assert low["epsilon"] == pytest.approx(long["epsilon"] / 3)
+    assert (low["draws"], low["burn_in"]) == (3 * long["draws"], 3 * long["burn_in"])
+    ev = cal.evidence["checks"]["settled_plateau"]
+    assert ev["low_mixed"] and ev["draws"] == [long["draws"], low["draws"]]
+    assert cal.status == "plateau" and ev["agree"] and ev["powered"], (cal.status, ev, cal.warnings)
+    assert cal.choice["epsilon"] == long["epsilon"] and cal.choice["draws"] >= long["draws"]
+    assert any(w.startswith("PLATEAU AT THE SETTLED LENGTH") for w in cal.warnings)
+    assert abs(cal.llc - lam) <= GOAL * lam + K * cal.llc_stderr, (cal.llc, lam)
+
+
+def test_a_draws_check_that_never_settled_stays_untrusted_with_no_second_test(monkeypatch):
+    from llc_watch.llc import calibration
+    model, loss_fn, data, lam = exact.make_regular(3, 2000)
+    monkeypatch.setattr(calibration, "draws_check", _forced_draws_check(False))
+    cal = calibrate_llc(model, loss_fn, data, draws=300, checks=True, seed=0, sampler="sgld")
+    assert cal.status == "untrusted" and "settled_test" not in set(cal.sweep["role"])
+    assert "settled_plateau" not in cal.evidence["checks"]
+    assert any(w.startswith("UNTRUSTED: the ladder's") for w in cal.warnings)
+
+
+def test_a_chosen_cell_that_fails_a_required_check_is_untrusted():
+    # issue 10's rule requires λ̂ insensitive to γ at the chosen cell. A regular model (d = 3,
+    # nβ·h ≈ 260) localised at γ = 300, comparable to its curvature, has a plateau in ε, but
+    # λ̂ ≈ Σ ½·nβh/(nβh + γ) falls by about half at 3γ: the γ check fails, and the plateau must not
+    # be reported as trusted (~30 s)
+    model, loss_fn, data, lam = exact.make_regular(3, 2000)
+    cal = calibrate_llc(model, loss_fn, data, gamma=300.0, seed=0, sampler="sgld")
+    g = cal.evidence["checks"]["gamma"]
+    assert not g["agree"] and g["llc"] < 0.8 * cal.evidence["chosen_row"]["llc"], g
+    assert "γ ×3" in cal.evidence["checks"]["failed"]
+    assert cal.status == "untrusted", (cal.status, cal.warnings)
+    assert any(w.startswith("UNTRUSTED: the chosen cell") and "γ ×3" in w for w in cal.warnings)
+
+
+def test_settled_plateau_decides_from_the_rung_below():
+    from llc_watch.llc.calibration import settled_plateau
+    long = {**_cell(30.0, 0.3, 16000), "epsilon": 9e-6}
+    mixed = dict(rhat=1.01, chains=2, ess_bulk=400.0)
+    asked = []
+
+    def at(llc, **extra):
+        return lambda e, d, b: asked.append((e, d, b)) or {**_cell(llc, 0.3, d), "epsilon": e, **mixed, **extra}
+
+    assert settled_plateau(at(29.5), long)["status"] == "plateau"
+    assert asked == [(3e-6, 48000, 24000)]
+    out = settled_plateau(at(25.0), long)                  # ε-bias of +5 over a 3× smaller ε
+    assert out["status"] == "extrapolated" and out["row"]["epsilon"] == 3e-6
+    assert out["llc"] == pytest.approx(22.5) and out["warning"].startswith("NO PLATEAU AT THE SETTLED LENGTH")
+    unmixed = settled_plateau(at(29.5, rhat=1.3), long)    # the rung below has not mixed: no verdict
+    assert unmixed["status"] == "untrusted" and unmixed["row"] is long and not unmixed["evidence"]["low_mixed"]
+    loose = settled_plateau(lambda e, d, b: {**_cell(29.0, 4.0, d), "epsilon": e, **mixed},
+                            {**_cell(30.0, 4.0, 16000), "epsilon": 9e-6})
+    assert loose["status"] == "untrusted" and loose["warning"].startswith("SETTLED PLATEAU TEST TOO WEAK")
 
 
 @pytest.mark.slow   # ~50 s on one core: two samplers' ladders, then the estimate

@@ -129,3 +129,29 @@ def test_modules_never_import_pyplot():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                        cwd=Path(__file__).resolve().parents[1], env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_calibration_ladder_draws_each_sampler_and_the_longer_runs_apart():
+    import json
+    import pandas as pd
+    base = dict(step=500, gamma=1.0, valid=True, llc_se=0.5, status="untrusted",
+                choice=json.dumps({"epsilon": 2e-6}), cal_llc=31.0)
+    rows = [dict(role="ladder", sampler="sgld", epsilon=e, llc=v) for e, v in ((2e-6, 23.0), (6e-6, 30.0))]
+    rows += [dict(role="ladder_short", sampler="sgld", epsilon=2e-6, llc=20.0),
+             dict(role="ladder", sampler="rmsprop_sgld", epsilon=4e-7, llc=26.0),
+             dict(role="ladder", sampler="rmsprop_sgld", epsilon=1.2e-6, llc=35.0),
+             dict(role="draws_check", sampler="sgld", epsilon=2e-6, llc=29.0),
+             dict(role="draws_check", sampler="sgld", epsilon=2e-6, llc=31.0),
+             dict(role="settled_test", sampler="sgld", epsilon=2e-6 / 3, llc=30.5),
+             dict(role="gamma_check", sampler="sgld", epsilon=2e-6, llc=30.0)]
+    cells = pd.DataFrame([{**base, **r} for r in rows])
+    ax = plots.plot_calibration_ladder(_ax(), cells)
+    by_label = {c.get_label(): c for c in ax.containers}
+    # one ladder line per sampler, each holding only its own two rungs
+    assert len(by_label["ε ladder, sgld (± 2 se)"].lines[0].get_xdata()) == 2
+    assert len(by_label["ε ladder, rmsprop_sgld (± 2 se)"].lines[0].get_xdata()) == 2
+    assert len(by_label["draws check (longer chains)"].lines[0].get_xdata()) == 2
+    assert list(by_label["settled test (longer chains)"].lines[0].get_ydata()) == [30.5]
+    assert any(line.get_label() == "shorter pilots (rerun longer)" for line in ax.lines)
+    assert ax.get_title() == "step 500: untrusted"
+    _png_ok(ax.figure)

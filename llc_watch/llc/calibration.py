@@ -76,7 +76,16 @@ THE RULE (`RULE` below, in words; every number it uses is in `cal.evidence`):
     spreading along flat directions: issue 10's 188-weight DLN (true 29.5) read 22.6 at the chosen
     ε = 7.9e-6 with 2,126 draws, 24.6 at 3,000 and 30.9 ± 0.3 at 30,000 (4 chains, γ = 1); 2×
     longer would not have shown it within 2 se + 5 %.
- 5b. Then checks at the chosen cell, each a warning when it fails (and in `.evidence`):
+    Where λ̂ moved and then SETTLED at D draws, and that run has mixed (pilot standard), the plateau
+    test of step 4 is run again at that length (`settled_plateau`): the rung below at ε/3 with 3D
+    draws and 3× the burn-in (the same diffusion time ε × steps, so it is as far along as the
+    settled run). Agree and powered: PLATEAU (the settled run is chosen); mixed and disagreeing:
+    EXTRAPOLATED through the two (the smaller ε chosen); otherwise UNTRUSTED stands. Its cost is
+    one 2-chain run of 3D draws: on the 188-weight DLN, 48,000 draws. Why: the ε-bias can grow as
+    long chains wander (DLNs: λ̂ rose past the true λ with length), so the ε-plateau of short pilots
+    says nothing about the settled regime; only a test at the settled length does.
+ 5b. Then checks at the chosen cell, each a warning when it fails (and in `.evidence`; any
+    failure makes the status UNTRUSTED, as the issue's rule requires them of a choice):
     λ̂ unchanged when the batch doubles (within 2 se + 5 %); λ̂ insensitive to γ (at 3γ, same
     test); MALA acceptance (short full-batch run) >= 0.9, devinterp's "healthy" level;
     R̂ <= 1.01 and ESS >= 100 per chain on the observable (Vehtari et al. 2021).
@@ -160,8 +169,9 @@ RULE = ("ε ladder ε_top/3^k from the Hessian's top curvature (ε_top·(nβ·h_
         "mixed); choose the largest mixed ε whose λ̂ agrees with the mixed λ̂ at ε/3 within 2 se + 5 % "
         "(plateau), the allowance at most 15 % of λ̂ (else both pilots lengthened, up to 8× the draws, where "
         "that is predicted to suffice; still wider: no plateau), else extrapolate to ε→0 over the mixed rungs and take the smallest (fewer than two "
-        "mixed: untrusted); λ̂ unchanged at 4× the chosen draws (else 4× again; moved: untrusted, the longest run chosen); "
-        "check batch ×2, γ ×3, MALA >= 0.9, R̂ <= 1.01, ESS >= 100/chain; sampler auto: "
+        "mixed: untrusted); λ̂ unchanged at 4× the chosen draws (else 4× again; moved: untrusted, the longest run chosen, "
+        "and where it settled and mixed, the plateau test again at that length: ε/3 at 3× the draws); "
+        "check batch ×2, γ ×3, MALA >= 0.9 (a failure: untrusted), R̂ <= 1.01, ESS >= 100/chain; sampler auto: "
         "RMSProp-SGLD's ladder too where SGLD's has no plateau, the strictly better status wins, ties keep SGLD")
 
 
@@ -170,7 +180,7 @@ class Calibration:
     """The one calibration result: of calibrate_llc (one model) and of `llc-watch calibrate RUN`
     (analyses.calibration.calibrate_run, several checkpoints; its evidence holds each one's)."""
     choice: dict                  # estimate_llc keyword arguments
-    sweep: pd.DataFrame           # one row per cell run (role: ladder / batch_check / gamma_check)
+    sweep: pd.DataFrame           # one row per cell run (role: ladder, ladder_short, draws_check, settled_test, *_check)
     evidence: dict                # why this cell won: probes, plateau test, checks, cost
     warnings: list[str] = field(default_factory=list)
     status: str = "plateau"       # plateau | extrapolated | untrusted (grid rule: plateau | no_plateau | untrusted)
@@ -432,7 +442,8 @@ def draws_check(run_at, cell: dict, factor: int | None = None, rounds: int | Non
     run disagrees with the shorter (`_agree`: 2 combined se + 5 %). Returns {"moved": whether any
     round disagreed, "row": the longest healthy run (None if none), "evidence": each round, and
     "warning"}. A moved λ̂ that agrees in a later round has converged at that length; one that
-    never agrees is NOT CONVERGED and most likely still low.
+    never agrees is NOT CONVERGED, its error of unknown sign (low while chains still spread from w*,
+    high where long chains reach regions the step is too coarse for).
 
         >>> rows = iter([{"llc": 27.0, "llc_se": 0.5, "draws": 4000, "burn_in": 2000, "valid": True,
         ...               "failed_chains": 0},
@@ -469,11 +480,65 @@ def draws_check(run_at, cell: dict, factor: int | None = None, rounds: int | Non
                    f"the estimate uses {out[-1]['draws']} draws")
     elif moved:
         warning = (f"NOT CONVERGED IN DRAWS: λ̂ still moves at {factor ** rounds}× the chosen draws ({path}); "
-                   "it is most likely still LOW (chains start at w*): run longer chains")
+                   "the direction of its error is unknown: chains start at w* and read LOW until they have "
+                   "spread, but on deep linear networks λ̂ has also risen PAST the true λ with length (2,000 "
+                   "weights: 117 → 167 → 237 for λ = 142.5), where long chains reach regions the step is too "
+                   "coarse for: run longer chains at a smaller ε")
     else:
         warning = ""
     return {"moved": moved, "row": longest, "warning": warning,
             "evidence": {"factor": factor, "rounds": out, "converged": bool(out and out[-1].get("agree"))}}
+
+
+def settled_plateau(run_at, long: dict) -> dict:
+    """Rule step 5, continued: the plateau test again at the length where λ̂ stopped moving.
+
+    A draws check that moved voids the ladder's verdict (its pilots were still moving). Where λ̂
+    then settled at `long` (ε, D draws), the rung below is run at the same diffusion time εD
+    (ε/3, 3D draws and 3× the burn-in: a chain's progress goes with ε × steps), and the two are
+    compared as in step 4. run_at(epsilon, draws, burn_in) -> row. Returns {"status", "row" (the
+    cell to use), "llc", "llc_se", "evidence", "warning"}: plateau (agree, powered: `long` stands),
+    extrapolated (mixed and disagreeing: λ̂ → ε = 0 through both, the smaller ε chosen) or
+    untrusted (the rung below unhealthy or unmixed, or agreement too loose to see the goal).
+
+        >>> long = {"epsilon": 9e-6, "llc": 30.9, "llc_se": 0.4, "draws": 16000, "burn_in": 8000,
+        ...         "valid": True, "failed_chains": 0}
+        >>> low = {"epsilon": 3e-6, "llc": 30.1, "llc_se": 0.5, "draws": 48000, "burn_in": 24000,
+        ...        "valid": True, "failed_chains": 0, "rhat": 1.01, "chains": 2, "ess_bulk": 300.0}
+        >>> out = settled_plateau(lambda e, d, b: low, long)
+        >>> out["status"], out["row"]["draws"], out["evidence"]["agree"]
+        ('plateau', 16000, True)
+        >>> out = settled_plateau(lambda e, d, b: {**low, "llc": 26.0}, long)
+        >>> out["status"], out["row"]["epsilon"], round(out["llc"], 2)
+        ('extrapolated', 3e-06, 23.55)
+    """
+    low = run_at(long["epsilon"] / 3, 3 * int(long["draws"]), 3 * int(long["burn_in"]))
+    ev = {"epsilon": float(long["epsilon"]), "vs": float(low["epsilon"]), "draws": [int(long["draws"]), int(low["draws"])],
+          "llc": [float(long["llc"]), float(low["llc"])]}
+    keep = {"row": long, "llc": float(long["llc"]), "llc_se": float(long["llc_se"])}
+    why = unmixed_reasons(low) if _healthy(low) else ["a failed chain or an invalid estimate"]
+    if why:
+        return {**keep, "status": "untrusted", "evidence": {**ev, "low_mixed": False, "reasons": why},
+                "warning": f"SETTLED PLATEAU TEST NOT POSSIBLE: λ̂ settled at {long['llc']:.4g} ({long['draws']} draws, "
+                           f"ε={long['epsilon']:.3g}), but the rung below (ε={low['epsilon']:.3g}, {low['draws']} draws) "
+                           f"did not mix ({'; '.join(why)}): the ε-bias there is unmeasured"}
+    v = plateau_verdict(long, low)
+    ev.update(low_mixed=True, agree=v["agree"], powered=v["powered"], diff=v["diff"], allowed_rel=v["allowed_rel"])
+    pair = (f"λ̂ {long['llc']:.4g} at ε={long['epsilon']:.3g} ({long['draws']} draws) and {low['llc']:.4g} at "
+            f"ε={low['epsilon']:.3g} ({low['draws']} draws)")
+    if v["agree"] and v["powered"]:
+        return {**keep, "status": "plateau", "evidence": ev,
+                "warning": f"PLATEAU AT THE SETTLED LENGTH: {pair} agree within ±{100 * v['allowed_rel']:.0f} %"}
+    if v["agree"]:
+        return {**keep, "status": "untrusted", "evidence": ev,
+                "warning": f"SETTLED PLATEAU TEST TOO WEAK: {pair} agree only within ±{100 * v['allowed_rel']:.0f} % "
+                           f"(> {100 * PLATEAU_ALLOWANCE_MAX:.0f} %)"}
+    lam0, se0 = extrapolate_to_zero([long["epsilon"], low["epsilon"]], [long["llc"], low["llc"]],
+                                    [long["llc_se"], low["llc_se"]])
+    ev.update(extrapolated_llc=lam0, extrapolated_se=se0)
+    return {"row": low, "llc": lam0, "llc_se": se0, "status": "extrapolated", "evidence": ev,
+            "warning": f"NO PLATEAU AT THE SETTLED LENGTH: {pair} disagree; chose the smaller ε; "
+                       f"extrapolated λ̂(ε→0) = {lam0:.4g} ± {se0:.2g}"}
 
 
 def extrapolate_to_zero(eps, lam, se) -> tuple[float, float]:
@@ -611,14 +676,18 @@ def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float 
         unmixed: list[dict] = []
 
         def cell(e, B_=None, lengthen=True):
-            if e in cells and lengthen and cells[e].get("short"):   # probed only: now judge it properly
-                cells[e]["role"], cells[e]["comparable"] = "ladder_short", False
-                del cells[e]
+            probed = None
+            if e in cells and lengthen and cells[e].get("short"):   # probed only: now judge it properly,
+                probed = cells.pop(e)   # from its own draws (rerunning it, same seed, repeats them exactly)
+                del probed["short"]
             if e not in cells:
                 Bc = B if B_ is None else B_
                 mult = min(max(eps_ref[0] / e, 1.0), 3.0)
                 d_k, b_k = int(math.ceil(draws * mult)), int(math.ceil(burn_in * mult))
-                row = run("ladder", e, gamma, Bc, PILOT_CHAINS, samp, draws_=d_k, burn_=b_k)
+                if probed is not None:
+                    row, Bc = probed, int(probed["batch_size"])
+                else:
+                    row = run("ladder", e, gamma, Bc, PILOT_CHAINS, samp, draws_=d_k, burn_=b_k)
                 if not lengthen and _healthy(row) and not _pilot_mixed(row):
                     row["short"], row["comparable"] = True, False   # lengthened only if asked for again
                     cells[e] = row
@@ -824,14 +893,25 @@ def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float 
         if conv["warning"]:
             warnings.append(conv["warning"])
         if conv["moved"]:   # else λ̂ held still and the chosen cell stands (its length, its ESS)
-            if status != "untrusted":
-                warnings.append(f"UNTRUSTED: the ladder's {status} compared pilots that were still moving with "
-                                "draws, so the ε-bias at the chosen ε is unmeasured")
-            status = "untrusted"
+            # the ladder compared pilots that were still moving, so its verdict is void; where λ̂
+            # settled, the plateau test is run again at that length (the rung below at 3× the draws)
+            ladder_status = status
             chosen = conv["row"]
             chosen["comparable"] = _healthy(chosen) and _pilot_mixed(chosen)
-            llc, llc_se = chosen["llc"], chosen["llc_se"]
+            llc, llc_se, status = chosen["llc"], chosen["llc_se"], "untrusted"
+            if conv["evidence"]["converged"] and chosen["comparable"]:
+                B_c = int(chosen["batch_size"])
+                sp = settled_plateau(lambda e, d, b: run("settled_test", e, gamma, B_c, PILOT_CHAINS, sampler_used,
+                                                         draws_=d, burn_=b), chosen)
+                ev_checks["settled_plateau"] = sp["evidence"]
+                warnings.append(sp["warning"])
+                status, chosen, llc, llc_se = sp["status"], sp["row"], sp["llc"], sp["llc_se"]
+                chosen["comparable"] = _healthy(chosen) and _pilot_mixed(chosen)
+            if status == "untrusted" and ladder_status != "untrusted":
+                warnings.append(f"UNTRUSTED: the ladder's {ladder_status} compared pilots that were still moving "
+                                "with draws, so the ε-bias at the chosen ε is unmeasured")
     B = int(chosen["batch_size"])
+    failed_checks = []   # the rule's requirements at the chosen cell; any failure denies trust
     if checks and chosen["comparable"]:   # checks at an unmixed cell would measure nothing
         if B < n:
             B2 = min(2 * B, n)
@@ -840,6 +920,7 @@ def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float 
             ok, diff, allowed = _agree(chosen, rb)
             ev_checks["batch"] = {"batch": B2, "llc": rb["llc"], "agree": ok, "diff": diff, "allowed": allowed}
             if not ok:
+                failed_checks.append("batch ×2")
                 warnings.append(f"λ̂ changes when the batch doubles ({chosen['llc']:.4g} at {B} → "
                                 f"{rb['llc']:.4g} at {B2}): gradient noise matters; use a larger batch")
         rg = run("gamma_check", chosen["epsilon"], 3 * gamma, B, PILOT_CHAINS, sampler_used,
@@ -847,6 +928,7 @@ def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float 
         ok, diff, allowed = _agree(chosen, rg)
         ev_checks["gamma"] = {"gamma": 3 * gamma, "llc": rg["llc"], "agree": ok, "diff": diff, "allowed": allowed}
         if not ok:
+            failed_checks.append("γ ×3")
             warnings.append(f"λ̂ depends on γ ({chosen['llc']:.4g} at γ={gamma:g} vs {rg['llc']:.4g} at "
                             f"γ={3 * gamma:g}): the localisation shapes the answer; report γ with it")
         if sampler_used == "sgld":
@@ -854,8 +936,14 @@ def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float 
                      draws_=50, burn_=min(burn_in, 200))
             ev_checks["mala"] = rm["mala"]
             if rm["mala"] is not None and rm["mala"] < MALA_MIN:
+                failed_checks.append("MALA")
                 warnings.append(f"MALA acceptance {rm['mala']:.2f} < {MALA_MIN} at ε={chosen['epsilon']:.3g}: "
                                 "the step is too coarse for the loss's curvature")
+    ev_checks["failed"] = failed_checks
+    if failed_checks and status != "untrusted":
+        warnings.append(f"UNTRUSTED: the chosen cell ({status}) fails the rule's requirement(s) "
+                        f"{', '.join(failed_checks)}: λ̂ there depends on a setting the plateau in ε does not cover")
+        status = "untrusted"
     notes = []
     if not chosen["mixed"]:   # expected of a 2-chain pilot; the draws rule below answers it
         notes.append(f"the pilot at the chosen ε reached R̂ {chosen['rhat']:.3f}, bulk ESS "
