@@ -1,0 +1,84 @@
+"""Deep linear networks of ~10³ weights: does λ̂ ever settle, and where do the chains go?
+
+The accuracy study's 2,000-weight case (`dln_20x6_r3`, widths 20×6, rank 3, n = 10⁵, λ = 142.5)
+ends NOT CONVERGED IN DRAWS: λ̂ rose 117 → 167 → 237 over 3,000 / 12,000 / 48,000 draws, past the
+true λ. This runs one long estimate at fixed settings (4 chains from w*, no burn-in) and prints
+nβ·(L − L(w*)) averaged over windows of draws per chain (the running λ̂), how far the chains went
+(‖w − w*‖ against ‖w*‖), and the Hessian's top curvature at w* and at each chain's end point
+(ε·nβ·h: SGLD's discretisation bias grows with it; 2 is the stability limit).
+
+    OMP_NUM_THREADS=1 python studies/dln_long_chains.py --sampler rmsprop_sgld --epsilon 6e-8 \\
+        --batch 128 --draws 160000 --gamma 1          # ~4 min on one core
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+WINDOW_EDGES = (1000, 4000, 10000, 20000, 40000, 80000, 160000, 320000)
+
+
+def running_llc(traces: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+    """Per-chain means of a [chains, draws] array over the windows WINDOW_EDGES cut it into.
+
+        >>> [(a, b, float(m[0])) for a, b, m in running_llc(np.arange(2500.0).reshape(1, 2500))]
+        [(0, 1000, 499.5), (1000, 2500, 1749.5)]
+    """
+    T = traces.shape[1]
+    edges = [0] + [e for e in WINDOW_EDGES if e < T] + [T]
+    return [(a, b, traces[:, a:b].mean(1)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def main(argv=None):
+    import torch
+    from llc_watch.llc import estimate_llc, exact
+    from llc_watch.llc.calibration import _problem, top_curvature
+    from llc_watch.llc.data import DataSource, to_device
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--widths", default="20,20,20,20,20,20")
+    p.add_argument("--rank", type=int, default=3)
+    p.add_argument("--n", type=int, default=100000)
+    p.add_argument("--sampler", default="rmsprop_sgld", choices=("sgld", "rmsprop_sgld"))
+    p.add_argument("--epsilon", type=float, default=6e-8)
+    p.add_argument("--gamma", type=float, default=1.0)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--draws", type=int, default=40000)
+    p.add_argument("--chains", type=int, default=4)
+    p.add_argument("--seed", type=int, default=3)
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    widths = [int(w) for w in a.widths.split(",")]
+    model, loss_fn, data, lam = exact.make_dln(widths, a.rank, a.n)
+    flat, loss_of, dev = _problem(model, loss_fn, None, "cpu")
+    src = DataSource(data)
+    probe_batch = to_device(src.batch(torch.randperm(len(src), generator=torch.Generator().manual_seed(7))[:2048]), dev)
+    t0 = time.perf_counter()
+    r = estimate_llc(model, loss_fn, data, epsilon=a.epsilon, gamma=a.gamma, batch_size=a.batch, chains=a.chains,
+                     draws=a.draws, burn_in=0, sampler=a.sampler, seed=a.seed)
+    seconds = time.perf_counter() - t0
+    nb = r.hyperparameters["nbeta"]
+    # the estimator's own per-draw terms: the batch control variate's L_b(w) − L_b(w*), times nβ
+    traces = nb * (np.asarray(r.loss_traces, float) - np.asarray(r.diagnostics["center_loss_trace"], float))
+    W = r.final_weights
+    h0 = top_curvature(loss_of, flat, probe_batch)
+    h_end = [top_curvature(loss_of, flat, probe_batch, at=W[c]) for c in range(W.shape[0])]
+    dist = [float((W[c] - flat.w_star).norm()) for c in range(W.shape[0])]
+    print(f"DLN widths {widths} rank {a.rank}, {sum(p.numel() for p in model.parameters())} weights, n = {a.n}, "
+          f"λ = {lam}; {a.sampler} ε = {a.epsilon:g}, γ = {a.gamma:g}, batch {a.batch}, nβ = {nb:.0f}, "
+          f"{a.chains} chains × {a.draws} draws from w*: λ̂ = {r.llc_mean:.1f} ± {r.llc_stderr:.1f} ({seconds:.0f} s)")
+    print(f"top curvature h at w*: {h0:.3g} (ε·nβ·h = {a.epsilon * nb * h0:.3g}); at the chains' ends: "
+          f"{', '.join(f'{h:.3g}' for h in h_end)} (ε·nβ·h up to {a.epsilon * nb * max(h_end):.3g})")
+    print(f"‖w*‖ = {float(flat.w_star.norm()):.2f}; ‖w_end − w*‖ = {', '.join(f'{d:.2f}' for d in dist)}")
+    print("| draws | nβ·(L − L(w*)) per chain | mean |\n|---|---|---:|")
+    for lo, hi, m in running_llc(traces):
+        print(f"| {lo:,}–{hi:,} | {', '.join(f'{v:.1f}' for v in m)} | {m.mean():.1f} |")
+
+
+if __name__ == "__main__":
+    main()
