@@ -203,3 +203,31 @@ def test_diagnostics_on_synthetic_traces():
     trend = good + np.linspace(0, 5, 500)
     d, se = dg.drift(trend, 0.0, 1.0)
     assert dg.drift_flag(d, se, llc=1.0) and not dg.drift_flag(*dg.drift(good, 0.0, 1.0), llc=1.0)
+
+
+@pytest.mark.parametrize("per_chain_batches", [True, False])
+def test_long_chains_stream_their_batches_with_the_same_numbers(monkeypatch, per_chain_batches):
+    # the step indices of a long run are no longer all precomputed (160,000 steps × 4 chains ×
+    # batch 1,024 were 5 GB, and a 4,096 batch was killed for memory): above the budget they are
+    # streamed, and the sampler must see exactly the same minibatches
+    from llc_watch.llc import data as llc_data
+    model, loss_fn, data = tiny_transformer_case()
+    kw = dict(FAST, per_chain_batches=per_chain_batches, draws=60)   # 70 steps: several epochs of 256
+    kept = estimate_llc(model, loss_fn, data, **kw)
+    monkeypatch.setattr(llc_data, "INDEX_BUDGET_BYTES", 1)
+    built = []
+    real = llc_data.DeviceBatches.__init__
+    monkeypatch.setattr(llc_data.DeviceBatches, "__init__", lambda self, *a, **k: built.append(1) or real(self, *a, **k))
+    streamed = estimate_llc(model, loss_fn, data, **kw)
+    assert not built                                   # nothing precomputed
+    assert streamed.loss_traces == kept.loss_traces and streamed.llc_mean == kept.llc_mean
+
+
+def test_a_minibatch_stream_keeps_one_epoch_and_replays_an_earlier_one():
+    from llc_watch.llc.data import MinibatchStream
+    s, ref = MinibatchStream(100, 32, seed=3), MinibatchStream(100, 32, seed=3)
+    ahead = [ref.indices(t).clone() for t in range(40)]          # 13 epochs of 3 batches
+    got = [s.indices(t).clone() for t in range(40)]
+    assert all(bool((a == b).all()) for a, b in zip(ahead, got)) and s.epoch == 13
+    assert s.perm.numel() == 100                                 # one permutation held, not 14
+    assert bool((s.indices(4) == ahead[4]).all())                # an earlier epoch: replayed exactly
