@@ -383,31 +383,30 @@ def plot_calibration_ladder(ax: Axes, cells: pd.DataFrame) -> Axes:
     ε ladder (one line per sampler; pilots rerun longer drawn faintly apart), the draws check's longer
     runs at the chosen ε and the settled plateau test's rung below, the batch and γ checks beside
     them, the chosen ε marked; the title says the verdict (plateau, extrapolated or untrusted)."""
-    role = cells["role"].astype(str)
+    roles = cells["role"].astype(str)
     samplers = cells["sampler"].astype(str) if "sampler" in cells else pd.Series("sgld", index=cells.index)
-    for samp, colour in zip(sorted(samplers[role == "ladder"].unique()), ("#1f77b4", "#17becf")):
+    for samp, colour in zip(sorted(samplers[roles == "ladder"].unique()), ("#1f77b4", "#17becf")):
         # one line per sampler: an RMSProp-SGLD ε is a different step from an SGLD one
-        lad = cells[(role == "ladder") & (samplers == samp)].sort_values("epsilon")
+        lad = cells[(roles == "ladder") & (samplers == samp)].sort_values("epsilon")
         ok = lad["valid"].astype(bool) & np.isfinite(lad["llc"].astype(float))
         ax.errorbar(lad.loc[ok, "epsilon"], lad.loc[ok, "llc"], yerr=2 * lad.loc[ok, "llc_se"].fillna(0),
                     fmt="o-", color=colour, capsize=3, label=f"ε ladder, {samp} (± 2 se)")
         if (~ok).any():
             ax.plot(lad.loc[~ok, "epsilon"], np.zeros((~ok).sum()), "x", color="#d62728",
                     label="invalid / diverged")
-    short = cells[role == "ladder_short"]
+    short = cells[roles == "ladder_short"]
     if len(short):   # pilots superseded by longer ones: shown faintly, not joined to the ladder
         ax.plot(short["epsilon"], short["llc"], "o", mfc="none", color="#1f77b4", alpha=0.4,
                 label="shorter pilots (rerun longer)")
-    for role_, mk, c in (("draws_check", "D", "#ff7f0e"), ("settled_test", "v", "#8c564b")):
-        r = cells[role == role_]
-        if len(r):   # the draws check: λ̂ at the chosen ε as the chains run 4×, 16× longer
-            ax.errorbar(r["epsilon"], r["llc"], yerr=2 * r["llc_se"].fillna(0), fmt=mk, color=c, capsize=3,
-                        label=role_.replace("_", " ") + " (longer chains)")
-    for role, mk, c in (("batch_check", "s", "#2ca02c"), ("gamma_check", "^", "#9467bd")):
-        r = cells[cells["role"] == role]
+    # the draws check (λ̂ at the chosen ε as the chains run 4×, 16× longer), the settled test's rung
+    # below, and the batch and γ checks, each beside the ladder
+    for role, mk, c, note in (("draws_check", "D", "#ff7f0e", " (longer chains)"),
+                              ("settled_test", "v", "#8c564b", " (longer chains)"),
+                              ("batch_check", "s", "#2ca02c", ""), ("gamma_check", "^", "#9467bd", "")):
+        r = cells[roles == role]
         if len(r):
             ax.errorbar(r["epsilon"], r["llc"], yerr=2 * r["llc_se"].fillna(0), fmt=mk, color=c, capsize=3,
-                        label=role.replace("_", " "))
+                        label=role.replace("_", " ") + note)
     status = str(cells["status"].iloc[0]) if "status" in cells else ""
     if "choice" in cells and isinstance(cells["choice"].iloc[0], str):
         eps = json.loads(cells["choice"].iloc[0]).get("epsilon")

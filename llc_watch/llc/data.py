@@ -278,14 +278,15 @@ def device_batches(source: DataSource, stream, steps: int, device):
         >>> isinstance(kept, DeviceBatches), isinstance(streamed, DeviceBatches), bool((kept(3) == streamed(3)).all())
         (True, False, True)
     """
+    def fetch(t):
+        idx = stream.indices(t)
+        if idx.dim() == 2:     # chain-stacked
+            return to_device(stack_batches([source.batch(i) for i in idx]), device)
+        return to_device(source.batch(idx), device)
+
+    if stream.indices(0).numel() * 8 * steps > INDEX_BUDGET_BYTES:   # int64 indices for every step
+        return fetch
     try:
-        if stream.indices(0).numel() * 8 * steps > INDEX_BUDGET_BYTES:
-            raise DataError("step indices over the budget: streamed")
         return DeviceBatches(source, stream, steps, device)
     except (DataError, RuntimeError, TypeError):
-        def fetch(t):
-            idx = stream.indices(t)
-            if idx.dim() == 2:     # chain-stacked
-                return to_device(stack_batches([source.batch(i) for i in idx]), device)
-            return to_device(source.batch(idx), device)
         return fetch
