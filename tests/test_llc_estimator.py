@@ -111,8 +111,57 @@ def test_batch_control_keeps_the_mean_and_removes_shared_noise():
     assert cv.diagnostics["shared_noise_stderr"] < 0.5 * raw.diagnostics["shared_noise_stderr"]
     assert any("shared minibatch noise" in w for w in raw.warnings)
     assert not any("shared minibatch noise" in w for w in cv.warnings)
-    # the two differ by exactly the batch offset nβ·(mean_t L_bt(w*) − L_n(w*))
-    assert raw.llc_mean - cv.llc_mean == pytest.approx(cv.diagnostics["batch_offset"], rel=1e-6, abs=1e-9)
+    # the two differ by exactly the batch offset nβ·(mean_t L_bt(w*) − L_n(w*)), plus nβ times the
+    # float32 rounding between their L_n(w*) (cv's is the mean of the per-example losses it reads
+    # L_bt(w*) from, raw's the size-weighted mean of chunk losses)
+    assert cv.init_loss == pytest.approx(raw.init_loss, rel=1e-6)
+    rounding = raw.hyperparameters["nbeta"] * (cv.init_loss - raw.init_loss)
+    assert raw.llc_mean - cv.llc_mean == pytest.approx(cv.diagnostics["batch_offset"] + rounding,
+                                                       rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.parametrize("per_chain_batches", [True, False])
+def test_cached_batch_control_equals_a_forward_at_w_star_per_step(monkeypatch, per_chain_batches):
+    # the batch loss at w* read from every example's loss at w* (computed once) is the batch loss a
+    # forward pass at w* gives on that step's batch: same traces, same estimate, to float32 rounding
+    from llc_watch.llc import control
+    model, loss_fn, data = tiny_transformer_case()
+    kw = dict(FAST, per_chain_batches=per_chain_batches)
+    cached = estimate_llc(model, loss_fn, data, **kw)
+    monkeypatch.setattr(control, "worth_caching", lambda *a: False)
+    forward = estimate_llc(model, loss_fn, data, **kw)
+    assert cached.diagnostics["center_loss_method"] == "per-example losses at w*, computed once"
+    assert forward.diagnostics["center_loss_method"] == "a forward pass at w* per step"
+    assert cached.loss_traces == forward.loss_traces                      # the same chains
+    np.testing.assert_allclose(cached.diagnostics["center_loss_trace"],
+                               forward.diagnostics["center_loss_trace"], rtol=1e-5)
+    np.testing.assert_allclose(cached.llc_per_chain, forward.llc_per_chain, rtol=1e-4, atol=1e-4)
+    assert cached.init_loss == pytest.approx(forward.init_loss, rel=1e-6)
+
+
+def test_a_loss_that_is_not_a_mean_over_examples_gets_a_forward_per_step():
+    # a mean over a batch's tokens, where examples have different token counts, is not the mean of
+    # per-example losses: reading L_b(w*) from them would be wrong, so each step runs a forward
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 3, generator=g)
+    y = x @ torch.tensor([1.0, -2.0, 0.5]) + torch.randn(512, generator=g)
+    tokens = torch.randint(1, 4, (512,), generator=g).float()     # each example counts 1-3 times
+    model = nn.Linear(3, 1, bias=False)
+    model.weight.data = torch.linalg.lstsq(x, y[:, None]).solution.T
+
+    def per_token_mean(m, b):
+        xb, yb, kb = b
+        return (0.5 * (m(xb).squeeze(-1) - yb) ** 2 * kb).sum() / kb.sum()
+
+    r = estimate_llc(model, per_token_mean, (x, y, tokens), epsilon=1e-4, gamma=1.0, chains=2,
+                     draws=20, burn_in=5, batch_size=32, seed=0)
+    assert r.diagnostics["center_loss_method"] == "a forward pass at w* per step"
+    c = np.array(r.diagnostics["center_loss_trace"])                         # [C, T]
+    from llc_watch.llc.data import ChainMinibatchStreams
+    from llc_watch.tasks.base import derive_seed
+    idx = ChainMinibatchStreams(512, 32, derive_seed(0, "batches"), 2).indices(3)[1]
+    with torch.no_grad():
+        assert c[1, 3] == pytest.approx(float(per_token_mean(model, (x[idx], y[idx], tokens[idx]))), rel=1e-5)
 
 
 def test_init_loss_is_deterministic_full_data_mean():

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import control
 from . import diagnostics as dg
 from .data import ChainMinibatchStreams, DataSource, MinibatchStream, device_batches, to_device
 from .sampler import (FlatParams, SGLDSettings, SamplerError, check_precision, fp32_loss, make_flat_loss,
@@ -236,10 +237,12 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
         gradient per draw).
     min_healthy_fraction: the estimate is valid only if at least ceil(fraction·chains) (>= 1)
         chains are healthy; failed chains are never averaged in.
-    batch_control: subtract each draw's batch loss at w* (a control variate: one extra forward per
-        step, shared by all chains). The estimate's expectation is unchanged (E_b L_b(w*) = L_n(w*))
-        but the minibatch noise common to all chains cancels, so the estimate is tighter and its
-        cross-chain stderr honest. False gives devinterp's estimator exactly.
+    batch_control: subtract each draw's batch loss at w* (a control variate; read from every
+        example's loss at w*, computed once, when loss_fn is a mean of per-example terms and that
+        pass is cheaper than one forward at w* per step and stream, which is the fallback). The
+        estimate's expectation is unchanged (E_b L_b(w*) = L_n(w*)) but the minibatch noise
+        common to all chains cancels, so the estimate is tighter and its cross-chain stderr
+        honest. False gives devinterp's estimator exactly.
     per_chain_batches: every chain draws its own seeded minibatch stream (independent chains, so
         the cross-chain stderr includes the minibatch noise). False: one stream shared by all
         chains (devinterp's default; cheaper when the forward pass dominates).
@@ -283,10 +286,23 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
     # and a rounding shift of the loss cancels only when both terms are computed alike
     loss_at_precision = loss_of if precision == "fp32" else fp32_loss(loss_of)
 
-    with matmul_precision(precision, dev):
-        init_loss, init_method = compute_init_loss(
-            loss_at_precision, flat.w_star, src, eval_size=eval_size, eval_seed=eval_seed,
-            chunk=max(batch_size, 512), device=dev)
+    n_steps = burn_in + (draws - 1) * steps_between_draws + 1
+    # the batch control variate's L_b(w*) from every example's loss at w*, computed once, where
+    # that pass costs no more than the per-step forwards at w* it replaces (control.py)
+    example_loss = None
+    if batch_control and control.worth_caching(n, n_steps, chains if per_chain_batches else 1, batch_size):
+        with matmul_precision(precision, dev):
+            example_loss = control.example_losses(loss_at_precision, flat.w_star, src,
+                                                  chunk=max(batch_size, 512), device=dev)
+    if example_loss is not None and (eval_size is None or eval_size >= n):
+        init_loss = float(example_loss.double().mean())
+        init_method = {"how": "mean of every example's loss at w*, computed once", "eval_size": n,
+                       "eval_seed": int(eval_seed), "of_n": n, "chunk": max(batch_size, 512)}
+    else:
+        with matmul_precision(precision, dev):
+            init_loss, init_method = compute_init_loss(
+                loss_at_precision, flat.w_star, src, eval_size=eval_size, eval_seed=eval_seed,
+                chunk=max(batch_size, 512), device=dev)
     warn: list[str] = []
     if not math.isfinite(init_loss):
         raise LLCError(f"L_n(w*) = {init_loss} is not finite: the model's loss at its own "
@@ -295,16 +311,15 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
     from llc_watch.tasks.base import derive_seed
     if batch_size > n:
         warn.append(f"batch_size={batch_size} > n={n}: using full batches of {n}")
-    n_steps = burn_in + (draws - 1) * steps_between_draws + 1
     if per_chain_batches:
-        streams = ChainMinibatchStreams(n, batch_size, derive_seed(seed, "batches"), chains)
-        get_batch = device_batches(src, streams, n_steps, dev)
-        probe_batch = lambda: to_device(src.batch(streams.streams[0].indices(0)), dev)
+        stream = ChainMinibatchStreams(n, batch_size, derive_seed(seed, "batches"), chains)
+        get_batch = device_batches(src, stream, n_steps, dev)
+        probe_batch = lambda: to_device(src.batch(stream.streams[0].indices(0)), dev)
     else:
         stream = MinibatchStream(n, batch_size, derive_seed(seed, "batches"))
         get_batch = device_batches(src, stream, n_steps, dev)
         probe_batch = lambda: get_batch(0)
-    steps = burn_in + (draws - 1) * steps_between_draws + 1
+    steps = n_steps
     draw_steps = list(range(burn_in, steps, steps_between_draws))
     if observe_every is None:
         observe_every = max(1, (steps - burn_in) // 200)
@@ -348,7 +363,7 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
     t0 = time.perf_counter()
     run = run_chains(loss_of, flat, settings, chains=chains, steps=steps, get_batch=get_batch,
                      seed=seed, draw_steps=draw_steps, mala=mala, vectorized=used_vectorized,
-                     center_loss=batch_control, per_chain_batches=per_chain_batches,
+                     center_loss=batch_control and example_loss is None, per_chain_batches=per_chain_batches,
                      observe_batch=observe_batch, observe_every=observe_every,
                      progress=(lambda t: bar.update(1)) if bar else None, precision=precision,
                      start=init_weights)
@@ -358,7 +373,8 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
 
     losses = run.losses.double().numpy()                         # [C, T]
     if batch_control:   # L_b(w) − L_b(w*) + L_n(w*): same mean, without the shared batch noise
-        centers = run.center_losses.double().numpy()             # [T] shared, or [C, T]
+        centers = (control.center_trace(example_loss, stream.indices, steps) if example_loss is not None
+                   else run.center_losses.double()).numpy()      # [T] shared, or [C, T]
         c2 = centers if centers.ndim == 2 else centers[None, :]
         losses_used = losses - c2 + init_loss
         batch_offset = float(nbeta_value * (c2[:, draw_steps].mean() - init_loss))
@@ -472,6 +488,8 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
                                       else float(run.mala_accept[torch.as_tensor(healthy)].mean())
                                       if healthy.any() else None))
     diag["center_loss_trace"] = None if centers is None else centers.tolist()
+    diag["center_loss_method"] = (None if centers is None else "per-example losses at w*, computed once"
+                                  if example_loss is not None else "a forward pass at w* per step")
     timing = dict(sampling_s=t_sample, total_s=time.perf_counter() - t_start, steps=steps,
                   grad_evals=steps * chains + (len(draw_steps) * chains if mala and sampler == "sgld" else 0))
     return LLCResult(mean, stderr, per_chain.tolist(), failed, valid, warn, init_loss, init_method,
