@@ -51,10 +51,12 @@ def main(argv=None):
     p.add_argument("--draws", type=int, default=40000)
     p.add_argument("--chains", type=int, default=4)
     p.add_argument("--seed", type=int, default=3)
+    p.add_argument("--point", default="minimal", choices=("minimal", "generic"),
+                   help="the true parameter the network sits at (exact.make_dln)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     widths = [int(w) for w in a.widths.split(",")]
-    model, loss_fn, data, lam = exact.make_dln(widths, a.rank, a.n)
+    model, loss_fn, data, lam = exact.make_dln(widths, a.rank, a.n, point=a.point)
     flat, loss_of, dev = _problem(model, loss_fn, None, "cpu")
     src = DataSource(data)
     probe_batch = to_device(src.batch(torch.randperm(len(src), generator=torch.Generator().manual_seed(7))[:2048]), dev)
@@ -69,7 +71,8 @@ def main(argv=None):
     h0 = top_curvature(loss_of, flat, probe_batch)
     h_end = [top_curvature(loss_of, flat, probe_batch, at=W[c]) for c in range(W.shape[0])]
     dist = [float((W[c] - flat.w_star).norm()) for c in range(W.shape[0])]
-    print(f"DLN widths {widths} rank {a.rank}, {sum(p.numel() for p in model.parameters())} weights, n = {a.n}, "
+    print(f"DLN widths {widths} rank {a.rank} at the {a.point} true parameter, "
+          f"{sum(p.numel() for p in model.parameters())} weights, n = {a.n}, "
           f"λ = {lam}; {a.sampler} ε = {a.epsilon:g}, γ = {a.gamma:g}, batch {a.batch}, nβ = {nb:.0f}, "
           f"{a.chains} chains × {a.draws} draws from w*: λ̂ = {r.llc_mean:.1f} ± {r.llc_stderr:.1f} ({seconds:.0f} s)")
     print(f"top curvature h at w*: {h0:.3g} (ε·nβ·h = {a.epsilon * nb * h0:.3g}); at the chains' ends: "

@@ -42,6 +42,11 @@ CASES = {
     "dln_32x5_r4": ("dln", dict(widths=[32] * 5, r=4), 100000, False),               # 4,096
     "dln_100_80_60_100_r10": ("dln", dict(widths=[100, 80, 60, 100], r=10), 400000, False),  # 18,800
     "dln_120x8_r10": ("dln", dict(widths=[120] * 8, r=10), 400000, False),           # 100,800, depth 7
+    # at a generic point (every layer full rank; the true map of rank min(widths)), where the true
+    # parameters form a smooth manifold: λ(w*) = λ exactly, with the flat directions but no
+    # quartic ones (exact.make_dln); the rank-r cases above sit at the most singular point
+    "dln_20x6_full": ("dln", dict(widths=[20] * 6, r=20, point="generic"), 100000, False),   # 2,000, λ = 200
+    "dln_50x5_full": ("dln", dict(widths=[50] * 5, r=50, point="generic"), 100000, False),   # 10,000, λ = 1,250
 }
 
 
@@ -54,7 +59,7 @@ def make(name):
         return exact.make_normal_crossing(kw["ks"], n, seed=0)
     if fam == "rrr":
         return exact.make_rrr(kw["M"], kw["H"], kw["N"], kw["r"], n, seed=0)
-    return exact.make_dln(kw["widths"], kw["r"], n, seed=0)
+    return exact.make_dln(kw["widths"], kw["r"], n, seed=0, point=kw.get("point", "minimal"))
 
 
 def devinterp_default(model, data, device):
@@ -171,6 +176,8 @@ def main(argv=None):
     p.add_argument("--progress", action="store_true",
                    help="print each calibration pilot as it ends (the large cases run for an hour or more)")
     p.add_argument("--out", default=str(ROOT / "figures" / "llc_accuracy"))
+    p.add_argument("--fresh", action="store_true",
+                   help="start the table over (default: rerun cases replace their rows, the others stay)")
     a = p.parse_args(argv)
     names = (a.cases.split(",") if a.cases else
              [k for k, v in CASES.items() if v[3] or not a.quick])
@@ -187,6 +194,10 @@ def main(argv=None):
     df = pd.DataFrame(rows)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if not a.fresh and out.with_suffix(".csv").exists():   # cases run at other times keep their rows
+        old = pd.read_csv(out.with_suffix(".csv"))
+        df = pd.concat([old[~old["case"].isin(df["case"])], df], ignore_index=True)
+        df = df.sort_values("case", key=lambda c: c.map({k: i for i, k in enumerate(CASES)})).reset_index(drop=True)
     from llc_watch.io import atomic_write_csv
     atomic_write_csv(out.with_suffix(".csv"), df)
     ax = figure(df)

@@ -14,7 +14,7 @@ import torch
 from llc_watch.llc import diagnostics as dg
 from llc_watch.llc import estimate_llc, exact
 from llc_watch.llc.calibration import (NOISE_RATIO_MAX, PLATEAU_ALLOWANCE_MAX, calibrate_llc,
-                                       extrapolate_to_zero, noise_ratio, plateau_verdict,
+                                       extrapolate_to_zero, noise_bias, noise_ratio, plateau_verdict,
                                        predicted_allowance_rel, unmixed_reasons)
 from llc_watch.llc.calibrate import choose
 
@@ -86,6 +86,33 @@ def test_batch32_gradient_noise_bias_is_flagged():
 def test_noise_ratio_formula():
     assert noise_ratio(1e-3, 100.0, 2.0, 50, 1000) == pytest.approx(1e-3 * 1e4 * 2.0 * (1 / 50 - 1e-3) / 4)
     assert noise_ratio(1e-3, 100.0, 2.0, 1000, 1000) == 0.0
+    # the λ̂ inflation, in λ's units: ρ·D/2 (D weights), none at full batch
+    assert noise_bias(1e-3, 100.0, 2.0, 40, 50, 1000) == pytest.approx(noise_ratio(1e-3, 100.0, 2.0, 50, 1000) * 20)
+    assert noise_bias(1e-3, 100.0, 2.0, 40, 1000, 1000) == 0.0
+
+
+def test_the_batch_budget_is_relative_to_the_llc_not_to_a_regular_models():
+    # D = 2,000 weights: budgeted against D/2 = 1,000 (the old per-weight ratio) a small batch
+    # passes; against λ̂ = 200 (a network: λ ≪ D/2) the same budget asks for a larger batch
+    from llc_watch.llc.calibration import _batch_for
+    kw = dict(epsilon=9e-7, nbeta=8686.0, v=1.07, n=100000, n_weights=2000, start=1024)
+    regular, network = _batch_for(llc_ref=1000.0, **kw), _batch_for(llc_ref=200.0, **kw)
+    assert regular == 1024 and network == 4096
+    for B, ref in ((regular, 1000.0), (network, 200.0)):
+        assert noise_bias(9e-7, 8686.0, 1.07, 2000, B, 100000) <= NOISE_RATIO_MAX * ref
+
+
+def test_the_estimator_judges_gradient_noise_against_its_own_llc():
+    # a deep linear network at a generic point (192 weights, λ = 32 = D/6): the per-weight ratio ρ
+    # is under 2.5 %, but the inflation it implies is ρ·D/2 ≈ 3λ̂·ρ, which the warning must see
+    model, loss_fn, data, lam = exact.make_dln([8, 8, 8, 8], 8, 4000, point="generic")
+    r = estimate_llc(model, loss_fn, data, epsilon=3e-5, gamma=1.0, chains=2, draws=200, burn_in=100,
+                     batch_size=128, seed=0)
+    d = r.diagnostics
+    assert d["noise_ratio"] < NOISE_RATIO_MAX < d["noise_bias_rel"]
+    assert d["noise_bias"] == pytest.approx(d["noise_ratio"] * 192 / 2)
+    assert d["noise_bias_rel"] == pytest.approx(d["noise_bias"] / r.llc_mean)
+    assert any("inflates λ̂ by about" in w for w in r.warnings)
 
 
 def test_chain_leaving_the_basin_is_judged_against_the_others():
@@ -128,7 +155,9 @@ def test_calibrated_regular_model():
     cal, r = calibrated(model, loss_fn, data)
     assert cal.status == "plateau"
     assert all(t["allowed_rel"] <= PLATEAU_ALLOWANCE_MAX for t in cal.evidence["plateau_tests"] if t["agree"])
-    assert cal.evidence["noise_ratio"] <= NOISE_RATIO_MAX
+    assert cal.evidence["noise_bias_rel"] <= NOISE_RATIO_MAX
+    tests = [t for t in cal.evidence["plateau_tests"] if t["agree"] and t["powered"]]
+    assert cal.choice["epsilon"] == tests[-1]["vs"] < tests[-1]["epsilon"]    # the pair's smaller ε
     assert set(cal.choice) >= {"epsilon", "gamma", "nbeta", "batch_size", "draws", "burn_in", "sampler"}
     assert {"ladder", "gamma_check"} <= set(cal.sweep["role"])
     # sampler auto: SGLD's ladder reached a plateau, so no second sampler's ladder was run
@@ -283,7 +312,7 @@ def _forced_draws_check(converged):
 def test_a_settled_draws_check_runs_the_plateau_test_again_at_that_length(monkeypatch):
     # rule step 5, continued: λ̂ moved with draws and settled at D, so the ladder's verdict is
     # void and the rung below is run at ε/3 with 3D draws; on a regular model (d = 10, λ = 5) the
-    # two agree, so the status is a plateau again, at the settled run (~15 s)
+    # two agree, so the status is a plateau again, at the rung below: the pair's lower-bias end (~15 s)
     from llc_watch.llc import calibration
     model, loss_fn, data, lam = exact.make_regular(10, 2000)
     monkeypatch.setattr(calibration, "draws_check", _forced_draws_check(True))
@@ -297,7 +326,7 @@ def test_a_settled_draws_check_runs_the_plateau_test_again_at_that_length(monkey
     ev = cal.evidence["checks"]["settled_plateau"]
     assert ev["low_mixed"] and ev["draws"] == [long["draws"], low["draws"]]
     assert cal.status == "plateau" and ev["agree"] and ev["powered"], (cal.status, ev, cal.warnings)
-    assert cal.choice["epsilon"] == long["epsilon"] and cal.choice["draws"] >= long["draws"]
+    assert cal.choice["epsilon"] == low["epsilon"] and cal.choice["draws"] >= low["draws"]
     assert any(w.startswith("PLATEAU AT THE SETTLED LENGTH") for w in cal.warnings)
     assert abs(cal.llc - lam) <= GOAL * lam + K * cal.llc_stderr, (cal.llc, lam)
 
@@ -335,7 +364,8 @@ def test_settled_plateau_decides_from_the_rung_below():
     def at(llc, **extra):
         return lambda e, d, b: asked.append((e, d, b)) or {**_cell(llc, 0.3, d), "epsilon": e, **mixed, **extra}
 
-    assert settled_plateau(at(29.5), long)["status"] == "plateau"
+    agree = settled_plateau(at(29.5), long)
+    assert agree["status"] == "plateau" and agree["row"]["epsilon"] == 3e-6 and agree["llc"] == 29.5
     assert asked == [(3e-6, 48000, 24000)]
     out = settled_plateau(at(25.0), long)                  # ε-bias of +5 over a 3× smaller ε
     assert out["status"] == "extrapolated" and out["row"]["epsilon"] == 3e-6

@@ -90,6 +90,23 @@ def test_reduced_rank_regression(shape, epsilon):
     check(r, lam, 0.2 * lam)
 
 
+def test_deep_linear_network_at_a_generic_point_gives_its_lambda():
+    # every layer of full rank: the true parameters near w* form a smooth manifold and the model is
+    # regular in the product (16 entries), so λ(w*) = dln([4]*4, 4) = 8 exactly, with 32 flat
+    # directions beside the stiff ones; allowance: the regular model's (step size and minibatch)
+    model, loss_fn, data, lam = exact.make_dln([4, 4, 4, 4], 4, N, seed=0, point="generic")
+    assert lam == 8.0 and sum(p.numel() for p in model.parameters()) == 48
+    r = estimate_llc(model, loss_fn, data, epsilon=1e-4, gamma=1.0, chains=8, draws=1000,
+                     burn_in=500, batch_size=1000, seed=0)
+    check(r, lam, STEP_BIAS * lam)
+
+
+def test_a_generic_point_below_full_rank_is_refused():
+    # there λ(w*) depends on the point and has no closed form: one clear error naming the fix
+    with pytest.raises(ValueError, match="point='minimal'"):
+        exact.make_dln([4, 4, 4, 4], 2, N, point="generic")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("ks", [[1, 3], [2, 3]])
 def test_normal_crossing_more(ks):

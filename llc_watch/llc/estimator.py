@@ -429,10 +429,11 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
         warn.append(f"the chains' shared minibatch noise (stderr ≈ {shared_se:.2g} from the averaged "
                     f"trace) exceeds the cross-chain stderr {stderr:.2g}: use draws covering whole "
                     "epochs (n / batch_size steps each), a larger batch, or per_chain_batches=True")
-    # gradient-noise ratio ρ = ε·nβ²·v·(1/B − 1/n)/4 (v: per-example gradient variance per weight,
-    # at w* and at the first healthy chain's final w, the larger): minibatch noise against the
-    # injected noise; it inflates λ̂ by about ρ (calibration.py). 16 small gradients: cheap.
-    from .calibration import NOISE_RATIO_MAX, gradient_variance, noise_ratio
+    # gradient noise (v: per-example gradient variance per weight, at w* and at the first healthy
+    # chain's final w, the larger): ρ = ε·nβ²·v·(1/B − 1/n)/4 against the injected noise, per
+    # weight; it inflates λ̂ by ε·nβ²·D·v·(1/B − 1/n)/8 = ρ·D/2 (`calibration.noise_bias`), which
+    # is judged against λ̂ itself. 16 small gradients: cheap.
+    from .calibration import NOISE_RATIO_MAX, gradient_variance, noise_bias, noise_ratio
     v_at = [gradient_variance(loss_of, flat, src, dev, seed=seed)["v"]]
     if healthy.any():
         c0 = int(np.argmax(healthy))
@@ -440,10 +441,13 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
             v_at.append(gradient_variance(loss_of, flat, src, dev, seed=seed, at=run.final_w[c0])["v"])
     B_used = min(batch_size, n)
     rho = noise_ratio(float(epsilon), nbeta_value, max(v_at), B_used, n)
-    if sampler == "sgld" and rho > NOISE_RATIO_MAX:
-        warn.append(f"gradient-noise ratio ρ = ε·nβ²·v·(1/B − 1/n)/4 = {rho:.2g} > {NOISE_RATIO_MAX}: "
-                    f"minibatch noise inflates λ̂ by about {100 * min(rho, 10):.0f} %; use a larger "
-                    "batch or a smaller epsilon (calibrate_llc picks both)")
+    bias = noise_bias(float(epsilon), nbeta_value, max(v_at), flat.n_sampled, B_used, n)
+    bias_rel = bias / abs(mean) if math.isfinite(mean) and mean != 0 else float("inf") if bias > 0 else 0.0
+    if sampler == "sgld" and bias_rel > NOISE_RATIO_MAX:
+        warn.append(f"gradient-noise ratio ρ = {rho:.2g}: minibatch noise inflates λ̂ by about {bias:.3g} "
+                    f"(ε·nβ²·D·v·(1/B − 1/n)/8, {100 * min(bias_rel, 10):.0f} % of λ̂ > "
+                    f"{100 * NOISE_RATIO_MAX:.1f} %); use a larger batch or a smaller epsilon "
+                    "(calibrate_llc picks both)")
     review = bool((~healthy).any())
     if review:
         warn.append("REVIEW: a chain was excluded; the estimate rests on the others")
@@ -480,7 +484,8 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
         hyper.update(rmsprop_alpha=rmsprop_alpha, rmsprop_eps=rmsprop_eps)
     diag = dict(rhat=rhat, ess=ess, ess_bulk=mix["ess_bulk"], ess_tail=mix["ess_tail"],
                 ess_needed=mix["ess_needed"], mixed=mix["mixed"], mixing_on=mix_on, review=review,
-                **obs_stats, noise_ratio=rho, shared_noise_stderr=shared_se, batch_offset=batch_offset,
+                **obs_stats, noise_ratio=rho, noise_bias=bias, noise_bias_rel=bias_rel,
+                shared_noise_stderr=shared_se, batch_offset=batch_offset,
                 drift=drift, drift_stderr=drift_se, drifting=drifting,
                 negative=negative, n_failed=int((~healthy).sum()), min_healthy=need,
                 mala_acceptance=(None if run.mala_accept is None else run.mala_accept.tolist()),

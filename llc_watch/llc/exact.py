@@ -161,27 +161,65 @@ def make_rrr(M: int, H: int, N: int, r: int, n: int, seed: int = 0):
     return model, _half_mse, (x, y), rrr(M, H, N, r)
 
 
-def make_dln(widths, r: int, n: int, seed: int = 0):
-    """Deep linear network x -> W_L ⋯ W_1 x (no biases), widths H_0 (input), …, H_L (output),
-    sitting at a true parameter whose product has rank r; y = product·x + N(0, I) noise made
-    orthogonal to x (`noise_orthogonal_to`), so the true parameter minimises L_n exactly.
+DLN_POINTS = ("minimal", "generic")
 
-    Layer 1 maps x onto r random directions (rows scaled 1/√H_0), the middle layers carry those r
-    coordinates through a random r×r block each (scaled 1/√r), the last layer spreads them over
-    the outputs; every other weight is 0. λ = dln(widths, r) (Aoyagi 2024).
+
+def _orthonormal(rows: int, cols: int, g: torch.Generator) -> torch.Tensor:
+    """A random matrix with orthonormal columns (rows >= cols), uniformly oriented."""
+    q, r = torch.linalg.qr(torch.randn(rows, cols, generator=g))
+    return q * torch.sign(torch.diagonal(r))
+
+
+def make_dln(widths, r: int, n: int, seed: int = 0, point: str = "minimal"):
+    """Deep linear network x -> W_L ⋯ W_1 x (no biases), widths H_0 (input), …, H_L (output),
+    sitting at a true parameter w* whose product has rank r; y = product·x + N(0, I) noise made
+    orthogonal to x (`noise_orthogonal_to`), so w* minimises L_n exactly. Returns λ(w*), the
+    local learning coefficient at that w*: dln(widths, r) (Aoyagi 2024).
+
+    Which w*, and why it matters: λ = dln(widths, r) is the *global* learning coefficient, the
+    smallest local one over the true parameters. The local one depends on the point: where every
+    layer but one is invertible (square widths), the product moves freely around w*, the model is
+    regular in it, and λ(w*) = H_0·H_L/2 whatever the rank (widths 20 × 6 at rank 3: 200 at such a
+    point, against λ = 142.5 at the most singular one). So:
+
+      "minimal" (default, any r): layer 1 maps x onto r random directions, the middle layers carry
+        those r coordinates through a random r×r block each, the last spreads them over the
+        outputs; every other weight is 0. The most singular true parameter, where λ(w*) is the
+        global λ. Its zero extra units make quartic directions (products of zero weights) whose
+        posterior reaches far along their arms, which SGLD crosses slowly.
+      "generic" (r = min(widths) only): every layer a randomly oriented matrix of full rank with
+        singular values in [0.75, 1.25]. The true parameters near w* form a smooth manifold (the
+        product is a submersion onto the matrices of rank min(widths)), so λ(w*) = λ =
+        dln(widths, min(widths)) = b(H_0 + H_L − b)/2 with b = min(widths): a known answer at any
+        size, with the network's flat directions (rescalings between layers) but no quartic ones.
+        A lower rank at a generic point has no closed-form λ(w*), hence the restriction.
 
         >>> model, loss_fn, (x, y), lam = make_dln([5, 4, 3, 5], 1, n=100)
         >>> sum(p.numel() for p in model.parameters()), lam, tuple(y.shape)
         (47, 7.5, (100, 5))
+        >>> rank = lambda m: int(torch.linalg.matrix_rank((m[2].weight @ m[1].weight @ m[0].weight).detach()))
+        >>> model_g, _, _, lam_g = make_dln([5, 4, 3, 5], 3, n=100, point="generic")
+        >>> rank(model), rank(model_g), lam_g                    # the true map's rank r; λ(w*)
+        (1, 3, 10.5)
     """
     H = list(widths)
+    if point not in DLN_POINTS:
+        raise ValueError(f"point={point!r}: choose one of {DLN_POINTS}")
+    if point == "generic" and r != min(H):
+        raise ValueError(f"point='generic' needs r = min(widths) = {min(H)} (got r={r}): at a generic "
+                         "point of a lower-rank map the local learning coefficient depends on the point "
+                         "and has no closed form; use point='minimal' for Aoyagi's λ at that rank")
     lam = dln(H, r)                                            # validates widths and r
     g = torch.Generator().manual_seed(seed)
     layers = [nn.Linear(H[i], H[i + 1], bias=False) for i in range(len(H) - 1)]
     with torch.no_grad():
         for i, lin in enumerate(layers):
             W = torch.zeros(H[i + 1], H[i])
-            if r:
+            if point == "generic":
+                k = min(H[i], H[i + 1])
+                s = 0.75 + 0.5 * torch.rand(k, generator=g)
+                W = (_orthonormal(H[i + 1], k, g) * s) @ _orthonormal(H[i], k, g).T
+            elif r:
                 if i == 0:
                     W[:r] = torch.randn(r, H[0], generator=g) / math.sqrt(H[0])
                 elif i == len(layers) - 1:
