@@ -127,6 +127,20 @@ def run_case(name, device="cpu", devinterp=True, threads=1, progress=False):
     return row
 
 
+def merge_rows(old, new):
+    """The table with `new`'s rows replacing `old`'s rows of the same cases, in CASES order.
+
+        >>> import pandas as pd
+        >>> old = pd.DataFrame({"case": ["dln_5_4_3_5_r1", "regular_d3"], "llc": [8.0, 1.6]})
+        >>> merge_rows(old, pd.DataFrame({"case": ["regular_d3"], "llc": [1.5]})).values.tolist()
+        [['regular_d3', 1.5], ['dln_5_4_3_5_r1', 8.0]]
+    """
+    import pandas as pd
+    df = pd.concat([old[~old["case"].isin(new["case"])], new], ignore_index=True)
+    order = {k: i for i, k in enumerate(CASES)}
+    return df.sort_values("case", key=lambda c: c.map(order)).reset_index(drop=True)
+
+
 def figure(df, ax=None):
     """Estimated against true λ on log axes, ours and devinterp's defaults, with a ±15 % band."""
     import numpy as np
@@ -195,9 +209,7 @@ def main(argv=None):
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not a.fresh and out.with_suffix(".csv").exists():   # cases run at other times keep their rows
-        old = pd.read_csv(out.with_suffix(".csv"))
-        df = pd.concat([old[~old["case"].isin(df["case"])], df], ignore_index=True)
-        df = df.sort_values("case", key=lambda c: c.map({k: i for i, k in enumerate(CASES)})).reset_index(drop=True)
+        df = merge_rows(pd.read_csv(out.with_suffix(".csv")), df)
     from llc_watch.io import atomic_write_csv
     atomic_write_csv(out.with_suffix(".csv"), df)
     ax = figure(df)

@@ -44,7 +44,9 @@ THE RULE (`RULE` below, in words; every number it uses is in `cal.evidence`):
     evaluation batch). A rung with a failed chain or an invalid estimate is skipped (the ladder
     goes down). A pilot that has NOT MIXED (`unmixed_reasons`: observable R̂ > 1.05, bulk ESS <
     25 per chain, or λ̂ on the observable moving between the halves of the draws by > 3 se and
-    > 10 %) is rerun once with 3× the draws; still unmixed, its λ̂ is never compared with another
+    > 10 %) is rerun once with 3× the draws (and where then only its bulk ESS is short, by at most
+    half, once more at the length that ESS asks for, within 8× the pilot draws: `ess_shortfall`);
+    still unmixed, its λ̂ is never compared with another
     (`comparable` False in the sweep, `.evidence['unmixed']`, a warning): an unmixed chain started
     at w* reads low, and two unmixed rungs read alike, a false plateau (issue 10: 13.0 and 12.0
     on a DLN whose λ is 29.5). A rung that has not mixed ends the descent (smaller ε mixes slower);
@@ -57,9 +59,9 @@ THE RULE (`RULE` below, in words; every number it uses is in `cal.evidence`):
     b/3 at the smaller, so an agreeing pair bounds the chosen cell's bias by half the allowance
     (the larger ε could carry 1.5×; the 10,000-weight deep linear network at a generic point,
     λ = 1,250: 1,402 at ε = 6.0e-6 and 1,345 at 2.0e-6 agree within 2 se + 5 %, and the ladder
-    had gone up to the larger). λ̂ flat for a 3× change of ε is the definition the issue asks for (Lau et al. 2023 and devinterp's calibration notebooks keep
-    settings where λ̂ is flat in ε; Furman & Lau 2024 show the same plateau for deep linear
-    networks at scale). The test must have the POWER to see a bias that matters: agreement counts
+    had gone up to the larger). λ̂ flat for a 3× change of ε is the definition the issue asks
+    for (Lau et al. 2023 and devinterp's calibration notebooks keep settings where λ̂ is flat in ε;
+    Furman & Lau 2024 show the same plateau for deep linear networks at scale). The test must have the POWER to see a bias that matters: agreement counts
     only when its allowance is at most PLATEAU_ALLOWANCE_MAX = 15 % of λ̂, the accuracy goal (a
     looser test cannot tell a plateau from a bias the goal forbids; a first-order ε-bias b moves
     λ̂ by (2/3)·b over a 3× smaller ε, so up to 1.5 × 15 % can still pass: 10 % would close that
@@ -91,8 +93,8 @@ THE RULE (`RULE` below, in words; every number it uses is in `cal.evidence`):
     Where λ̂ moved and then SETTLED at D draws, and that run has mixed (pilot standard), the plateau
     test of step 4 is run again at that length (`settled_plateau`): the rung below at ε/3 with 3D
     draws and 3× the burn-in (the same diffusion time ε × steps, so it is as far along as the
-    settled run). Agree and powered: PLATEAU (the rung below chosen, as in step 4); mixed and disagreeing:
-    EXTRAPOLATED through the two (the smaller ε chosen); otherwise UNTRUSTED stands. Its cost is
+    settled run). Agree and powered: PLATEAU (the rung below chosen, as in step 4); mixed and
+    disagreeing: EXTRAPOLATED through the two (the smaller ε chosen); otherwise UNTRUSTED stands. Its cost is
     one 2-chain run of 3D draws: on the 188-weight DLN, 48,000 draws. Why: the ε-bias can grow as
     long chains wander (DLNs: λ̂ rose past the true λ with length), so the ε-plateau of short pilots
     says nothing about the settled regime; only a test at the settled length does.
@@ -100,8 +102,8 @@ THE RULE (`RULE` below, in words; every number it uses is in `cal.evidence`):
     failure makes the status UNTRUSTED, as the issue's rule requires them of a choice):
     the gradient-noise bias at the chosen batch within 2 se + 5 % of λ̂, judged from the same cell
     at twice the batch (`batch_verdict`: doubling B removes about half that bias, so the bias is
-    about twice the change); λ̂ insensitive to γ (at 3γ, within 2 se + 5 %); MALA acceptance (short full-batch run) >= 0.9, devinterp's "healthy" level;
-    R̂ <= 1.01 and ESS >= 100 per chain on the observable (Vehtari et al. 2021).
+    about twice the change); λ̂ insensitive to γ (at 3γ, within 2 se + 5 %); MALA acceptance
+    (short full-batch run) >= 0.9, devinterp's "healthy" level; R̂ <= 1.01 and ESS >= 100 per chain on the observable (Vehtari et al. 2021).
  6. Draws: the pilot's bulk ESS per draw on the observable sets the draws for 100 ESS per chain
     (at least the pilot's, at most MAX_DRAWS_FACTOR times); burn-in as in the pilot.
  7. The sampler (`sampler="auto"`, the default; `pick_sampler`). Steps 1-4 run for plain SGLD
@@ -178,7 +180,7 @@ PILOT_DRAWS = 1000         # pilot draws per chain (burn-in: half as many)
 RULE = ("ε ladder ε_top/3^k from the Hessian's top curvature (ε_top·(nβ·h_max+γ) = 0.1); batch "
         "from the gradient-noise bias ε·nβ²·D·v·(1/B−1/n)/8 <= 2.5 % of λ̂ (D/2 until the top pilot "
         "reads λ̂), at least the cheap batch (B·weights <= 2^18); pilots not mixed on a fixed-batch observable (R̂ > 1.05, bulk ESS < 25/chain, "
-        "λ̂ drifting) are rerun 3× longer, then never compared (up the ladder when the top has not "
+        "λ̂ drifting) are rerun 3× longer (short only of ESS: once more as long as it asks, <= 8×), then never compared (up the ladder when the top has not "
         "mixed); the largest mixed ε whose λ̂ agrees with the mixed λ̂ at ε/3 within 2 se + 5 % "
         "(plateau; the smaller ε of that pair is chosen), the allowance at most 15 % of λ̂ (else both pilots lengthened, up to 8× the draws, where "
         "that is predicted to suffice; still wider: no plateau), else extrapolate to ε→0 over the mixed rungs and take the smallest (fewer than two "
@@ -489,6 +491,27 @@ def unmixed_reasons(row) -> list[str]:
     return out
 
 
+def ess_shortfall(row, max_draws: int) -> int | None:
+    """The draws a pilot needs when its bulk ESS is the only thing short of the pilot standard
+    (R̂ and the drift test passed) and at least half of it is there: ESS grows with the draws, so
+    POWER_MARGIN × the shortfall's ratio more, if that is within max_draws (else None; None too
+    when anything else is wrong, or nothing is). Why: the 2,000- and 10,000-weight deep linear
+    networks' pilots stopped at bulk ESS 39–42 of the 50 asked of 2 chains, R̂ 1.03, and the
+    ladder had to go up to larger, more biased steps instead.
+
+        >>> row = {"rhat": 1.02, "chains": 2, "ess_bulk": 40.0, "draws": 3000, "llc": 10.0}
+        >>> ess_shortfall(row, 8000), ess_shortfall({**row, "rhat": 1.2}, 8000), ess_shortfall(row, 4000)
+        (4688, None, None)
+    """
+    need = PILOT_ESS_MIN_PER_CHAIN * row["chains"]
+    ess = row["ess_bulk"]
+    why = unmixed_reasons(row)
+    if len(why) != 1 or not why[0].startswith("bulk ESS") or not (math.isfinite(ess) and ess >= need / 2):
+        return None
+    d = int(math.ceil(row["draws"] * POWER_MARGIN * need / ess))
+    return d if d <= max_draws else None
+
+
 def _pilot_mixed(row) -> bool:
     return not unmixed_reasons(row)
 
@@ -763,12 +786,17 @@ def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float 
                 if _healthy(row) and not _pilot_mixed(row):   # unmixed: once 3× longer
                     row["role"], row["comparable"] = "ladder_short", False
                     row = run("ladder", e, gamma, Bc, PILOT_CHAINS, samp, draws_=3 * d_k, burn_=3 * b_k)
+                    grow = ess_shortfall(row, POWER_DRAWS_FACTOR * draws) if _healthy(row) else None
+                    if grow is not None:   # mixed but for the bulk ESS: once more, as long as it asks
+                        row["role"], row["comparable"] = "ladder_short", False
+                        row = run("ladder", e, gamma, Bc, PILOT_CHAINS, samp, draws_=grow,
+                                  burn_=int(row["burn_in"]))
                     why = unmixed_reasons(row) if _healthy(row) else []
                     if why:   # still unmixed: its λ̂ is not compared with any other (it reads low)
                         row["comparable"] = False
-                        unmixed.append({"epsilon": e, "draws": 3 * d_k, "reasons": why})
-                        warnings.append(f"ε={e:.3g}: pilots not mixed after {3 * d_k} draws ({'; '.join(why)}); "
-                                        "their λ̂ is not used for the plateau test")
+                        unmixed.append({"epsilon": e, "draws": int(row["draws"]), "reasons": why})
+                        warnings.append(f"ε={e:.3g}: pilots not mixed after {int(row['draws'])} draws "
+                                        f"({'; '.join(why)}); their λ̂ is not used for the plateau test")
                 row.setdefault("comparable", _healthy(row))
                 cells[e] = row
             return cells[e]
