@@ -20,7 +20,7 @@ PRESETS: dict[str, dict] = {
         "config": {
             "task": {"name": "addition", "settings": {"n_bits": 4}},
             "model": {"n_layers": 1, "d_model": 32, "n_heads": 4, "d_mlp": 64},
-            "train": {"steps": 600, "batch_size": 64, "lr": 3e-3, "eval_size": 256},
+            "train": {"steps": 800, "batch_size": 64, "lr": 2e-3, "eval_size": 256},
             "checkpoints": {"n_log": 8, "n_linear": 6},
         },
     },
