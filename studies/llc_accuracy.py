@@ -208,10 +208,13 @@ def main(argv=None):
     df = pd.DataFrame(rows)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if not a.fresh and out.with_suffix(".csv").exists():   # cases run at other times keep their rows
-        df = merge_rows(pd.read_csv(out.with_suffix(".csv")), df)
+    import fcntl
     from llc_watch.io import atomic_write_csv
-    atomic_write_csv(out.with_suffix(".csv"), df)
+    with open(out.with_suffix(".lock"), "w") as lock:   # cases run in other processes merge in turn
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not a.fresh and out.with_suffix(".csv").exists():   # cases run at other times keep their rows
+            df = merge_rows(pd.read_csv(out.with_suffix(".csv")), df)
+        atomic_write_csv(out.with_suffix(".csv"), df)
     ax = figure(df)
     ax.figure.tight_layout()
     ax.figure.savefig(out.with_suffix(".png"), dpi=130)

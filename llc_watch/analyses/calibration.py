@@ -3,7 +3,8 @@
 Two methods (setting `method`):
   auto (default)  llc_watch.llc.calibration.calibrate_llc at an early, a middle and the last
                   checkpoint: an ε ladder from the Hessian's top curvature, the batch from the
-                  gradient-noise ratio, a plateau of λ̂ in ε judged with its Monte-Carlo error (else
+                  gradient-noise bias relative to λ̂, a plateau of λ̂ in ε judged with its Monte-Carlo
+                  error (its smaller ε chosen; else
                   an extrapolation to ε → 0 and the smallest ε), checks of batch, γ, MALA, R̂ and ESS.
                   One choice for the run: the most careful of the three (smallest ε, largest batch,
                   most draws and burn-in); its sampler is RMSProp-SGLD if any checkpoint needed it

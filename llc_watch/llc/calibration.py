@@ -294,7 +294,8 @@ def noise_bias(epsilon: float, nbeta: float, v: float, n_weights: int, batch: in
     ρ·D/(2λ̂): the per-weight ratio ρ is the relative bias only when λ = D/2 (a regular model). A
     network's flat directions make D/(2λ) large: on the deep linear network of widths 20 × 6 at a
     generic point (λ = 200, D = 2,000) ρ = 0.005 at ε = 9e-7, batch 4,096, yet λ̂ read 232 at batch
-    1,024 and 212 at 4,096 (fit in 1/B: +7 at 4,096, this formula +4.4 with v at w*).
+    1,024 and 212 at 4,096 (against λ̂ extrapolated in 1/B to B = n: +28 at 1,024 and +7.5 at 4,096;
+    this formula, with v at w*: +20 and +4.9; `studies/dln_batch_bias.py`).
 
         >>> round(noise_bias(1e-3, 100.0, 2.0, 3, 50, 1000) / noise_ratio(1e-3, 100.0, 2.0, 50, 1000), 9)   # D/2
         1.5

@@ -286,11 +286,11 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
     # and a rounding shift of the loss cancels only when both terms are computed alike
     loss_at_precision = loss_of if precision == "fp32" else fp32_loss(loss_of)
 
-    n_steps = burn_in + (draws - 1) * steps_between_draws + 1
+    steps = burn_in + (draws - 1) * steps_between_draws + 1
     # the batch control variate's L_b(w*) from every example's loss at w*, computed once, where
     # that pass costs no more than the per-step forwards at w* it replaces (control.py)
     example_loss = None
-    if batch_control and control.worth_caching(n, n_steps, chains if per_chain_batches else 1, batch_size):
+    if batch_control and control.worth_caching(n, steps, chains if per_chain_batches else 1, batch_size):
         with matmul_precision(precision, dev):
             example_loss = control.example_losses(loss_at_precision, flat.w_star, src,
                                                   chunk=max(batch_size, 512), device=dev)
@@ -313,13 +313,12 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
         warn.append(f"batch_size={batch_size} > n={n}: using full batches of {n}")
     if per_chain_batches:
         stream = ChainMinibatchStreams(n, batch_size, derive_seed(seed, "batches"), chains)
-        get_batch = device_batches(src, stream, n_steps, dev)
+        get_batch = device_batches(src, stream, steps, dev)
         probe_batch = lambda: to_device(src.batch(stream.streams[0].indices(0)), dev)
     else:
         stream = MinibatchStream(n, batch_size, derive_seed(seed, "batches"))
-        get_batch = device_batches(src, stream, n_steps, dev)
+        get_batch = device_batches(src, stream, steps, dev)
         probe_batch = lambda: get_batch(0)
-    steps = n_steps
     draw_steps = list(range(burn_in, steps, steps_between_draws))
     if observe_every is None:
         observe_every = max(1, (steps - burn_in) // 200)
@@ -442,7 +441,12 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
     B_used = min(batch_size, n)
     rho = noise_ratio(float(epsilon), nbeta_value, max(v_at), B_used, n)
     bias = noise_bias(float(epsilon), nbeta_value, max(v_at), flat.n_sampled, B_used, n)
-    bias_rel = bias / abs(mean) if math.isfinite(mean) and mean != 0 else float("inf") if bias > 0 else 0.0
+    if bias == 0:
+        bias_rel = 0.0
+    elif math.isfinite(mean) and mean != 0:
+        bias_rel = bias / abs(mean)
+    else:               # no λ̂ to compare with: any inflation counts
+        bias_rel = float("inf")
     if sampler == "sgld" and bias_rel > NOISE_RATIO_MAX:
         warn.append(f"gradient-noise ratio ρ = {rho:.2g}: minibatch noise inflates λ̂ by about {bias:.3g} "
                     f"(ε·nβ²·D·v·(1/B − 1/n)/8, {100 * min(bias_rel, 10):.0f} % of λ̂ > "
