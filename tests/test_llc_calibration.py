@@ -426,13 +426,17 @@ def test_calibrated_reduced_rank_regression(shape):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("widths,r_,n", [([5, 4, 3, 5], 1, 20000), ([10, 8, 6, 10], 2, 20000),
-                                         ([16] * 5, 4, 100000), ([20] * 6, 3, 100000),
-                                         ([40, 30, 20, 40], 5, 100000)])
-def test_calibrated_deep_linear_networks_are_right_or_say_so(widths, r_, n):
+@pytest.mark.parametrize("widths,r_,n,point", [([5, 4, 3, 5], 1, 20000, "minimal"),
+                                               ([10, 8, 6, 10], 2, 20000, "minimal"),
+                                               ([16] * 5, 4, 100000, "minimal"),
+                                               ([20] * 6, 3, 100000, "minimal"),
+                                               ([40, 30, 20, 40], 5, 100000, "minimal"),
+                                               # λ(w*) = λ exactly; the previous rule called 234 a plateau
+                                               ([20] * 6, 20, 100000, "generic")])
+def test_calibrated_deep_linear_networks_are_right_or_say_so(widths, r_, n, point):
     # the contract: a calibration that reports a plateau (trusted) lands within the goal; one
     # that does not land there must not report a plateau (it says untrusted / extrapolated)
-    model, loss_fn, data, lam = exact.make_dln(widths, r_, n)
+    model, loss_fn, data, lam = exact.make_dln(widths, r_, n, point=point)
     cal, r = calibrated(model, loss_fn, data)
     close = abs(r.llc_mean - lam) <= GOAL * lam + K * r.llc_stderr
     assert close or cal.status != "plateau", (r.llc_mean, lam, cal.status, cal.warnings)
