@@ -1065,12 +1065,12 @@ def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float 
     sweep["comparable"] = sweep["comparable"].fillna(False).astype(bool) if "comparable" in sweep else False
     one = per_step(chains, B) * (chosen["burn_in"] + final_draws)
     cal_cost = float(sweep["grad_evals"].sum())
+    bias = noise_bias(chosen["epsilon"], nb, gv["v"], D, B, n)
     evidence = {
         "nbeta": nb, "nbeta_rule": nb_rule, "n": n, "h_max": h_max, "grad_var_per_example": gv["v"],
         "curvature": curv, "epsilon_top": eps_top, "ladder": ladder, "probes": res["probes"],
         "noise_ratio": noise_ratio(chosen["epsilon"], nb, gv["v"], B, n),
-        "noise_bias": noise_bias(chosen["epsilon"], nb, gv["v"], D, B, n),
-        "noise_bias_rel": noise_bias(chosen["epsilon"], nb, gv["v"], D, B, n) / max(abs(llc), 1e-12),
+        "noise_bias": bias, "noise_bias_rel": bias / max(abs(llc), 1e-12),
         "plateau_tests": res["tests"], "unmixed": res["unmixed"], "went_up": res["went_up"],
         "extrapolated_llc": res["lam0"], "extrapolated_se": res["se0"], "checks": ev_checks,
         "pilot_draws": draws, "pilot_burn_in": burn_in, "pilot_chains": PILOT_CHAINS,
