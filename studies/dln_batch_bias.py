@@ -3,11 +3,11 @@ known exactly (a generic point, every layer of full rank: exact.make_dln(point="
 
 Prints, per (ε, batch): λ̂ ± se, the per-weight gradient-noise ratio ρ = ε·nβ²·v·(1/B − 1/n)/4
 and the inflation the estimator predicts, ε·nβ²·D·v·(1/B − 1/n)/8 = ρ·D/2 (`calibration.noise_bias`,
-v measured at w*), beside the inflation measured against the largest batch's λ̂ extrapolated to
-B = n along 1/B − 1/n. ρ alone would say the bias is ρ of λ̂: right for a regular model (D = 2λ),
+v measured at w*), beside the inflation measured against λ̂ at that ε fitted linearly in
+1/B − 1/n over its batches and extrapolated to B = n. ρ alone would say the bias is ρ of λ̂: right for a regular model (D = 2λ),
 D/(2λ) times too small for a network with flat directions.
 
-    OMP_NUM_THREADS=1 python studies/dln_batch_bias.py        # ~10 min on one core
+    OMP_NUM_THREADS=1 python studies/dln_batch_bias.py        # 5 min on one core
 """
 from __future__ import annotations
 

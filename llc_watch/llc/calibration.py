@@ -391,11 +391,15 @@ def _row(r, role, cost) -> dict:
             "grad_evals": cost, "seconds": r.timing["total_s"]}
 
 
+def _combined_se(se_a: float, se_b: float) -> float:
+    """The standard error of a difference of two independent cells (an unknown se counts as 0)."""
+    return math.hypot(se_a if math.isfinite(se_a) else 0.0, se_b if math.isfinite(se_b) else 0.0)
+
+
 def _allowance(a: dict, b: dict, se_a: float, se_b: float) -> float:
     """The plateau test's allowance for two cells with standard errors se_a, se_b: 2 combined se
-    (an unknown se counts as 0) + PLATEAU_REL of the larger λ̂."""
-    se = math.hypot(se_a if math.isfinite(se_a) else 0.0, se_b if math.isfinite(se_b) else 0.0)
-    return 2 * se + PLATEAU_REL * max(abs(a["llc"]), abs(b["llc"]), 1e-12)
+    + PLATEAU_REL of the larger λ̂."""
+    return 2 * _combined_se(se_a, se_b) + PLATEAU_REL * max(abs(a["llc"]), abs(b["llc"]), 1e-12)
 
 
 def _agree(a: dict, b: dict) -> tuple[bool, float, float]:
@@ -424,8 +428,7 @@ def batch_verdict(small: dict, big: dict, n: int) -> tuple[bool, float, float, f
     diff = float(small["llc"] - big["llc"])
     removed = (1 / B - 1 / B2) / max(1 / B - 1 / n, 1e-300)        # the share of the bias at B that 2B removes
     bias = diff / removed if removed > 0 else float("nan")
-    se = math.hypot(*(x if math.isfinite(x) else 0.0 for x in (small["llc_se"], big["llc_se"])))
-    allowed = 2 * se + PLATEAU_REL * max(abs(small["llc"]), abs(big["llc"]), 1e-12) * removed
+    allowed = 2 * _combined_se(small["llc_se"], big["llc_se"]) + PLATEAU_REL * max(abs(small["llc"]), abs(big["llc"]), 1e-12) * removed
     return bool(math.isfinite(bias) and abs(diff) <= allowed), abs(diff), float(allowed), float(bias)
 
 
