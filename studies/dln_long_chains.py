@@ -46,9 +46,13 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=100000)
     p.add_argument("--sampler", default="rmsprop_sgld", choices=("sgld", "rmsprop_sgld"))
     p.add_argument("--epsilon", type=float, default=6e-8)
-    p.add_argument("--gamma", type=float, default=1.0)
+    p.add_argument("--gamma", default="1",
+                   help="localisation strength; a comma list runs one estimate per value")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--draws", type=int, default=40000)
+    p.add_argument("--burn-in", type=int, default=0, help="steps before the first draw (default 0: the "
+                   "running λ̂ shows the chains leaving w*)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
     p.add_argument("--chains", type=int, default=4)
     p.add_argument("--seed", type=int, default=3)
     p.add_argument("--point", default="minimal", choices=("minimal", "generic"),
@@ -57,30 +61,40 @@ def main(argv=None):
     torch.set_num_threads(1)
     widths = [int(w) for w in a.widths.split(",")]
     model, loss_fn, data, lam = exact.make_dln(widths, a.rank, a.n, point=a.point)
-    flat, loss_of, dev = _problem(model, loss_fn, None, "cpu")
+    flat, loss_of, dev = _problem(model, loss_fn, None, a.device)
     src = DataSource(data)
     probe_batch = to_device(src.batch(torch.randperm(len(src), generator=torch.Generator().manual_seed(7))[:2048]), dev)
-    t0 = time.perf_counter()
-    r = estimate_llc(model, loss_fn, data, epsilon=a.epsilon, gamma=a.gamma, batch_size=a.batch, chains=a.chains,
-                     draws=a.draws, burn_in=0, sampler=a.sampler, seed=a.seed)
-    seconds = time.perf_counter() - t0
-    nb = r.hyperparameters["nbeta"]
-    # the estimator's own per-draw terms: the batch control variate's L_b(w) − L_b(w*), times nβ
-    traces = nb * (np.asarray(r.loss_traces, float) - np.asarray(r.diagnostics["center_loss_trace"], float))
-    W = r.final_weights
     h0 = top_curvature(loss_of, flat, probe_batch)
-    h_end = [top_curvature(loss_of, flat, probe_batch, at=W[c]) for c in range(W.shape[0])]
-    dist = [float((W[c] - flat.w_star).norm()) for c in range(W.shape[0])]
-    print(f"DLN widths {widths} rank {a.rank} at the {a.point} true parameter, "
-          f"{sum(p.numel() for p in model.parameters())} weights, n = {a.n}, "
-          f"λ = {lam}; {a.sampler} ε = {a.epsilon:g}, γ = {a.gamma:g}, batch {a.batch}, nβ = {nb:.0f}, "
-          f"{a.chains} chains × {a.draws} draws from w*: λ̂ = {r.llc_mean:.1f} ± {r.llc_stderr:.1f} ({seconds:.0f} s)")
-    print(f"top curvature h at w*: {h0:.3g} (ε·nβ·h = {a.epsilon * nb * h0:.3g}); at the chains' ends: "
-          f"{', '.join(f'{h:.3g}' for h in h_end)} (ε·nβ·h up to {a.epsilon * nb * max(h_end):.3g})")
-    print(f"‖w*‖ = {float(flat.w_star.norm()):.2f}; ‖w_end − w*‖ = {', '.join(f'{d:.2f}' for d in dist)}")
-    print("| draws | nβ·(L − L(w*)) per chain | mean |\n|---|---|---:|")
-    for lo, hi, m in running_llc(traces):
-        print(f"| {lo:,}–{hi:,} | {', '.join(f'{v:.1f}' for v in m)} | {m.mean():.1f} |")
+    w_rms = float(flat.w_star.pow(2).mean().sqrt())
+    for gamma in [float(g) for g in a.gamma.split(",")]:
+        t0 = time.perf_counter()
+        r = estimate_llc(model, loss_fn, data, epsilon=a.epsilon, gamma=gamma, batch_size=a.batch,
+                         chains=a.chains, draws=a.draws, burn_in=a.burn_in, sampler=a.sampler, seed=a.seed,
+                         device=a.device)
+        seconds = time.perf_counter() - t0
+        nb = r.hyperparameters["nbeta"]
+        # the estimator's own per-draw terms: the batch control variate's L_b(w) − L_b(w*), times nβ
+        traces = nb * (np.asarray(r.loss_traces, float) - np.asarray(r.diagnostics["center_loss_trace"], float))
+        W = r.final_weights.to(dev)
+        h_end = [top_curvature(loss_of, flat, probe_batch, at=W[c]) for c in range(W.shape[0])]
+        dist = [float((W[c] - flat.w_star).norm()) for c in range(W.shape[0])]
+        steps = a.burn_in + a.draws
+        print(f"\nDLN widths {widths} rank {a.rank} at the {a.point} true parameter, "
+              f"{flat.w_star.numel()} weights, n = {a.n}, "
+              f"λ = {lam}; {a.sampler} ε = {a.epsilon:g}, γ = {gamma:g}, batch {a.batch}, nβ = {nb:.0f}, "
+              f"{a.chains} chains × {a.draws} draws after {a.burn_in} burn-in steps from w*, on {a.device}: "
+              f"λ̂ = {r.llc_mean:.1f} ± {r.llc_stderr:.1f} ({100 * (r.llc_mean - lam) / lam:+.1f} %; {seconds:.0f} s)")
+        # the flat directions feel only the localisation: stationary spread 1/√γ per weight, reached
+        # after a few of its relaxation times 2/(εγ) steps
+        print(f"flat directions: stationary spread 1/√γ = {gamma ** -0.5:.3g} per weight against w*'s rms "
+              f"{w_rms:.3g}; relaxation 2/(εγ) = {2 / (a.epsilon * gamma):,.0f} steps, the run {steps:,} "
+              f"(εγ·steps/2 = {a.epsilon * gamma * steps / 2:.2g})")
+        print(f"top curvature h at w*: {h0:.3g} (ε·nβ·h = {a.epsilon * nb * h0:.3g}); at the chains' ends: "
+              f"{', '.join(f'{h:.3g}' for h in h_end)} (ε·nβ·h up to {a.epsilon * nb * max(h_end):.3g})")
+        print(f"‖w*‖ = {float(flat.w_star.norm()):.2f}; ‖w_end − w*‖ = {', '.join(f'{d:.2f}' for d in dist)}")
+        print("| steps (burn-in included) | nβ·(L − L(w*)) per chain | mean |\n|---|---|---:|")
+        for lo, hi, m in running_llc(traces):
+            print(f"| {lo:,}–{hi:,} | {', '.join(f'{v:.1f}' for v in m)} | {m.mean():.1f} |", flush=True)
 
 
 if __name__ == "__main__":

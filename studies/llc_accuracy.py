@@ -47,6 +47,7 @@ CASES = {
     # quartic ones (exact.make_dln); the rank-r cases above sit at the most singular point
     "dln_20x6_full": ("dln", dict(widths=[20] * 6, r=20, point="generic"), 100000, False),   # 2,000, λ = 200
     "dln_50x5_full": ("dln", dict(widths=[50] * 5, r=50, point="generic"), 100000, False),   # 10,000, λ = 1,250
+    "dln_160x5_full": ("dln", dict(widths=[160] * 5, r=160, point="generic"), 100000, False),  # 102,400, λ = 12,800
 }
 
 
@@ -83,7 +84,7 @@ def devinterp_default(model, data, device):
     return float(out.llc_mean)
 
 
-def run_case(name, device="cpu", devinterp=True, threads=1, progress=False):
+def run_case(name, device="cpu", devinterp=True, threads=1, progress=False, gamma=None):
     import torch
     torch.set_num_threads(threads)
     from llc_watch.llc import estimate_llc, exact
@@ -92,7 +93,7 @@ def run_case(name, device="cpu", devinterp=True, threads=1, progress=False):
     fam = CASES[name][0]
     n_params = sum(p.numel() for p in model.parameters())
     t0 = time.perf_counter()
-    cal = calibrate_llc(model, loss_fn, data, device=device, seed=0, progress=progress)
+    cal = calibrate_llc(model, loss_fn, data, gamma=gamma, device=device, seed=0, progress=progress)
     t_cal = time.perf_counter() - t0
     t0 = time.perf_counter()
     r = estimate_llc(model, loss_fn, data, **{**cal.choice, "device": device, "seed": 1})
@@ -187,6 +188,9 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=1, help="cases run in parallel processes")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-devinterp", action="store_true")
+    p.add_argument("--gamma", type=float, default=None,
+                   help="the localisation strength calibrate_llc is given (default: its own rule, γ = 1 "
+                        "raised where the chains do not localise)")
     p.add_argument("--progress", action="store_true",
                    help="print each calibration pilot as it ends (the large cases run for an hour or more)")
     p.add_argument("--out", default=str(ROOT / "figures" / "llc_accuracy"))
@@ -202,9 +206,9 @@ def main(argv=None):
     if a.jobs > 1:
         with ProcessPoolExecutor(a.jobs) as ex:
             rows = list(ex.map(run_case, names, [a.device] * len(names), [not a.no_devinterp] * len(names),
-                               [1] * len(names), [a.progress] * len(names)))
+                               [1] * len(names), [a.progress] * len(names), [a.gamma] * len(names)))
     else:
-        rows = [run_case(nm, a.device, not a.no_devinterp, progress=a.progress) for nm in names]
+        rows = [run_case(nm, a.device, not a.no_devinterp, progress=a.progress, gamma=a.gamma) for nm in names]
     df = pd.DataFrame(rows)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -285,7 +285,8 @@ def test_a_lambda_still_rising_with_draws_is_untrusted_and_the_longest_run_is_ch
     # are far from spread out, so λ̂ rises with every 4× longer run; calibrate_llc must say so and
     # hand on the longest run (its λ̂ and length), never the short pilot's low number
     model, loss_fn, data, lam = exact.make_dln([10, 8, 6, 10], 2, 20000)
-    cal = calibrate_llc(model, loss_fn, data, epsilons=[3e-7, 1e-7], draws=100, seed=0, sampler="sgld")
+    cal = calibrate_llc(model, loss_fn, data, epsilons=[3e-7, 1e-7], draws=100, seed=0, sampler="sgld",
+                        gamma=1.0)   # this γ only: rule step 8's raising of γ has its own tests
     rounds = cal.evidence["checks"]["draws"]["rounds"]
     assert len(rounds) >= 1 and not rounds[0]["agree"], rounds
     assert rounds[0]["llc"] > rounds[0]["vs_llc"]                        # it rose: the short one read low
@@ -316,7 +317,7 @@ def test_a_settled_draws_check_runs_the_plateau_test_again_at_that_length(monkey
     from llc_watch.llc import calibration
     model, loss_fn, data, lam = exact.make_regular(10, 2000)
     monkeypatch.setattr(calibration, "draws_check", _forced_draws_check(True))
-    cal = calibrate_llc(model, loss_fn, data, draws=300, checks=True, seed=0, sampler="sgld")
+    cal = calibrate_llc(model, loss_fn, data, draws=300, checks=True, seed=0, sampler="sgld", gamma=1.0)
     long = cal.sweep[cal.sweep["role"] == "draws_check"].iloc[-1]
     low = cal.sweep[cal.sweep["role"] == "settled_test"]
     assert len(low) == 1, cal.sweep[["role", "epsilon", "draws"]]
@@ -335,7 +336,7 @@ def test_a_draws_check_that_never_settled_stays_untrusted_with_no_second_test(mo
     from llc_watch.llc import calibration
     model, loss_fn, data, lam = exact.make_regular(3, 2000)
     monkeypatch.setattr(calibration, "draws_check", _forced_draws_check(False))
-    cal = calibrate_llc(model, loss_fn, data, draws=300, checks=True, seed=0, sampler="sgld")
+    cal = calibrate_llc(model, loss_fn, data, draws=300, checks=True, seed=0, sampler="sgld", gamma=1.0)
     assert cal.status == "untrusted" and "settled_test" not in set(cal.sweep["role"])
     assert "settled_plateau" not in cal.evidence["checks"]
     assert any(w.startswith("UNTRUSTED: the ladder's") for w in cal.warnings)
@@ -492,3 +493,81 @@ def test_run_level_choice_never_mixes_two_samplers_step_sizes(tmp_path):
     one = CALIBRATION_ANALYSIS._finish_auto(types.SimpleNamespace(dir=tmp_path), table.iloc[:1], {})
     assert (one.attrs["choice"]["sampler"], one.attrs["choice"]["epsilon"]) == ("sgld", 1e-7)
     assert not any("different samplers" in w for w in one.attrs["choice_warnings"])
+
+
+def _fake_calibration(gamma, status, llc, moved, draws=16000, burn_in=8000, eps=1e-5, gamma_ok=True):
+    import pandas as pd
+    from llc_watch.llc.calibration import Calibration
+    rounds = [{"draws": draws, "burn_in": burn_in, "agree": not moved}]
+    ev = {"checks": {"draws": {"rounds": rounds}, "gamma": {"agree": gamma_ok}}, "chosen_row": {"epsilon": eps},
+          "cost": {"calibration_example_grads": 100.0, "one_estimate_example_grads": 50.0, "ratio": 2.0}}
+    sweep = pd.DataFrame([{"role": "ladder", "gamma": gamma, "epsilon": eps, "llc": llc}])
+    return Calibration({"epsilon": eps, "gamma": gamma}, sweep, ev, [f"w{gamma:g}"], status, llc, 0.5)
+
+
+@pytest.mark.parametrize("first_status, second_status, gamma_ok, winner", [("untrusted", "plateau", True, 100.0),
+                                                                            ("untrusted", "extrapolated", True, 100.0),
+                                                                            ("untrusted", "untrusted", True, 1.0),
+                                                                            ("extrapolated", "untrusted", True, 1.0)])
+def test_chains_that_did_not_localise_are_calibrated_again_at_a_larger_gamma(monkeypatch, first_status,
+                                                                             second_status, gamma_ok, winner):
+    # rule step 8: λ̂ moved with draws in a run (24,000 steps) shorter than two relaxations of the
+    # flat directions at γ = 1 (2/(εγ) = 200,000 steps at ε = 1e-5): the calibration runs again at
+    # the first power-of-ten γ whose relaxations fit that run (γ = 100: 2 × 2,000 steps), with a
+    # burn-in floor of two relaxations; the localised one replaces the first only with a better status
+    from llc_watch.llc import calibration
+    calls = []
+
+    def core(model, loss_fn, data, *, gamma, burn_floor=None, burn_cap=None, **kw):
+        calls.append((gamma, burn_floor, burn_cap))
+        return (_fake_calibration(gamma, first_status, 57.0, moved=True) if gamma == 1.0
+                else _fake_calibration(gamma, second_status, 52.8, moved=False, gamma_ok=gamma_ok))
+    monkeypatch.setattr(calibration, "_calibrate_at_gamma", core)
+    cal = calibrate_llc(None, None, None)
+    assert [c[0] for c in calls] == [1.0, 100.0] and calls[0][1] is None
+    floor, cap = calls[1][1], calls[1][2]
+    assert floor(1e-5, 100.0) == 4000 and cap == 24000          # two relaxations, at most the longest run
+    assert cal.choice["gamma"] == winner and cal.status == (first_status if winner == 1.0 else second_status)
+    loc = cal.evidence["localisation"]
+    assert loc["gamma_next"] == 100.0 and [s["gamma"] for s in loc["stages"]] == [1.0, 100.0]
+    assert cal.warnings[0].startswith("LOCALISED") and set(cal.sweep["gamma"]) == {1.0, 100.0}
+    assert cal.evidence["cost"]["ratio"] == pytest.approx(200.0 / 50.0)   # both calibrations counted
+
+
+def test_gamma_is_kept_where_it_is_given_or_the_chains_held_still_or_could_not_relax(monkeypatch):
+    from llc_watch.llc import calibration
+    from llc_watch.llc.calibration import localisation_verdict
+    calls = []
+    monkeypatch.setattr(calibration, "_calibrate_at_gamma",
+                        lambda *a, gamma, **k: calls.append(gamma) or _fake_calibration(gamma, "untrusted", 57.0, True))
+    calibrate_llc(None, None, None, gamma=1.0)
+    assert calls == [1.0]                                          # a given γ is the only one
+    assert localisation_verdict(_fake_calibration(1.0, "plateau", 50.0, moved=False))["gamma_next"] is None
+    long_run = localisation_verdict(_fake_calibration(1.0, "untrusted", 57.0, True, draws=400_000, burn_in=200_000))
+    assert long_run["gamma_next"] is None and "not a wandering chain" in long_run["reason"]
+    short = localisation_verdict(_fake_calibration(1.0, "untrusted", 57.0, True, draws=100, burn_in=50, eps=3e-7))
+    assert short["gamma_next"] is None and "give longer pilots" in short["reason"]
+    with pytest.raises(calibration.LLCError, match="gamma"):
+        calibrate_llc(None, None, None, gamma=-1.0)
+
+
+def test_rule_step_8_runs_the_whole_ladder_again_with_burn_in_of_two_relaxations(monkeypatch):
+    # the real calibration, with the draws check forced to report λ̂ still moving (as long chains on
+    # a network do): at γ = 1 the run was far shorter than two relaxations 2/(εγ), so the ladder
+    # runs again at a larger γ, and every run there starts after two relaxations (~30 s)
+    import math
+    from llc_watch.llc import calibration
+    model, loss_fn, data, lam = exact.make_regular(3, 2000)
+    monkeypatch.setattr(calibration, "draws_check", _forced_draws_check(False))
+    cal = calibrate_llc(model, loss_fn, data, draws=300, seed=0, sampler="sgld")
+    loc = cal.evidence["localisation"]
+    g2 = loc["gamma_next"]
+    assert g2 in (10.0, 100.0, 1000.0) and [st["gamma"] for st in loc["stages"]] == [1.0, g2]
+    assert loc["run_steps"] < 2 * loc["relax_steps"]
+    runs = cal.sweep[(cal.sweep["gamma"] == g2) & cal.sweep["role"].isin(["ladder", "draws_check"])]
+    assert len(runs) >= 2
+    for r in runs.itertuples():
+        assert r.burn_in >= min(math.ceil(4 / (r.epsilon * g2)), loc["run_steps"]), (r.epsilon, r.burn_in)
+    assert cal.warnings[0].startswith("LOCALISED") and cal.status == "untrusted"   # forced: never settles
+    # both untrusted: the first is kept (a larger γ must earn its place with a better status)
+    assert cal.choice["gamma"] == 1.0 and "the larger γ's status is no better" in cal.warnings[0]

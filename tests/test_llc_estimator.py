@@ -280,3 +280,18 @@ def test_a_minibatch_stream_keeps_one_epoch_and_replays_an_earlier_one():
     assert all(bool((a == b).all()) for a, b in zip(ahead, got)) and s.epoch == 13
     assert s.perm.numel() == 100                                 # one permutation held, not 14
     assert bool((s.indices(4) == ahead[4]).all())                # an earlier epoch: replayed exactly
+
+
+def test_step_indices_built_in_chunks_as_int32_give_the_same_minibatches(monkeypatch):
+    # the device's step indices are built a chunk of steps at a time (the host never holds them all)
+    # and kept as int32: every step's minibatch must be the stream's own, across chunk edges
+    from llc_watch.llc import data as llc_data
+    monkeypatch.setattr(llc_data, "INDEX_CHUNK_STEPS", 3)
+    src = llc_data.DataSource((torch.arange(50.0), torch.arange(50) * 2))
+    stream = llc_data.ChainMinibatchStreams(50, 8, seed=1, chains=3)
+    db = llc_data.DeviceBatches(src, stream, steps=20, device="cpu")
+    assert db.index.dtype == torch.int32 and tuple(db.index.shape) == (20, 3, 8)
+    for t in range(20):
+        x, y = db(t)
+        assert torch.equal(x, src.batch(stream.indices(t))[0]) and torch.equal(y, 2 * x.long())
+        assert torch.equal(db.at(torch.tensor([t]))[0], x)

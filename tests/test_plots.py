@@ -155,3 +155,17 @@ def test_calibration_ladder_draws_each_sampler_and_the_longer_runs_apart():
     assert any(line.get_label() == "shorter pilots (rerun longer)" for line in ax.lines)
     assert ax.get_title() == "step 500: untrusted"
     _png_ok(ax.figure)
+
+
+def test_calibration_ladder_draws_one_line_per_gamma_when_the_rule_raised_it():
+    import json
+    import pandas as pd
+    base = dict(step=500, sampler="sgld", valid=True, llc_se=0.5, status="plateau",
+                choice=json.dumps({"epsilon": 2e-6}))
+    rows = [dict(role="ladder", gamma=1.0, epsilon=e, llc=v) for e, v in ((2e-6, 55.0), (6e-6, 56.0))]
+    rows += [dict(role="ladder", gamma=100.0, epsilon=e, llc=v) for e, v in ((7e-7, 52.0), (2e-6, 52.5), (6e-6, 53.0))]
+    ax = plots.plot_calibration_ladder(_ax(), pd.DataFrame([{**base, **r} for r in rows]))
+    by_label = {c.get_label(): c for c in ax.containers}
+    assert list(by_label["ε ladder, sgld, γ = 1 (± 2 se)"].lines[0].get_ydata()) == [55.0, 56.0]
+    assert list(by_label["ε ladder, sgld, γ = 100 (± 2 se)"].lines[0].get_ydata()) == [52.0, 52.5, 53.0]
+    _png_ok(ax.figure)

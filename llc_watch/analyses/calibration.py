@@ -215,8 +215,15 @@ class CalibrationAnalysis(Analysis):
                          f"{run_sampler} (plain SGLD found no plateau somewhere) at the ε of the checkpoints "
                          "that chose it; at the others that sampler's ε was not calibrated")
         choice = dict(same[0])
+        # γ: the largest chosen (rule step 8 raises it only where chains did not localise at the smaller,
+        # and a larger γ localises every checkpoint at least as well); said where they differ
+        gammas = sorted({float(c.get("gamma", 1.0)) for c in choices})
+        if len(gammas) > 1:
+            warns.append(f"checkpoints chose different γ ({', '.join(f'{g:g}' for g in gammas)}: the chains did not "
+                         f"localise at the smaller somewhere); the run uses γ = {gammas[-1]:g}")
         choice.update(epsilon=min(c["epsilon"] for c in same), batch_size=max(c["batch_size"] for c in choices),
-                      draws=max(c["draws"] for c in choices), burn_in=max(c["burn_in"] for c in choices))
+                      draws=max(c["draws"] for c in choices), burn_in=max(c["burn_in"] for c in choices),
+                      gamma=gammas[-1])
         choice = {k: v for k, v in choice.items() if k in LLCSettings.__dataclass_fields__}
         atomic_write_json(run.dir / CALIBRATION_FILE, _json_safe({
             "choice": choice, "rule": AUTO_RULE, "method": "calibrate_llc", "warnings": warns,

@@ -13,10 +13,10 @@
 THE RULE (`RULE` below, in words; every number it uses is in `cal.evidence`):
 
  0. nβ is fixed first (`estimator.nbeta_definition`: terms_per_example·n/log n), because the
-    LLC is measured at one temperature; γ is given (default 1: at n in the thousands a singular
-    posterior spreads over ~nβ^(-1/4) in its flat directions, and γ = 10 measurably shrank
-    reduced-rank regression's λ̂ (3.8 against 5.5) and normal crossing's in the accuracy study;
-    the γ check below flags such a case).
+    LLC is measured at one temperature; γ starts at 1 unless given, and only step 8 raises it
+    (at n in the thousands a singular posterior spreads over ~nβ^(-1/4) in its flat directions,
+    and γ = 10 measurably shrank reduced-rank regression's λ̂ (3.8 against 5.5) and normal
+    crossing's in the accuracy study; the γ check below flags such a case).
  1. Probe the loss at w* (cheap, no sampling): the largest curvature h_max of L_n (power
     iteration on Hessian-vector products) and the per-example gradient variance v (per weight).
     SGLD on a quadratic with curvature h inflates the posterior variance by ≈ ε·h/4 (the
@@ -120,6 +120,24 @@ THE RULE (`RULE` below, in words; every number it uses is in `cal.evidence`):
     nothing changes (no second ladder, the same cells). Anchor: issue 10's 3,072-weight DLN, where
     RMSProp-SGLD read 129.9 after 3,000 draws for a true 128 and plain SGLD needed ~20,000.
 
+ 8. Localisation (`localisation_verdict`; only when γ is not given). The flat directions of a
+    network feel only the localisation: SGLD relaxes along them in 2/(εγ) steps, to a spread of
+    1/√γ per weight. At γ = 1 and the ε a network of 10³-10⁴ weights needs, that is 10⁵-10⁶
+    steps, far beyond any pilot, so the chains keep diffusing from w* along the flat directions
+    for the whole run, into regions of larger curvature, and λ̂ is a function of the run's length
+    (a 10,000-weight deep linear network at a generic point, λ = 1,250: 1,345 at the pilots' length,
+    1,459 at 4×, 1,851 at 16×). So where the draws check saw λ̂ move in a run shorter than
+    LOCALISE_RELAXATIONS = 2 relaxations, the whole calibration (steps 1-7) runs again at the first
+    γ·10^k (k <= 3) whose two relaxations fit in that run, with every run's burn-in at least two
+    relaxations (at most that run's length). The localised calibration replaces the first only
+    where its status is better (`_merge_localised`: a larger γ can cut the posterior where the γ ×3
+    check cannot see it); that check at the new γ measures what the localisation takes from the
+    stiff directions (a direction of curvature h keeps nβh/(nβh + γ) of its ½). Measured (studies/dln_long_chains.py,
+    widths 10,10,10 at a generic point, λ = 50, n = 20,000, ε = 1e-5, batch 512, 4 chains × 40,000
+    steps from w*): γ = 1: 54.0 → 57.2 and rising, chains 5.4 from w* (‖w*‖ = 4.4) at 6× its top
+    curvature; γ = 10: settled at 55.3 after its 20,000-step relaxation; γ = 100: 52.8 from the first
+    1,000 steps on, chains within 1 of w*; γ = 1,000: 43.5 (cut). A given γ is used as given.
+
 Cost: the calibration's per-example gradient evaluations are counted against one estimate at
 the chosen settings (`evidence['cost']['ratio']`). With a plateau at the top rung: 2-chain pilots
 of 1 + 3 draw units, a γ check (1) and a 2×-batch check (2): (2/4)·7 = 3.5 units of a 4-chain
@@ -177,6 +195,9 @@ DRAWS_CHECK_FACTOR = 4     # the draws check runs the chosen cell this × longer
 DRAWS_CHECK_ROUNDS = 2     # ... at most this many times (16× the chosen cell's draws)
 UP_RUNGS = 2               # at most this many rungs above ε_top when the top pilot has not mixed
 PILOT_DRAWS = 1000         # pilot draws per chain (burn-in: half as many)
+GAMMA_START = 1.0          # γ of the first calibration when none is given (rule step 0)
+LOCALISE_RELAXATIONS = 2   # a run must span this many of the flat directions' relaxations 2/(εγ)
+GAMMA_MAX_RAISE = 1000     # rule step 8 raises γ by a power of ten, at most this much
 RULE = ("ε ladder ε_top/3^k from the Hessian's top curvature (ε_top·(nβ·h_max+γ) = 0.1); batch "
         "from the gradient-noise bias ε·nβ²·D·v·(1/B−1/n)/8 <= 2.5 % of λ̂ (D/2 until the top pilot "
         "reads λ̂), at least the cheap batch (B·weights <= 2^18); pilots not mixed on a fixed-batch observable (R̂ > 1.05, bulk ESS < 25/chain, "
@@ -187,7 +208,10 @@ RULE = ("ε ladder ε_top/3^k from the Hessian's top curvature (ε_top·(nβ·h_
         "mixed: untrusted); λ̂ unchanged at 4× the chosen draws (else 4× again; moved: untrusted, the longest run chosen, "
         "and where it settled and mixed, the plateau test again at that length: ε/3 at 3× the draws); "
         "check batch ×2 (the bias it implies at B, twice the change, within 2 se + 5 %), γ ×3, MALA >= 0.9 (a failure: untrusted), R̂ <= 1.01, ESS >= 100/chain; sampler auto: "
-        "RMSProp-SGLD's ladder too where SGLD's has no plateau, the strictly better status wins, ties keep SGLD")
+        "RMSProp-SGLD's ladder too where SGLD's has no plateau, the strictly better status wins, ties keep SGLD; "
+        "γ not given: 1, and where λ̂ moved with draws in a run shorter than two relaxations 2/(εγ) of the flat "
+        "directions, calibrated again at the first γ·10^k (k <= 3) whose two relaxations fit that run, burn-in >= two "
+        "relaxations (it replaces the first only with a better status)")
 
 
 @dataclass
@@ -550,7 +574,8 @@ def draws_check(run_at, cell: dict, factor: int | None = None, rounds: int | Non
             out.append({"draws": row["draws"], "llc": row["llc"], "healthy": False})
             break
         ok, diff, allowed = _agree(cur, row)
-        out.append({"draws": int(row["draws"]), "llc": float(row["llc"]), "llc_se": float(row["llc_se"]),
+        out.append({"draws": int(row["draws"]), "burn_in": int(row.get("burn_in", 0)),
+                    "llc": float(row["llc"]), "llc_se": float(row["llc_se"]),
                     "vs_draws": int(cur["draws"]), "vs_llc": float(cur["llc"]), "agree": ok, "diff": diff,
                     "allowed": allowed})
         longest, cur = row, row
@@ -679,15 +704,17 @@ def pick_sampler(tried: list[dict]) -> dict:
 # --- the calibration ----------------------------------------------------------------------------
 
 def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float = 1.0,
-                  gamma: float = 1.0, batch_size: int | None = None, sampler: str = "auto",
+                  gamma: float | None = None, batch_size: int | None = None, sampler: str = "auto",
                   chains: int = 4, draws: int | None = None, burn_in: int | None = None,
                   epsilons=None, seed: int = 0, params=None, device=None,
                   checks: bool = True, progress: bool = False) -> Calibration:
     """Choose estimate_llc settings for `model` at its weights by the rule in the module docstring.
 
     nbeta / terms_per_example: as estimate_llc (None = terms_per_example·n/log n).
-    gamma: the localisation strength (checked at 3γ). batch_size: None = chosen by the
-    gradient-noise rule; a number fixes it (ε is then capped by that rule instead).
+    gamma: the localisation strength (checked at 3γ). None (default): γ = GAMMA_START, raised
+    where the chains did not localise within the run (rule step 8, `localisation_verdict`); a
+    number: that γ only. batch_size: None = chosen by the gradient-noise rule; a number fixes it
+    (ε is then capped by that rule instead).
     draws / burn_in: the pilots' (None: PILOT_DRAWS = 1000 and half of that).
     epsilons: a ladder to use instead of the probed one (ascending or not).
     chains: chains of the final estimate (pilots use 2).
@@ -697,6 +724,118 @@ def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float 
     if sampler not in ("auto",) + SAMPLERS:
         raise LLCError(f"calibrate_llc: sampler={sampler!r}: choose 'auto' (SGLD, then RMSProp-SGLD where "
                        f"SGLD finds no plateau) or one of {SAMPLERS}")
+    if gamma is not None and not (math.isfinite(gamma) and gamma >= 0):
+        raise LLCError(f"calibrate_llc: gamma={gamma!r}: give a finite value >= 0, or None to let the rule choose")
+    kw = dict(nbeta=nbeta, terms_per_example=terms_per_example, batch_size=batch_size, sampler=sampler,
+              chains=chains, draws=draws, burn_in=burn_in, epsilons=epsilons, seed=seed, params=params,
+              device=device, checks=checks, progress=progress)
+    if gamma is not None:
+        return _calibrate_at_gamma(model, loss_fn, data, gamma=float(gamma), **kw)
+    t0 = time.perf_counter()
+    first = _calibrate_at_gamma(model, loss_fn, data, gamma=GAMMA_START, **kw)
+    verdict = localisation_verdict(first)
+    if verdict["gamma_next"] is None:
+        first.evidence["localisation"] = verdict
+        return first
+    if progress:
+        print(f"  localisation: {verdict['reason']}; calibrating again at γ={verdict['gamma_next']:g}", flush=True)
+    g2 = verdict["gamma_next"]
+    floor = lambda eps, g: int(math.ceil(LOCALISE_RELAXATIONS * 2.0 / (eps * g)))
+    second = _calibrate_at_gamma(model, loss_fn, data, gamma=g2, burn_floor=floor,
+                                 burn_cap=verdict["run_steps"], **kw)
+    return _merge_localised(first, second, verdict, time.perf_counter() - t0)
+
+
+def localisation_verdict(cal: Calibration) -> dict:
+    """Rule step 8: did the chains localise? SGLD relaxes along the flat directions (where only
+    the localisation acts) in 2/(εγ) steps, to a spread of 1/√γ per weight. A run shorter than
+    LOCALISE_RELAXATIONS of those has chains still diffusing away from w*: where λ̂ also moved
+    with draws (the draws check), its value is a function of the run's length, not of the
+    posterior. Then γ is raised by a power of ten (at most GAMMA_MAX_RAISE×) to the first whose
+    relaxations fit in the longest run already made, so the second calibration costs no more per
+    run. Why: on a 200-weight deep linear network at a generic point (widths 10,10,10, λ = 50,
+    n = 20,000, ε = 1e-5, batch 512; studies/dln_long_chains.py, 40,000 steps from w*) λ̂ rose
+    54.0 → 57.2 over the run at γ = 1 (relaxation 200,000 steps; the chains ended 5.4 from w*,
+    beyond ‖w*‖ = 4.4, at 6× its top curvature), settled at 55.3 at γ = 10 (20,000 steps), and
+    held at 52.8 from the first 1,000 steps at γ = 100 (2,000 steps; chains within 1 of w*); γ =
+    1,000 cut it to 43.5 (a direction of curvature h keeps nβh/(nβh + γ) of its ½), which the γ ×3
+    check guards against. Returns {"gamma_next": the γ to calibrate at, or None, "reason",
+    "run_steps", "relax_steps", "moved"}.
+
+        >>> cal = Calibration({"epsilon": 1e-5, "gamma": 1.0}, pd.DataFrame(), {"checks": {"draws": {
+        ...     "rounds": [{"draws": 4000, "burn_in": 2000, "agree": False},
+        ...                {"draws": 16000, "burn_in": 8000, "agree": False}]}}, "chosen_row": {"epsilon": 1e-5}})
+        >>> v = localisation_verdict(cal)
+        >>> v["moved"], v["run_steps"], v["relax_steps"], v["gamma_next"]
+        (True, 24000, 200000, 100.0)
+    """
+    gamma = float(cal.choice.get("gamma", GAMMA_START))
+    eps = float(cal.evidence.get("chosen_row", {}).get("epsilon", cal.choice.get("epsilon", float("nan"))))
+    rounds = [r for r in cal.evidence.get("checks", {}).get("draws", {}).get("rounds", []) if "agree" in r]
+    moved = any(not r["agree"] for r in rounds)
+    # the longest run's steps; its burn-in grew with its draws (the pilots' ratio where unrecorded)
+    ratio = float(cal.evidence.get("pilot_burn_in", 0)) / max(float(cal.evidence.get("pilot_draws", 1000)), 1.0)
+    run_steps = max((int(r["draws"]) + int(r.get("burn_in", round(ratio * int(r["draws"])))) for r in rounds),
+                    default=0)
+    relax = 2.0 / (eps * gamma) if eps > 0 and gamma > 0 else float("inf")
+    out = {"gamma": gamma, "epsilon": eps, "moved": moved, "run_steps": run_steps,
+           "relax_steps": round(relax) if math.isfinite(relax) else None, "gamma_next": None}
+    if not moved:
+        out["reason"] = "λ̂ held still with draws: nothing to localise"
+        return out
+    if run_steps >= LOCALISE_RELAXATIONS * relax:
+        out["reason"] = (f"λ̂ moved with draws although the run ({run_steps:,} steps) spans "
+                         f"{run_steps / relax:.1f} of the localisation's relaxations (2/(εγ) = {relax:,.0f} steps): "
+                         "not a wandering chain; γ is kept")
+        return out
+    out["reason"] = (f"λ̂ moved with draws while the run ({run_steps:,} steps) was shorter than "
+                     f"{LOCALISE_RELAXATIONS} of the localisation's relaxations (2/(εγ) = {relax:,.0f} steps at "
+                     f"γ={gamma:g}): the chains were still spreading along flat directions")
+    fits = [gamma * 10 ** k for k in range(1, int(round(math.log10(GAMMA_MAX_RAISE))) + 1)
+            if gamma > 0 and LOCALISE_RELAXATIONS * 2.0 / (eps * gamma * 10 ** k) <= run_steps]
+    if not fits:
+        out["reason"] += (f"; no γ up to {GAMMA_MAX_RAISE}× relaxes within that run, so γ is kept: "
+                          "give longer pilots (draws) or a larger step")
+        return out
+    out["gamma_next"] = float(fits[0])
+    return out
+
+
+def _merge_localised(first: Calibration, second: Calibration, verdict: dict, seconds: float) -> Calibration:
+    """One Calibration of the two: the localised one replaces the first only where its status is
+    better; the sweep holds both (their γ tells them apart), the cost counts both. Why not a tie
+    too: a larger γ can cut the posterior where the γ ×3 check cannot see it. The 188-weight deep
+    linear network at its minimal point (λ = 29.5) read 30.5 at γ = 1 after 16,000 draws (from 21.0
+    at 1,000) and 20.1 at γ = 100, both untrusted, and γ = 300's 16.9 ± 0.9 agreed with γ = 100's
+    19.8 ± 1.1 within 2 se + 5 %: its quartic directions reach far, and λ̂ fell by a third from
+    γ = 1 to 100."""
+    rank = {"plateau": 2, "extrapolated": 1, "untrusted": 0}
+    r1, r2 = rank.get(first.status, 0), rank.get(second.status, 0)
+    win = second if r2 > r1 else first
+    stages = [{"gamma": c.choice["gamma"], "status": c.status, "llc": c.llc, "llc_se": c.llc_stderr,
+               "epsilon": c.choice["epsilon"], "cost_ratio": c.evidence["cost"]["ratio"]} for c in (first, second)]
+    evidence = dict(win.evidence)
+    evidence["localisation"] = {**verdict, "stages": stages, "chosen_gamma": win.choice["gamma"]}
+    one = win.evidence["cost"]["one_estimate_example_grads"]
+    total = first.evidence["cost"]["calibration_example_grads"] + second.evidence["cost"]["calibration_example_grads"]
+    evidence["cost"] = {**win.evidence["cost"], "calibration_example_grads": total, "ratio": total / one,
+                        "seconds": seconds}
+    note = (f"LOCALISED: at γ={verdict['gamma']:g} {verdict['reason']} ({first.status}, λ̂ {first.llc:.4g}); "
+            f"calibrated again at γ={second.choice['gamma']:g} with burn-in of at least {LOCALISE_RELAXATIONS} "
+            f"relaxations ({second.status}, λ̂ {second.llc:.4g}); ")
+    note += (f"γ={win.choice['gamma']:g} chosen, its status being better" if win is second else
+             f"kept γ={first.choice['gamma']:g}: the larger γ's status is no better")
+    sweep = pd.concat([first.sweep, second.sweep], ignore_index=True)
+    return Calibration(win.choice, sweep, evidence, [note] + list(win.warnings), win.status, win.llc, win.llc_stderr)
+
+
+def _calibrate_at_gamma(model, loss_fn, data, *, gamma: float, nbeta=None, terms_per_example: float = 1.0,
+                        batch_size: int | None = None, sampler: str = "auto", chains: int = 4,
+                        draws: int | None = None, burn_in: int | None = None, epsilons=None, seed: int = 0,
+                        params=None, device=None, checks: bool = True, progress: bool = False,
+                        burn_floor=None, burn_cap: int | None = None) -> Calibration:
+    """Rule steps 0-7 at one γ. burn_floor(ε, γ) -> the least burn-in of a run at (ε, γ) (at most
+    burn_cap): the localised calibration's runs start after the flat directions have relaxed."""
     t0 = time.perf_counter()
     src = DataSource(data)
     n = len(src)
@@ -742,6 +881,8 @@ def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float 
 
     def run(role, eps, g, B_, ch, samp, mala=False, draws_=None, burn_=None):
         d_, b_ = draws_ or draws, burn_ if burn_ is not None else burn_in
+        if burn_floor is not None and not mala:
+            b_ = max(b_, min(burn_floor(eps, g), burn_cap or b_))
         r = estimate_llc(model, loss_fn, data, epsilon=eps, gamma=g, batch_size=B_, chains=ch,
                          draws=d_, burn_in=b_, mala=mala, sampler=samp, **base)
         cost = per_step(ch, r.hyperparameters["batch_size"]) * r.timing["steps"] * (2 if mala else 1)
@@ -749,8 +890,9 @@ def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float 
         rows.append(row)
         last["r"] = r
         if progress:
-            print(f"  {role:12s} {samp} ε={eps:.3g} γ={g:g} B={B_}: λ̂={row['llc']:.4g} ± {row['llc_se']:.2g} "
-                  f"R̂={row['rhat']:.3f} ESS={row['ess_bulk']:.0f}", flush=True)
+            print(f"  {role:12s} {samp} ε={eps:.3g} γ={g:g} B={B_} draws={d_}+{b_}: λ̂={row['llc']:.4g} ± "
+                  f"{row['llc_se']:.2g} R̂={row['rhat']:.3f} ESS={row['ess_bulk']:.0f} "
+                  f"({r.timing['total_s']:.0f} s)", flush=True)
         return row
 
     def ladder_for(samp, eps_given) -> dict:
