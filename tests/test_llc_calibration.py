@@ -571,3 +571,27 @@ def test_rule_step_8_runs_the_whole_ladder_again_with_burn_in_of_two_relaxations
     assert cal.warnings[0].startswith("LOCALISED") and cal.status == "untrusted"   # forced: never settles
     # both untrusted: the first is kept (a larger γ must earn its place with a better status)
     assert cal.choice["gamma"] == 1.0 and "the larger γ's status is no better" in cal.warnings[0]
+
+
+def test_run_level_choice_takes_the_largest_gamma_the_checkpoints_chose(tmp_path):
+    # rule step 8 may raise γ at some checkpoints only; the run's one setting takes the largest
+    # (it localises every checkpoint at least as well) and says that they differed
+    import json
+    import types
+
+    import pandas as pd
+    from llc_watch.analyses.calibration import CALIBRATION_ANALYSIS
+
+    def row(step, gamma):
+        choice = dict(epsilon=1e-6, gamma=gamma, nbeta=100.0, batch_size=256, draws=1000, burn_in=500,
+                      sampler="sgld", chains=4)
+        return dict(step=step, choice=json.dumps(choice), status="plateau", cal_llc=1.0, cal_llc_stderr=0.1,
+                    evidence="{}", cal_warnings="[]")
+
+    out = CALIBRATION_ANALYSIS._finish_auto(types.SimpleNamespace(dir=tmp_path),
+                                            pd.DataFrame([row(10, 1.0), row(20, 100.0), row(30, 1.0)]), {})
+    assert out.attrs["choice"]["gamma"] == 100.0
+    assert any("different γ" in w for w in out.attrs["choice_warnings"])
+    same = CALIBRATION_ANALYSIS._finish_auto(types.SimpleNamespace(dir=tmp_path),
+                                             pd.DataFrame([row(10, 1.0), row(20, 1.0)]), {})
+    assert same.attrs["choice"]["gamma"] == 1.0 and not any("different γ" in w for w in same.attrs["choice_warnings"])
