@@ -547,8 +547,9 @@ def test_gamma_is_kept_where_it_is_given_or_the_chains_held_still_or_could_not_r
     assert long_run["gamma_next"] is None and "not a wandering chain" in long_run["reason"]
     short = localisation_verdict(_fake_calibration(1.0, "untrusted", 57.0, True, draws=100, burn_in=50, eps=3e-7))
     assert short["gamma_next"] is None and "give longer pilots" in short["reason"]
-    with pytest.raises(calibration.LLCError, match="gamma"):
-        calibrate_llc(None, None, None, gamma=-1.0)
+    for bad in (-1.0, float("nan"), "strong"):
+        with pytest.raises(calibration.LLCError, match="gamma"):
+            calibrate_llc(None, None, None, gamma=bad)
 
 
 def test_rule_step_8_runs_the_whole_ladder_again_with_burn_in_of_two_relaxations(monkeypatch):

@@ -724,8 +724,13 @@ def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float 
     if sampler not in ("auto",) + SAMPLERS:
         raise LLCError(f"calibrate_llc: sampler={sampler!r}: choose 'auto' (SGLD, then RMSProp-SGLD where "
                        f"SGLD finds no plateau) or one of {SAMPLERS}")
-    if gamma is not None and not (math.isfinite(gamma) and gamma >= 0):
-        raise LLCError(f"calibrate_llc: gamma={gamma!r}: give a finite value >= 0, or None to let the rule choose")
+    if gamma is not None:
+        try:
+            ok = math.isfinite(float(gamma)) and float(gamma) >= 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise LLCError(f"calibrate_llc: gamma={gamma!r}: give a finite value >= 0, or None to let the rule choose")
     kw = dict(nbeta=nbeta, terms_per_example=terms_per_example, batch_size=batch_size, sampler=sampler,
               chains=chains, draws=draws, burn_in=burn_in, epsilons=epsilons, seed=seed, params=params,
               device=device, checks=checks, progress=progress)
