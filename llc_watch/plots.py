@@ -385,15 +385,14 @@ def plot_calibration_ladder(ax: Axes, cells: pd.DataFrame) -> Axes:
     them, the chosen ε marked; the title says the verdict (plateau, extrapolated or untrusted)."""
     roles = cells["role"].astype(str)
     samplers = cells["sampler"].astype(str) if "sampler" in cells else pd.Series("sgld", index=cells.index)
-    gammas = cells["gamma"].astype(float) if "gamma" in cells else pd.Series(np.nan, index=cells.index)
+    gammas = (cells["gamma"] if "gamma" in cells else pd.Series(0.0, index=cells.index)).astype(float).fillna(0.0)
     lines = sorted({(s_, g_) for s_, g_ in zip(samplers[roles == "ladder"], gammas[roles == "ladder"])},
                    key=lambda sg: (sg[1], sg[0]))
     several_gammas = len({g_ for _, g_ in lines}) > 1
     for (samp, g), colour in zip(lines, ("#1f77b4", "#17becf", "#393b79", "#6b6ecf")):
         # one line per sampler (an RMSProp-SGLD ε is a different step from an SGLD one) and per γ
         # (rule step 8 calibrates again at a larger γ where the chains did not localise)
-        lad = cells[(roles == "ladder") & (samplers == samp) & ((gammas == g) | (gammas.isna() & np.isnan(g)))]
-        lad = lad.sort_values("epsilon")
+        lad = cells[(roles == "ladder") & (samplers == samp) & (gammas == g)].sort_values("epsilon")
         ok = lad["valid"].astype(bool) & np.isfinite(lad["llc"].astype(float))
         label = f"ε ladder, {samp}" + (f", γ = {g:g}" if several_gammas else "") + " (± 2 se)"
         ax.errorbar(lad.loc[ok, "epsilon"], lad.loc[ok, "llc"], yerr=2 * lad.loc[ok, "llc_se"].fillna(0),

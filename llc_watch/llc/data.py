@@ -312,7 +312,7 @@ def device_batches(source: DataSource, stream, steps: int, device):
             return to_device(stack_batches([source.batch(i) for i in idx]), device)
         return to_device(source.batch(idx), device)
 
-    per_step = stream.indices(0).numel() * torch.empty((), dtype=index_dtype(len(source))).element_size()
+    per_step = stream.indices(0).numel() * torch.iinfo(index_dtype(len(source))).bits // 8
     if per_step * steps > index_budget(device):
         return fetch
     try:
