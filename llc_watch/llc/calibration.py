@@ -814,9 +814,8 @@ def _merge_localised(first: Calibration, second: Calibration, verdict: dict, sec
     at 1,000) and 20.1 at γ = 100, both untrusted, and γ = 300's 16.9 ± 0.9 agreed with γ = 100's
     19.8 ± 1.1 within 2 se + 5 %: its quartic directions reach far, and λ̂ fell by a third from
     γ = 1 to 100."""
-    rank = {"plateau": 2, "extrapolated": 1, "untrusted": 0}
-    r1, r2 = rank.get(first.status, 0), rank.get(second.status, 0)
-    win = second if r2 > r1 else first
+    r1, r2 = STATUS_RANK[first.status], STATUS_RANK[second.status]     # lower is better
+    win = second if r2 < r1 else first
     stages = [{"gamma": c.choice["gamma"], "status": c.status, "llc": c.llc, "llc_se": c.llc_stderr,
                "epsilon": c.choice["epsilon"], "cost_ratio": c.evidence["cost"]["ratio"]} for c in (first, second)]
     evidence = dict(win.evidence)
