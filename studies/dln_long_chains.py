@@ -35,10 +35,26 @@ def running_llc(traces: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
     return [(a, b, traces[:, a:b].mean(1)) for a, b in zip(edges[:-1], edges[1:])]
 
 
+def _gammas(text: str) -> list[float]:
+    """'1,100' -> [1.0, 100.0]; anything else is argparse's one-line error.
+
+        >>> _gammas("1,100")
+        [1.0, 100.0]
+    """
+    import argparse
+    try:
+        out = [float(g) for g in text.split(",")]
+    except ValueError:
+        out = []
+    if not out or not all(g > 0 and g < float("inf") for g in out):
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive numbers separated by commas, e.g. 1,100")
+    return out
+
+
 def main(argv=None):
     import torch
     from llc_watch.llc import estimate_llc, exact
-    from llc_watch.llc.calibration import _problem, top_curvature
+    from llc_watch.llc.calibration import _problem, relaxation_steps, top_curvature
     from llc_watch.llc.data import DataSource, to_device
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--widths", default="20,20,20,20,20,20")
@@ -46,7 +62,7 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=100000)
     p.add_argument("--sampler", default="rmsprop_sgld", choices=("sgld", "rmsprop_sgld"))
     p.add_argument("--epsilon", type=float, default=6e-8)
-    p.add_argument("--gamma", default="1",
+    p.add_argument("--gamma", default=[1.0], type=_gammas,
                    help="localisation strength; a comma list runs one estimate per value")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--draws", type=int, default=40000)
@@ -66,7 +82,7 @@ def main(argv=None):
     probe_batch = to_device(src.batch(torch.randperm(len(src), generator=torch.Generator().manual_seed(7))[:2048]), dev)
     h0 = top_curvature(loss_of, flat, probe_batch)
     w_rms = float(flat.w_star.pow(2).mean().sqrt())
-    for gamma in [float(g) for g in a.gamma.split(",")]:
+    for gamma in a.gamma:
         t0 = time.perf_counter()
         r = estimate_llc(model, loss_fn, data, epsilon=a.epsilon, gamma=gamma, batch_size=a.batch,
                          chains=a.chains, draws=a.draws, burn_in=a.burn_in, sampler=a.sampler, seed=a.seed,
@@ -87,7 +103,7 @@ def main(argv=None):
         # the flat directions feel only the localisation: stationary spread 1/√γ per weight, reached
         # after a few of its relaxation times 2/(εγ) steps
         print(f"flat directions: stationary spread 1/√γ = {gamma ** -0.5:.3g} per weight against w*'s rms "
-              f"{w_rms:.3g}; relaxation 2/(εγ) = {2 / (a.epsilon * gamma):,.0f} steps, the run {steps:,} "
+              f"{w_rms:.3g}; relaxation 2/(εγ) = {relaxation_steps(a.epsilon, gamma):,.0f} steps, the run {steps:,} "
               f"(εγ·steps/2 = {a.epsilon * gamma * steps / 2:.2g})")
         print(f"top curvature h at w*: {h0:.3g} (ε·nβ·h = {a.epsilon * nb * h0:.3g}); at the chains' ends: "
               f"{', '.join(f'{h:.3g}' for h in h_end)} (ε·nβ·h up to {a.epsilon * nb * max(h_end):.3g})")

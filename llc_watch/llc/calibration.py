@@ -745,10 +745,19 @@ def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float 
     if progress:
         print(f"  localisation: {verdict['reason']}; calibrating again at γ={verdict['gamma_next']:g}", flush=True)
     g2 = verdict["gamma_next"]
-    floor = lambda eps, g: int(math.ceil(LOCALISE_RELAXATIONS * 2.0 / (eps * g)))
+    floor = lambda eps, g: int(math.ceil(LOCALISE_RELAXATIONS * relaxation_steps(eps, g)))
     second = _calibrate_at_gamma(model, loss_fn, data, gamma=g2, burn_floor=floor,
                                  burn_cap=verdict["run_steps"], **kw)
     return _merge_localised(first, second, verdict, time.perf_counter() - t0)
+
+
+def relaxation_steps(epsilon: float, gamma: float) -> float:
+    """SGLD steps in which a flat direction (felt only through the localisation) relaxes: 2/(εγ).
+
+        >>> relaxation_steps(1e-5, 100.0)
+        2000.0
+    """
+    return 2.0 / (epsilon * gamma) if epsilon > 0 and gamma > 0 else float("inf")
 
 
 def localisation_verdict(cal: Calibration) -> dict:
@@ -782,7 +791,7 @@ def localisation_verdict(cal: Calibration) -> dict:
     ratio = float(cal.evidence.get("pilot_burn_in", 0)) / max(float(cal.evidence.get("pilot_draws", 1000)), 1.0)
     run_steps = max((int(r["draws"]) + int(r.get("burn_in", round(ratio * int(r["draws"])))) for r in rounds),
                     default=0)
-    relax = 2.0 / (eps * gamma) if eps > 0 and gamma > 0 else float("inf")
+    relax = relaxation_steps(eps, gamma)
     out = {"gamma": gamma, "epsilon": eps, "moved": moved, "run_steps": run_steps,
            "relax_steps": round(relax) if math.isfinite(relax) else None, "gamma_next": None}
     if not moved:
@@ -797,7 +806,7 @@ def localisation_verdict(cal: Calibration) -> dict:
                      f"{LOCALISE_RELAXATIONS} of the localisation's relaxations (2/(εγ) = {relax:,.0f} steps at "
                      f"γ={gamma:g}): the chains were still spreading along flat directions")
     fits = [gamma * 10 ** k for k in range(1, int(round(math.log10(GAMMA_MAX_RAISE))) + 1)
-            if gamma > 0 and LOCALISE_RELAXATIONS * 2.0 / (eps * gamma * 10 ** k) <= run_steps]
+            if LOCALISE_RELAXATIONS * relaxation_steps(eps, gamma * 10 ** k) <= run_steps]
     if not fits:
         out["reason"] += (f"; no γ up to {GAMMA_MAX_RAISE}× relaxes within that run, so γ is kept: "
                           "give longer pilots (draws) or a larger step")
