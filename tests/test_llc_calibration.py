@@ -302,11 +302,14 @@ def test_a_lambda_still_rising_with_draws_is_untrusted_and_the_longest_run_is_ch
 def _forced_draws_check(converged):
     """A draws check that runs the real 4× longer cell but reports that λ̂ moved (and settled or
     not): it drives calibrate_llc's moved branch on a model small enough for the fast suite."""
-    def check(run_at, cell, factor=None, rounds=None):
+    def check(run_at, cell, factor=None, rounds=None, stop=None):
         row = run_at(4 * int(cell["draws"]), 4 * int(cell["burn_in"]))
-        return {"moved": True, "row": row, "warning": "λ̂ MOVED WITH DRAWS (forced by the test)",
-                "evidence": {"factor": 4, "rounds": [{"draws": int(row["draws"]), "agree": converged}],
-                             "converged": converged}}
+        stopped = bool(not converged and stop is not None and stop(row))   # as draws_check: rule step 8 asks
+        return {"moved": True, "row": row, "warning": "λ̂ MOVED WITH DRAWS (forced by the test)", "stopped": stopped,
+                "evidence": {"factor": 4, "rounds": [{"draws": int(row["draws"]), "burn_in": int(row["burn_in"]),
+                                                      "agree": converged, "stopped": stopped}],
+                             "converged": converged, "stopped": stopped,
+                             "budget_steps": (int(cell["draws"]) + int(cell["burn_in"])) * 16}}
     return check
 
 
@@ -538,6 +541,39 @@ def test_chains_that_did_not_localise_are_calibrated_again_at_a_larger_gamma(mon
     assert cal.evidence["cost"]["ratio"] == pytest.approx(200.0 / 50.0)   # both calibrations counted
 
 
+@pytest.mark.parametrize("second_status, finished", [("plateau", False), ("untrusted", True)])
+def test_a_first_calibration_stopped_for_localisation_is_finished_only_if_needed(monkeypatch, second_status,
+                                                                                 finished):
+    # rule step 8 early: the γ = 1 calibration stops at its draws check's first round that moved
+    # (4× the chosen draws, shorter than two relaxations), skipping the 16× round and the checks;
+    # γ is judged against the check's budget (16×: 16 × 1,500 = 24,000 steps → γ = 100). Only when
+    # the localised calibration is no better is the first finished, reusing its runs (same dict)
+    from llc_watch.llc import calibration
+    calls = []
+
+    def core(model, loss_fn, data, *, gamma, reuse=None, stop_unlocalised=False, warm_start=False,
+             burn_floor=None, burn_cap=None, **kw):
+        calls.append({"gamma": gamma, "reuse": reuse, "stop": stop_unlocalised, "warm": warm_start, "cap": burn_cap})
+        if gamma != 1.0:
+            return _fake_calibration(gamma, second_status, 52.8, moved=False)
+        cal = _fake_calibration(1.0, "untrusted", 55.0 if stop_unlocalised else 57.0, True, draws=4000, burn_in=2000)
+        if stop_unlocalised:
+            cal.evidence["localisation_stop"] = True
+            cal.evidence["checks"]["draws"]["budget_steps"] = 24_000
+        return cal
+    monkeypatch.setattr(calibration, "_calibrate_at_gamma", core)
+    cal = calibrate_llc(None, None, None)
+    assert [c["gamma"] for c in calls] == ([1.0, 100.0, 1.0] if finished else [1.0, 100.0])
+    assert calls[0]["stop"] and calls[1]["warm"] and calls[1]["cap"] == 24_000
+    loc = cal.evidence["localisation"]
+    assert (loc["run_steps"], loc["budget_steps"], loc["gamma_next"]) == (6000, 24_000, 100.0)
+    if finished:   # the finished first: no stop, the same reuse dict, its result kept
+        assert not calls[2]["stop"] and calls[2]["reuse"] is calls[0]["reuse"] and cal.llc == 57.0
+        assert cal.choice["gamma"] == 1.0
+    else:
+        assert cal.choice["gamma"] == 100.0 and cal.status == "plateau"
+
+
 def test_gamma_is_kept_where_it_is_given_or_the_chains_held_still_or_could_not_relax(monkeypatch):
     from llc_watch.llc import calibration
     from llc_watch.llc.calibration import localisation_verdict
@@ -569,13 +605,53 @@ def test_rule_step_8_runs_the_whole_ladder_again_with_burn_in_of_two_relaxations
     g2 = loc["gamma_next"]
     assert g2 in (10.0, 100.0, 1000.0) and [st["gamma"] for st in loc["stages"]] == [1.0, g2]
     assert loc["run_steps"] < 2 * loc["relax_steps"]
-    runs = cal.sweep[(cal.sweep["gamma"] == g2) & cal.sweep["role"].isin(["ladder", "draws_check"])]
+    assert loc["budget_steps"] >= loc["run_steps"]
+    runs = cal.sweep[(cal.sweep["gamma"] == g2) & ~cal.sweep["role"].eq("mala_check")]
     assert len(runs) >= 2
-    for r in runs.itertuples():
-        assert r.burn_in >= min(math.ceil(4 / (r.epsilon * g2)), loc["run_steps"]), (r.epsilon, r.burn_in)
+    # the relaxation is paid once, from w*, by the first run at γ2; every later run there starts
+    # where its chains ended (warm), with the pilots' own burn-in
+    first_run, later = runs.iloc[0], runs.iloc[1:]
+    assert not first_run["warm_start"] and first_run["burn_in"] >= min(
+        math.ceil(4 / (first_run["epsilon"] * g2)), loc["budget_steps"])
+    assert later["warm_start"].all()
+    # its γ check looks down (γ ÷3: a cut shows where the localisation is weakened), from the
+    # relaxed end points, paying γ ÷3's own relaxation as burn-in
+    down = cal.sweep[(cal.sweep["role"] == "gamma_check") & np.isclose(cal.sweep["gamma"], g2 / 3)]
+    assert len(down) == 1 and down["warm_start"].all()
+    assert down["burn_in"].iloc[0] >= min(math.ceil(4 / (down["epsilon"].iloc[0] * g2 / 3)), loc["budget_steps"])
+    pilots = later[later["role"].str.startswith("ladder")]
+    assert len(pilots) and (pilots["burn_in"] < first_run["burn_in"]).all()   # no floor: they start relaxed
     assert cal.warnings[0].startswith("LOCALISED") and cal.status == "untrusted"   # forced: never settles
-    # both untrusted: the first is kept (a larger γ must earn its place with a better status)
+    # both untrusted: the first is kept (a larger γ must earn its place with a better status); it
+    # had stopped at its draws check for rule step 8, and was finished afterwards (its γ ×3 and
+    # batch checks ran) without running any of its earlier runs twice
     assert cal.choice["gamma"] == 1.0 and "the larger γ's status is no better" in cal.warnings[0]
+    at1 = cal.sweep[cal.sweep["gamma"].isin([1.0, 3.0]) & ~cal.sweep["role"].eq("mala_check")]
+    assert {"gamma_check", "draws_check"} <= set(at1["role"])
+    assert not at1.duplicated(["epsilon", "gamma", "batch_size", "draws", "burn_in"]).any(), at1
+    assert not cal.evidence.get("localisation_stop")
+
+
+def test_a_localised_calibrations_gamma_check_looks_down_and_must_mix(monkeypatch):
+    # rule step 8's calibration checks γ ÷3, not ×3 (a cut shows where the localisation is
+    # weakened), and an unmixed γ ÷3 run cannot vouch for γ: its wide se agrees with anything
+    import math
+    from llc_watch.llc import calibration
+    model, loss_fn, data, lam = exact.make_regular(3, 2000)
+    floor = lambda eps, g: int(math.ceil(4 / (eps * g)))
+    kw = dict(gamma=10.0, burn_floor=floor, burn_cap=4000, warm_start=True, draws=300, seed=0, sampler="sgld")
+    cal = calibration._calibrate_at_gamma(model, loss_fn, data, **kw)
+    g = cal.evidence["checks"]["gamma"]
+    assert g["check"] == "γ ÷3" and g["gamma"] == pytest.approx(10 / 3)
+    assert g["agree"] and "unmixed" not in g and "γ ÷3" not in cal.evidence["checks"]["failed"]  # regular: no cut
+    real = calibration.unmixed_reasons
+    monkeypatch.setattr(calibration, "unmixed_reasons",
+                        lambda row: ["forced by the test"] if row.get("role") == "gamma_check" else real(row))
+    cal = calibration._calibrate_at_gamma(model, loss_fn, data, **kw)
+    g = cal.evidence["checks"]["gamma"]
+    assert not g["agree"] and g["unmixed"] == ["forced by the test"]
+    assert "γ ÷3" in cal.evidence["checks"]["failed"] and cal.status == "untrusted"
+    assert any("did not mix" in w and "unmeasured" in w for w in cal.warnings)
 
 
 def test_run_level_choice_takes_the_largest_gamma_the_checkpoints_chose(tmp_path):

@@ -41,7 +41,7 @@ class CalibrationSettings(LLCSettings):
     method: str = "auto"              # auto: calibrate_llc's rule (plateau in ε, batch from the gradient
                                       # noise, checks); grid: the ε × nβ × γ sweep below
     pilot_draws: Optional[int] = None  # auto: pilot draws per rung of the ε ladder; None: calibrate_llc's own
-    checks: bool = True               # auto: run the batch ×2, γ ×3 and MALA checks at the chosen cell
+    checks: bool = True               # auto: run the batch ×2, γ ×3 (÷3 where localised) and MALA checks at the chosen cell
     epsilons: tuple[float, ...] = tuple(DEFAULT_GRID["epsilons"])  # step sizes ε to sweep
     nbetas: tuple = (None,)           # nβ values to sweep; None: n/log n
     gammas: tuple[float, ...] = (100.0,)  # localisation strengths γ to sweep

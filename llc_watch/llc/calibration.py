@@ -127,12 +127,22 @@ THE RULE (`RULE` below, in words; every number it uses is in `cal.evidence`):
     for the whole run, into regions of larger curvature, and λ̂ is a function of the run's length
     (a 10,000-weight deep linear network at a generic point, λ = 1,250: 1,345 at the pilots' length,
     1,459 at 4×, 1,851 at 16×). So where the draws check saw λ̂ move in a run shorter than
-    LOCALISE_RELAXATIONS = 2 relaxations, the whole calibration (steps 1-7) runs again at the first
-    γ·10^k (k <= 3) whose two relaxations fit in that run, with every run's burn-in at least two
-    relaxations (at most that run's length). The localised calibration replaces the first only
-    where its status is better (`_merge_localised`: a larger γ can cut the posterior where the γ ×3
-    check cannot see it); that check at the new γ measures what the localisation takes from the
-    stiff directions (a direction of curvature h keeps nβh/(nβh + γ) of its ½). Measured (studies/dln_long_chains.py,
+    LOCALISE_RELAXATIONS = 2 relaxations, and a γ·10^k (k <= 3) has two relaxations within the
+    check's budget (its longest run, 16× the chosen cell's), the check stops there (its 16× round
+    and the checks at γ = 1 would only measure how far the chains wander), and the whole
+    calibration (steps 1-7) runs again at the first such γ. Its first run at each (sampler, γ)
+    starts at w* with a burn-in of two relaxations (at most the budget); every later run starts
+    where that run's chains ended (warm), with its own burn-in: the flat directions' stationary
+    spread, 1/√γ, does not depend on ε, and the stiff ones re-settle within a pilot's burn-in, so
+    the relaxation is paid once (the draws check's skipped round pays for it) instead of per run.
+    The choice's burn-in includes the relaxation (the estimate starts at w*). The localised
+    calibration replaces the first only where its status is better (`_merge_localised`: a larger
+    γ can cut the posterior); where it does not, the first is finished (its runs so far reused,
+    none repeated). Its γ check looks down, at γ ÷3 (from its relaxed end points, with γ ÷3's own
+    relaxation as burn-in, at most the budget): a direction of curvature h keeps nβh/(nβh + γ) of
+    its ½, and directions whose posterior reaches beyond 1/√γ (a minimal point's quartic arms)
+    are cut by every γ above ~1, so λ̂ falls like log γ and a 3× larger γ changes it less than a
+    3× smaller one (188 weights, minimal point: −11 % from γ = 100 to 300, +21 % from 100 to 33). Measured (studies/dln_long_chains.py,
     widths 10,10,10 at a generic point, λ = 50, n = 20,000, ε = 1e-5, batch 512, 4 chains × 40,000
     steps from w*): γ = 1: 54.0 → 57.2 and rising, chains 5.4 from w* (‖w*‖ = 4.4) at 6× its top
     curvature; γ = 10: settled at 55.3 after its 20,000-step relaxation; γ = 100: 52.8 from the first
@@ -207,11 +217,12 @@ RULE = ("ε ladder ε_top/3^k from the Hessian's top curvature (ε_top·(nβ·h_
         "that is predicted to suffice; still wider: no plateau), else extrapolate to ε→0 over the mixed rungs and take the smallest (fewer than two "
         "mixed: untrusted); λ̂ unchanged at 4× the chosen draws (else 4× again; moved: untrusted, the longest run chosen, "
         "and where it settled and mixed, the plateau test again at that length: ε/3 at 3× the draws); "
-        "check batch ×2 (the bias it implies at B, twice the change, within 2 se + 5 %), γ ×3, MALA >= 0.9 (a failure: untrusted), R̂ <= 1.01, ESS >= 100/chain; sampler auto: "
+        "check batch ×2 (the bias it implies at B, twice the change, within 2 se + 5 %), γ ×3 (÷3 where rule step 8 raised γ), MALA >= 0.9 (a failure: untrusted), R̂ <= 1.01, ESS >= 100/chain; sampler auto: "
         "RMSProp-SGLD's ladder too where SGLD's has no plateau, the strictly better status wins, ties keep SGLD; "
         "γ not given: 1, and where λ̂ moved with draws in a run shorter than two relaxations 2/(εγ) of the flat "
-        "directions, calibrated again at the first γ·10^k (k <= 3) whose two relaxations fit that run, burn-in >= two "
-        "relaxations (it replaces the first only with a better status)")
+        "directions, the draws check stops and the calibration runs again at the first γ·10^k (k <= 3) whose two "
+        "relaxations fit the check's budget (16× the chosen cell's steps): one relaxation run from w* per sampler and γ, "
+        "the other runs warm from its end; it replaces the first only with a better status, else the first is finished)")
 
 
 @dataclass
@@ -544,7 +555,7 @@ def _pilot_mixed(row) -> bool:
     return not unmixed_reasons(row)
 
 
-def draws_check(run_at, cell: dict, factor: int | None = None, rounds: int | None = None) -> dict:
+def draws_check(run_at, cell: dict, factor: int | None = None, rounds: int | None = None, stop=None) -> dict:
     """Rule step 5: does λ̂ at the chosen cell stay put when the chain runs `factor`× longer?
 
     run_at(draws, burn_in) -> row runs the cell's settings at that length (burn-in grown alike:
@@ -553,7 +564,10 @@ def draws_check(run_at, cell: dict, factor: int | None = None, rounds: int | Non
     round disagreed, "row": the longest healthy run (None if none), "evidence": each round, and
     "warning"}. A moved λ̂ that agrees in a later round has converged at that length; one that
     never agrees is NOT CONVERGED, its error of unknown sign (low while chains still spread from w*,
-    high where long chains reach regions the step is too coarse for).
+    high where long chains reach regions the step is too coarse for). stop(row) -> bool, asked after
+    a round that moved: True ends the check there ("stopped"; rule step 8 asks it, as a longer run
+    at a γ the chains cannot relax under would only measure how far they wandered). The evidence's
+    "budget_steps" is the longest run the check may make, (draws + burn-in) × factor^rounds.
 
         >>> rows = iter([{"llc": 27.0, "llc_se": 0.5, "draws": 4000, "burn_in": 2000, "valid": True,
         ...               "failed_chains": 0},
@@ -564,10 +578,16 @@ def draws_check(run_at, cell: dict, factor: int | None = None, rounds: int | Non
         (True, 16000, [False, False])
         >>> out["warning"].startswith("NOT CONVERGED IN DRAWS")
         True
+        >>> rows = iter([{"llc": 27.0, "llc_se": 0.5, "draws": 4000, "burn_in": 2000, "valid": True,
+        ...               "failed_chains": 0}])
+        >>> out = draws_check(lambda d, b: next(rows), {"llc": 22.6, "llc_se": 0.4, "draws": 1000, "burn_in": 500},
+        ...                   stop=lambda row: row["draws"] + row["burn_in"] < 200_000)   # rule step 8 asks
+        >>> out["stopped"], len(out["evidence"]["rounds"]), out["evidence"]["budget_steps"]
+        (True, 1, 24000)
     """
     factor = DRAWS_CHECK_FACTOR if factor is None else factor
     rounds = DRAWS_CHECK_ROUNDS if rounds is None else rounds
-    cur, longest, out, moved = cell, None, [], False
+    cur, longest, out, moved, stopped = cell, None, [], False, False
     for _ in range(rounds):
         row = run_at(int(cur["draws"]) * factor, int(cur["burn_in"]) * factor)
         if not _healthy(row):
@@ -582,10 +602,16 @@ def draws_check(run_at, cell: dict, factor: int | None = None, rounds: int | Non
         if ok:
             break
         moved = True
+        if stop is not None and len(out) < rounds and stop(row):
+            out[-1]["stopped"] = stopped = True
+            break
     path = " → ".join([f"{cell['llc']:.4g} at {cell['draws']}"] + [f"{r['llc']:.4g} at {r['draws']}" for r in out
                                                                    if r.get("healthy", True)])
     if not out or not out[-1].get("healthy", True):
         warning = f"DRAWS CHECK FAILED: the {factor}× longer run at the chosen cell was not healthy ({path})"
+    elif stopped:
+        warning = (f"λ̂ MOVED WITH DRAWS ({path} draws per chain) in a run too short for the chains to "
+                   "localise: the check stopped there, for rule step 8")
     elif moved and out[-1]["agree"]:
         warning = (f"λ̂ MOVED WITH DRAWS ({path} draws per chain) and settled: the pilots were too short; "
                    f"the estimate uses {out[-1]['draws']} draws")
@@ -597,8 +623,10 @@ def draws_check(run_at, cell: dict, factor: int | None = None, rounds: int | Non
                    "coarse for: run longer chains at a smaller ε")
     else:
         warning = ""
-    return {"moved": moved, "row": longest, "warning": warning,
-            "evidence": {"factor": factor, "rounds": out, "converged": bool(out and out[-1].get("agree"))}}
+    budget = (int(cell["draws"]) + int(cell.get("burn_in", 0))) * factor ** rounds
+    return {"moved": moved, "row": longest, "warning": warning, "stopped": stopped,
+            "evidence": {"factor": factor, "rounds": out, "converged": bool(out and out[-1].get("agree")),
+                         "stopped": stopped, "budget_steps": budget}}
 
 
 def settled_plateau(run_at, long: dict) -> dict:
@@ -737,7 +765,10 @@ def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float 
     if gamma is not None:
         return _calibrate_at_gamma(model, loss_fn, data, gamma=float(gamma), **kw)
     t0 = time.perf_counter()
-    first = _calibrate_at_gamma(model, loss_fn, data, gamma=GAMMA_START, **kw)
+    # the first calibration stops at its draws check where the chains are seen not to localise;
+    # its runs are kept (`reuse`), so finishing it later, if needed, repeats none of them
+    reuse: dict = {}
+    first = _calibrate_at_gamma(model, loss_fn, data, gamma=GAMMA_START, reuse=reuse, stop_unlocalised=True, **kw)
     verdict = localisation_verdict(first)
     if verdict["gamma_next"] is None:
         first.evidence["localisation"] = verdict
@@ -747,7 +778,12 @@ def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float 
     g2 = verdict["gamma_next"]
     floor = lambda eps, g: int(math.ceil(LOCALISE_RELAXATIONS * relaxation_steps(eps, g)))
     second = _calibrate_at_gamma(model, loss_fn, data, gamma=g2, burn_floor=floor,
-                                 burn_cap=verdict["run_steps"], **kw)
+                                 burn_cap=verdict["budget_steps"], warm_start=True, **kw)
+    if first.evidence.get("localisation_stop") and STATUS_RANK[second.status] >= STATUS_RANK[first.status]:
+        if progress:
+            print(f"  localisation: γ={g2:g} ended {second.status}, no better; finishing the γ={GAMMA_START:g} "
+                  "calibration (its runs so far reused)", flush=True)
+        first = _calibrate_at_gamma(model, loss_fn, data, gamma=GAMMA_START, reuse=reuse, **kw)
     return _merge_localised(first, second, verdict, time.perf_counter() - t0)
 
 
@@ -766,15 +802,17 @@ def localisation_verdict(cal: Calibration) -> dict:
     LOCALISE_RELAXATIONS of those has chains still diffusing away from w*: where λ̂ also moved
     with draws (the draws check), its value is a function of the run's length, not of the
     posterior. Then γ is raised by a power of ten (at most GAMMA_MAX_RAISE×) to the first whose
-    relaxations fit in the longest run already made, so the second calibration costs no more per
-    run. Why: on a 200-weight deep linear network at a generic point (widths 10,10,10, λ = 50,
+    relaxations fit in the draws check's budget (the longest run it may make, 16× the chosen
+    cell's), so the second calibration's one relaxation run (its other runs start warm from there:
+    `_calibrate_at_gamma`'s warm_start) costs no more than the draws check's last round, which the
+    first calibration skips when it stops there. Why: on a 200-weight deep linear network at a generic point (widths 10,10,10, λ = 50,
     n = 20,000, ε = 1e-5, batch 512; studies/dln_long_chains.py, 40,000 steps from w*) λ̂ rose
     54.0 → 57.2 over the run at γ = 1 (relaxation 200,000 steps; the chains ended 5.4 from w*,
     beyond ‖w*‖ = 4.4, at 6× its top curvature), settled at 55.3 at γ = 10 (20,000 steps), and
     held at 52.8 from the first 1,000 steps at γ = 100 (2,000 steps; chains within 1 of w*); γ =
-    1,000 cut it to 43.5 (a direction of curvature h keeps nβh/(nβh + γ) of its ½), which the γ ×3
-    check guards against. Returns {"gamma_next": the γ to calibrate at, or None, "reason",
-    "run_steps", "relax_steps", "moved"}.
+    1,000 cut it to 43.5 (a direction of curvature h keeps nβh/(nβh + γ) of its ½), which the
+    localised calibration's γ ÷3 check guards against. Returns {"gamma_next": the γ to calibrate at, or None, "reason",
+    "run_steps" (the longest run made), "budget_steps", "relax_steps", "moved"}.
 
         >>> cal = Calibration({"epsilon": 1e-5, "gamma": 1.0}, pd.DataFrame(), {"checks": {"draws": {
         ...     "rounds": [{"draws": 4000, "burn_in": 2000, "agree": False},
@@ -791,8 +829,10 @@ def localisation_verdict(cal: Calibration) -> dict:
     ratio = float(cal.evidence.get("pilot_burn_in", 0)) / max(float(cal.evidence.get("pilot_draws", 1000)), 1.0)
     run_steps = max((int(r["draws"]) + int(r.get("burn_in", round(ratio * int(r["draws"])))) for r in rounds),
                     default=0)
+    budget = int(cal.evidence.get("checks", {}).get("draws", {}).get("budget_steps", run_steps))
+    budget = max(budget, run_steps)
     relax = relaxation_steps(eps, gamma)
-    out = {"gamma": gamma, "epsilon": eps, "moved": moved, "run_steps": run_steps,
+    out = {"gamma": gamma, "epsilon": eps, "moved": moved, "run_steps": run_steps, "budget_steps": budget,
            "relax_steps": round(relax) if math.isfinite(relax) else None, "gamma_next": None}
     if not moved:
         out["reason"] = "λ̂ held still with draws: nothing to localise"
@@ -805,24 +845,38 @@ def localisation_verdict(cal: Calibration) -> dict:
     out["reason"] = (f"λ̂ moved with draws while the run ({run_steps:,} steps) was shorter than "
                      f"{LOCALISE_RELAXATIONS} of the localisation's relaxations (2/(εγ) = {relax:,.0f} steps at "
                      f"γ={gamma:g}): the chains were still spreading along flat directions")
-    fits = [gamma * 10 ** k for k in range(1, int(round(math.log10(GAMMA_MAX_RAISE))) + 1)
-            if LOCALISE_RELAXATIONS * relaxation_steps(eps, gamma * 10 ** k) <= run_steps]
-    if not fits:
-        out["reason"] += (f"; no γ up to {GAMMA_MAX_RAISE}× relaxes within that run, so γ is kept: "
-                          "give longer pilots (draws) or a larger step")
+    g_next = localising_gamma(eps, gamma, budget)
+    if g_next is None:
+        out["reason"] += (f"; no γ up to {GAMMA_MAX_RAISE}× relaxes within the draws check's longest run "
+                          f"({budget:,} steps), so γ is kept: give longer pilots (draws) or a larger step")
         return out
-    out["gamma_next"] = float(fits[0])
+    out["gamma_next"] = g_next
     return out
+
+
+def localising_gamma(epsilon: float, gamma: float, budget_steps: int) -> float | None:
+    """The first γ·10^k (1 ≤ k ≤ log10 GAMMA_MAX_RAISE) whose LOCALISE_RELAXATIONS relaxations at
+    ε fit in budget_steps; None if none does.
+
+        >>> localising_gamma(1e-5, 1.0, 24_000), localising_gamma(1e-5, 1.0, 2_000)
+        (100.0, 1000.0)
+        >>> localising_gamma(3e-7, 1.0, 150) is None
+        True
+    """
+    for k in range(1, int(round(math.log10(GAMMA_MAX_RAISE))) + 1):
+        if LOCALISE_RELAXATIONS * relaxation_steps(epsilon, gamma * 10 ** k) <= budget_steps:
+            return float(gamma * 10 ** k)
+    return None
 
 
 def _merge_localised(first: Calibration, second: Calibration, verdict: dict, seconds: float) -> Calibration:
     """One Calibration of the two: the localised one replaces the first only where its status is
     better; the sweep holds both (their γ tells them apart), the cost counts both. Why not a tie
-    too: a larger γ can cut the posterior where the γ ×3 check cannot see it. The 188-weight deep
-    linear network at its minimal point (λ = 29.5) read 30.5 at γ = 1 after 16,000 draws (from 21.0
-    at 1,000) and 20.1 at γ = 100, both untrusted, and γ = 300's 16.9 ± 0.9 agreed with γ = 100's
-    19.8 ± 1.1 within 2 se + 5 %: its quartic directions reach far, and λ̂ fell by a third from
-    γ = 1 to 100."""
+    too: a larger γ can cut the posterior, which a γ check at pilot length sees only in part. The
+    188-weight deep linear network at its minimal point (λ = 29.5) read 30.5 at γ = 1 after 16,000
+    draws (from 21.0 at 1,000) and 20.1 at γ = 100, both untrusted (per-run burn-in; γ = 300's
+    16.9 ± 0.9 agreed with γ = 100's 19.8 ± 1.1 within 2 se + 5 %): its quartic directions reach
+    far, and λ̂ fell by a third from γ = 1 to 100."""
     r1, r2 = STATUS_RANK[first.status], STATUS_RANK[second.status]     # lower is better
     win = second if r2 < r1 else first
     stages = [{"gamma": c.choice["gamma"], "status": c.status, "llc": c.llc, "llc_se": c.llc_stderr,
@@ -846,9 +900,19 @@ def _calibrate_at_gamma(model, loss_fn, data, *, gamma: float, nbeta=None, terms
                         batch_size: int | None = None, sampler: str = "auto", chains: int = 4,
                         draws: int | None = None, burn_in: int | None = None, epsilons=None, seed: int = 0,
                         params=None, device=None, checks: bool = True, progress: bool = False,
-                        burn_floor=None, burn_cap: int | None = None) -> Calibration:
-    """Rule steps 0-7 at one γ. burn_floor(ε, γ) -> the least burn-in of a run at (ε, γ) (at most
-    burn_cap): the localised calibration's runs start after the flat directions have relaxed."""
+                        burn_floor=None, burn_cap: int | None = None, warm_start: bool = False,
+                        reuse: dict | None = None, stop_unlocalised: bool = False) -> Calibration:
+    """Rule steps 0-7 at one γ.
+
+    burn_floor(ε, γ) -> the least burn-in of a run at (ε, γ) (at most burn_cap): the localised
+    calibration's runs start after the flat directions have relaxed. warm_start: only the first
+    run at each (sampler, γ) pays that floor, from w*; the later ones start where its chains ended
+    (the flat directions' spread, 1/√γ per weight, does not depend on ε; the stiff directions
+    re-settle within a pilot's own burn-in), so the relaxation is paid once, not per run.
+    reuse: a dict shared between calls; a run with the same settings is taken from it instead of
+    being run again (same seed, same draws). stop_unlocalised: end at the draws check where λ̂
+    moved in a run shorter than LOCALISE_RELAXATIONS relaxations and a larger γ would relax within
+    its budget (rule step 8 follows; evidence["localisation_stop"])."""
     t0 = time.perf_counter()
     src = DataSource(data)
     n = len(src)
@@ -892,19 +956,45 @@ def _calibrate_at_gamma(model, loss_fn, data, *, gamma: float, nbeta=None, terms
     rows = []
     last = {}
 
-    def run(role, eps, g, B_, ch, samp, mala=False, draws_=None, burn_=None):
+    relaxed: dict = {}   # (sampler, γ) -> [chains, D] end points of the run that paid the relaxation
+
+    def run(role, eps, g, B_, ch, samp, mala=False, draws_=None, burn_=None, warm_from=None):
+        """One estimate_llc run and its sweep row. warm_from: a γ whose relaxed end points this
+        run starts from while it still pays its own γ's relaxation (the γ ÷3 check)."""
         d_, b_ = draws_ or draws, burn_ if burn_ is not None else burn_in
-        if burn_floor is not None and not mala:
+        start = relaxed.get((samp, g)) if warm_start else None
+        pay_floor = start is None
+        if warm_start and start is None and warm_from is not None:
+            start = relaxed.get((samp, warm_from))
+        if start is not None and start.shape[0] != ch:
+            start = start[torch.arange(ch) % start.shape[0]]
+        if burn_floor is not None and pay_floor and not mala:   # MALA's full batch: only from a warm start
             b_ = max(b_, min(burn_floor(eps, g), burn_cap or b_))
+        key = (float(eps), float(g), int(B_), int(ch), samp, bool(mala), int(d_), int(b_), start is not None)
+        if reuse is not None and key in reuse:
+            row, r = copy.deepcopy(reuse[key][0]), reuse[key][1]
+            row["role"] = role
+            rows.append(row)
+            last["r"] = r
+            if progress:
+                print(f"  {role:12s} {samp} ε={eps:.3g} γ={g:g} B={B_} draws={d_}+{b_}: λ̂={row['llc']:.4g} "
+                      "(reused)", flush=True)
+            return row
         r = estimate_llc(model, loss_fn, data, epsilon=eps, gamma=g, batch_size=B_, chains=ch,
-                         draws=d_, burn_in=b_, mala=mala, sampler=samp, **base)
+                         draws=d_, burn_in=b_, mala=mala, sampler=samp, init_weights=start, **base)
         cost = per_step(ch, r.hyperparameters["batch_size"]) * r.timing["steps"] * (2 if mala else 1)
         row = _row(r, role, cost)
+        row["warm_start"] = start is not None
         rows.append(row)
         last["r"] = r
+        if reuse is not None:
+            reuse[key] = (copy.deepcopy(row), r)
+        if (warm_start and pay_floor and not mala and r.final_weights is not None
+                and _healthy(row) and torch.isfinite(r.final_weights).all()):
+            relaxed[(samp, g)] = r.final_weights.detach().cpu()
         if progress:
-            print(f"  {role:12s} {samp} ε={eps:.3g} γ={g:g} B={B_} draws={d_}+{b_}: λ̂={row['llc']:.4g} ± "
-                  f"{row['llc_se']:.2g} R̂={row['rhat']:.3f} ESS={row['ess_bulk']:.0f} "
+            print(f"  {role:12s} {samp} ε={eps:.3g} γ={g:g} B={B_} draws={d_}+{b_}{' warm' if start is not None else ''}: "
+                  f"λ̂={row['llc']:.4g} ± {row['llc_se']:.2g} R̂={row['rhat']:.3f} ESS={row['ess_bulk']:.0f} "
                   f"({r.timing['total_s']:.0f} s)", flush=True)
         return row
 
@@ -1137,6 +1227,7 @@ def _calibrate_at_gamma(model, loss_fn, data, *, gamma: float, nbeta=None, terms
                         f"({tried[0]['mixed_rungs']} mixed rung(s)), so RMSProp-SGLD's ladder was run too "
                         f"(it ended {tried[1]['status']}, {tried[1]['mixed_rungs']} mixed); {switch['reason']}")
     ev_checks = {}
+    stopped_for_localisation = False
     if checks and _healthy(chosen) and chosen["mixed"]:   # the estimator's own final-run standard
         ev_checks["draws"] = {"skipped": f"the chosen pilot met R̂ <= {dg.RHAT_MAX} and bulk and tail ESS >= "
                                          f"{dg.ESS_MIN_PER_CHAIN} per chain on the observable"}
@@ -1144,12 +1235,24 @@ def _calibrate_at_gamma(model, loss_fn, data, *, gamma: float, nbeta=None, terms
         # rule step 5: λ̂ must not move when the chain runs longer. Chains start at w* and read low
         # until they have spread along the flat directions; a 2-chain pilot can look mixed well
         # before then (issue 10's 188-weight DLN: 22.6 at 2,126 draws, 30.9 at 30,000, true 29.5)
+        eps_c = float(chosen["epsilon"])
+        budget = (int(chosen["draws"]) + int(chosen["burn_in"])) * DRAWS_CHECK_FACTOR ** DRAWS_CHECK_ROUNDS
+        # rule step 8 early: a run that moved while shorter than the relaxations, where a larger γ
+        # would relax within the budget, is not run 4× longer at this γ (it would only measure how
+        # far the chains wander); the localised calibration spends that budget instead
+        stop = ((lambda row: int(row["draws"]) + int(row["burn_in"]) < LOCALISE_RELAXATIONS * relaxation_steps(eps_c, gamma)
+                 and localising_gamma(eps_c, gamma, budget) is not None) if stop_unlocalised else None)
         conv = draws_check(lambda d, b: run("draws_check", chosen["epsilon"], gamma, int(chosen["batch_size"]),
-                                            PILOT_CHAINS, sampler_used, draws_=d, burn_=b), chosen)
+                                            PILOT_CHAINS, sampler_used, draws_=d, burn_=b), chosen, stop=stop)
         ev_checks["draws"] = conv["evidence"]
         if conv["warning"]:
             warnings.append(conv["warning"])
-        if conv["moved"]:   # else λ̂ held still and the chosen cell stands (its length, its ESS)
+        if conv["stopped"]:
+            stopped_for_localisation = True
+            chosen = conv["row"]
+            chosen["comparable"] = _healthy(chosen) and _pilot_mixed(chosen)
+            llc, llc_se, status = chosen["llc"], chosen["llc_se"], "untrusted"
+        elif conv["moved"]:   # else λ̂ held still and the chosen cell stands (its length, its ESS)
             # the ladder compared pilots that were still moving, so its verdict is void; where λ̂
             # settled, the plateau test is run again at that length (the rung below at 3× the draws)
             ladder_status = status
@@ -1169,7 +1272,7 @@ def _calibrate_at_gamma(model, loss_fn, data, *, gamma: float, nbeta=None, terms
                                 "with draws, so the ε-bias at the chosen ε is unmeasured")
     B = int(chosen["batch_size"])
     failed_checks = []   # the rule's requirements at the chosen cell; any failure denies trust
-    if checks and chosen["comparable"]:   # checks at an unmixed cell would measure nothing
+    if checks and chosen["comparable"] and not stopped_for_localisation:   # (an unmixed cell: nothing to measure)
         if B < n:
             B2 = min(2 * B, n)
             rb = run("batch_check", chosen["epsilon"], gamma, B2, PILOT_CHAINS, sampler_used,
@@ -1182,14 +1285,31 @@ def _calibrate_at_gamma(model, loss_fn, data, *, gamma: float, nbeta=None, terms
                 warnings.append(f"λ̂ changes when the batch doubles ({chosen['llc']:.4g} at {B} → "
                                 f"{rb['llc']:.4g} at {B2}: gradient noise adds about {implied:+.3g} at batch {B}); "
                                 "use a larger batch")
-        rg = run("gamma_check", chosen["epsilon"], 3 * gamma, B, PILOT_CHAINS, sampler_used,
-                 draws_=chosen["draws"], burn_=chosen["burn_in"])
+        # γ ×3; in a localised calibration (rule step 8 raised γ) γ ÷3 instead: the risk there is
+        # a γ that cuts the posterior, and a cut shows where the localisation is weakened. On the
+        # 188-weight minimal-point network (λ = 29.5; RMSProp-SGLD ε = 4.35e-6, 24,000 burn-in
+        # steps) λ̂ read 34.5, 29.5, 24.3, 21.5 and 19.2 at γ = 10, 33, 100, 300 and 900: 100 → 300
+        # fell 11 % (within 2 se + 5 % of the pilots: the γ ×3 check passed a −18 % estimate), 100 → 33
+        # rose 21 %; on a generic 200-weight one (λ = 50) 53.8, 52.6, 50.1 at γ = 30, 100, 300
+        g_chk, label = (gamma / 3, "γ ÷3") if burn_floor is not None else (3 * gamma, "γ ×3")
+        rg = run("gamma_check", chosen["epsilon"], g_chk, B, PILOT_CHAINS, sampler_used,
+                 draws_=chosen["draws"], burn_=chosen["burn_in"], warm_from=gamma)
         ok, diff, allowed = _agree(chosen, rg)
-        ev_checks["gamma"] = {"gamma": 3 * gamma, "llc": rg["llc"], "agree": ok, "diff": diff, "allowed": allowed}
-        if not ok:
-            failed_checks.append("γ ×3")
+        ev_checks["gamma"] = {"gamma": g_chk, "llc": rg["llc"], "agree": ok, "diff": diff, "allowed": allowed,
+                              "check": label}
+        # γ ÷3 must have mixed to pass: its chains relax 3× slower, and an unmixed run's wide se
+        # "agrees" with anything (188 weights: 29.6 ± 2.1 at γ = 33, R̂ 1.10, against 24.2 ± 0.4)
+        why_not = unmixed_reasons(rg) if (burn_floor is not None and _healthy(rg)) else []
+        if ok and why_not:
+            ok = ev_checks["gamma"]["agree"] = False
+            ev_checks["gamma"]["unmixed"] = why_not
+            failed_checks.append(label)
+            warnings.append(f"λ̂ at γ={g_chk:g} ({rg['llc']:.4g}) did not mix ({'; '.join(why_not)}): whether "
+                            f"γ={gamma:g} cuts the posterior is unmeasured")
+        elif not ok:
+            failed_checks.append(label)
             warnings.append(f"λ̂ depends on γ ({chosen['llc']:.4g} at γ={gamma:g} vs {rg['llc']:.4g} at "
-                            f"γ={3 * gamma:g}): the localisation shapes the answer; report γ with it")
+                            f"γ={g_chk:g}): the localisation shapes the answer; report γ with it")
         if sampler_used == "sgld":
             rm = run("mala_check", chosen["epsilon"], gamma, n, PILOT_CHAINS, sampler_used, mala=True,
                      draws_=50, burn_=min(burn_in, 200))
@@ -1215,13 +1335,16 @@ def _calibrate_at_gamma(model, loss_fn, data, *, gamma: float, nbeta=None, terms
     if ess_per_draw_chain <= 0 or need / max(ess_per_draw_chain, 1e-12) > MAX_DRAWS_FACTOR * draws:
         warnings.append(f"100 ESS per chain would need more than {MAX_DRAWS_FACTOR}× the pilot's draws; "
                         f"capped at {final_draws}")
+    final_burn = int(chosen["burn_in"])
+    if warm_start and burn_floor is not None:   # the estimate starts at w*: it pays the relaxation itself
+        final_burn = max(final_burn, min(burn_floor(float(chosen["epsilon"]), gamma), burn_cap or final_burn))
     choice = dict(epsilon=float(chosen["epsilon"]), gamma=float(gamma), nbeta=float(nb),
-                  batch_size=int(B), draws=final_draws, burn_in=int(chosen["burn_in"]), sampler=sampler_used,
+                  batch_size=int(B), draws=final_draws, burn_in=final_burn, sampler=sampler_used,
                   chains=int(chains), terms_per_example=float(terms_per_example),
                   per_chain_batches=True, batch_control=True)
     sweep = pd.DataFrame(rows).drop(columns=["short"], errors="ignore")
     sweep["comparable"] = sweep["comparable"].fillna(False).astype(bool) if "comparable" in sweep else False
-    one = per_step(chains, B) * (chosen["burn_in"] + final_draws)
+    one = per_step(chains, B) * (final_burn + final_draws)
     cal_cost = float(sweep["grad_evals"].sum())
     bias = noise_bias(chosen["epsilon"], nb, gv["v"], D, B, n)
     evidence = {
@@ -1245,4 +1368,9 @@ def _calibrate_at_gamma(model, loss_fn, data, *, gamma: float, nbeta=None, terms
                  "per_sampler": {t["sampler"]: t["cost"] / one for t in tried}},
         "rule": RULE, "notes": notes,
     }
+    if stopped_for_localisation:
+        evidence["localisation_stop"] = True
+    if warm_start:
+        evidence["warm_start"] = {"relaxed": [f"{k[0]} γ={k[1]:g}" for k in relaxed],
+                                  "final_burn_in": final_burn}
     return Calibration(choice, sweep, evidence, warnings, status, float(llc), float(llc_se))
