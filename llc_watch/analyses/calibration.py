@@ -72,7 +72,7 @@ CALIBRATION_TABLE = register_table(TableSchema("calibration", "calibration_sweep
     Column("ess", "float", **_O), Column("mean_loss_trace", "json", **_O), Column("n", "int", **_O),
     Column("negative", "bool", **_O), Column("stable", "bool", **_O), Column("usable", "bool", **_O),
     # calibrate_llc's cells
-    Column("role", "str", "ladder, ladder_short, draws_check, settled_test, batch_check, gamma_check, mala_check",
+    Column("role", "str", "ladder, ladder_short, draws_check, settled_test, batch_check, gamma_check, gamma_check_short, mala_check",
            **_O),
     Column("batch_size", "int", **_O), Column("sampler", "str", **_O), Column("llc", "float", **_O),
     Column("llc_se", "float", "Monte-Carlo standard error", **_O), Column("llc_observed", "float", **_O),
