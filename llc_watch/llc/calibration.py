@@ -623,10 +623,17 @@ def draws_check(run_at, cell: dict, factor: int | None = None, rounds: int | Non
                    "coarse for: run longer chains at a smaller ε")
     else:
         warning = ""
-    budget = (int(cell["draws"]) + int(cell.get("burn_in", 0))) * factor ** rounds
+    budget = draws_check_budget(cell, factor, rounds)
     return {"moved": moved, "row": longest, "warning": warning, "stopped": stopped,
             "evidence": {"factor": factor, "rounds": out, "converged": bool(out and out[-1].get("agree")),
                          "stopped": stopped, "budget_steps": budget}}
+
+
+def draws_check_budget(cell: dict, factor: int | None = None, rounds: int | None = None) -> int:
+    """The longest run (steps: draws + burn-in) the draws check may make at `cell`."""
+    factor = DRAWS_CHECK_FACTOR if factor is None else factor
+    rounds = DRAWS_CHECK_ROUNDS if rounds is None else rounds
+    return (int(cell["draws"]) + int(cell.get("burn_in", 0))) * factor ** rounds
 
 
 def settled_plateau(run_at, long: dict) -> dict:
@@ -1236,7 +1243,7 @@ def _calibrate_at_gamma(model, loss_fn, data, *, gamma: float, nbeta=None, terms
         # until they have spread along the flat directions; a 2-chain pilot can look mixed well
         # before then (issue 10's 188-weight DLN: 22.6 at 2,126 draws, 30.9 at 30,000, true 29.5)
         eps_c = float(chosen["epsilon"])
-        budget = (int(chosen["draws"]) + int(chosen["burn_in"])) * DRAWS_CHECK_FACTOR ** DRAWS_CHECK_ROUNDS
+        budget = draws_check_budget(chosen)
         # rule step 8 early: a run that moved while shorter than the relaxations, where a larger γ
         # would relax within the budget, is not run 4× longer at this γ (it would only measure how
         # far the chains wander); the localised calibration spends that budget instead
