@@ -844,7 +844,7 @@ def localisation_verdict(cal: Calibration) -> dict:
     if not moved:
         out["reason"] = "λ̂ held still with draws: nothing to localise"
         return out
-    if run_steps >= LOCALISE_RELAXATIONS * relax:
+    if relaxed_within(run_steps, eps, gamma):
         out["reason"] = (f"λ̂ moved with draws although the run ({run_steps:,} steps) spans "
                          f"{run_steps / relax:.1f} of the localisation's relaxations (2/(εγ) = {relax:,.0f} steps): "
                          "not a wandering chain; γ is kept")
@@ -852,13 +852,36 @@ def localisation_verdict(cal: Calibration) -> dict:
     out["reason"] = (f"λ̂ moved with draws while the run ({run_steps:,} steps) was shorter than "
                      f"{LOCALISE_RELAXATIONS} of the localisation's relaxations (2/(εγ) = {relax:,.0f} steps at "
                      f"γ={gamma:g}): the chains were still spreading along flat directions")
-    g_next = localising_gamma(eps, gamma, budget)
+    g_next = regamma_for_unrelaxed(run_steps, eps, gamma, budget)
     if g_next is None:
         out["reason"] += (f"; no γ up to {GAMMA_MAX_RAISE}× relaxes within the draws check's longest run "
                           f"({budget:,} steps), so γ is kept: give longer pilots (draws) or a larger step")
         return out
     out["gamma_next"] = g_next
     return out
+
+
+def relaxed_within(run_steps: int, epsilon: float, gamma: float) -> bool:
+    """Did a run of run_steps from w* span LOCALISE_RELAXATIONS relaxations 2/(εγ) of the flat
+    directions? (If not, its chains were still spreading away from w*.)
+
+        >>> relaxed_within(24_000, 1e-5, 1.0), relaxed_within(24_000, 1e-5, 100.0)
+        (False, True)
+    """
+    return run_steps >= LOCALISE_RELAXATIONS * relaxation_steps(epsilon, gamma)
+
+
+def regamma_for_unrelaxed(run_steps: int, epsilon: float, gamma: float, budget_steps: int) -> float | None:
+    """Rule step 8's one test, shared by the draws check's early stop and `localisation_verdict`
+    (for a run in which λ̂ moved with draws): the γ to calibrate again at, where the run was too
+    short to relax at γ and a larger γ relaxes within budget_steps; else None.
+
+        >>> regamma_for_unrelaxed(24_000, 1e-5, 1.0, 24_000), regamma_for_unrelaxed(24_000, 1e-5, 100.0, 24_000)
+        (100.0, None)
+    """
+    if relaxed_within(run_steps, epsilon, gamma):
+        return None
+    return localising_gamma(epsilon, gamma, budget_steps)
 
 
 def localising_gamma(epsilon: float, gamma: float, budget_steps: int) -> float | None:
@@ -871,7 +894,7 @@ def localising_gamma(epsilon: float, gamma: float, budget_steps: int) -> float |
         True
     """
     for k in range(1, int(round(math.log10(GAMMA_MAX_RAISE))) + 1):
-        if LOCALISE_RELAXATIONS * relaxation_steps(epsilon, gamma * 10 ** k) <= budget_steps:
+        if relaxed_within(budget_steps, epsilon, gamma * 10 ** k):
             return float(gamma * 10 ** k)
     return None
 
@@ -1247,8 +1270,8 @@ def _calibrate_at_gamma(model, loss_fn, data, *, gamma: float, nbeta=None, terms
         # rule step 8 early: a run that moved while shorter than the relaxations, where a larger γ
         # would relax within the budget, is not run 4× longer at this γ (it would only measure how
         # far the chains wander); the localised calibration spends that budget instead
-        stop = ((lambda row: int(row["draws"]) + int(row["burn_in"]) < LOCALISE_RELAXATIONS * relaxation_steps(eps_c, gamma)
-                 and localising_gamma(eps_c, gamma, budget) is not None) if stop_unlocalised else None)
+        stop = ((lambda row: regamma_for_unrelaxed(int(row["draws"]) + int(row["burn_in"]), eps_c, gamma, budget)
+                 is not None) if stop_unlocalised else None)
         conv = draws_check(lambda d, b: run("draws_check", chosen["epsilon"], gamma, int(chosen["batch_size"]),
                                             PILOT_CHAINS, sampler_used, draws_=d, burn_=b), chosen, stop=stop)
         ev_checks["draws"] = conv["evidence"]
