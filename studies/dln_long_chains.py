@@ -54,7 +54,7 @@ def _gammas(text: str) -> list[float]:
 def main(argv=None):
     import torch
     from llc_watch.llc import estimate_llc, exact
-    from llc_watch.llc.calibration import _problem, relaxation_steps, top_curvature
+    from llc_watch.llc.calibration import _problem, flat_step, gradient_variance, relaxation_steps, top_curvature
     from llc_watch.llc.data import DataSource, to_device
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--widths", default="20,20,20,20,20,20")
@@ -82,6 +82,7 @@ def main(argv=None):
     probe_batch = to_device(src.batch(torch.randperm(len(src), generator=torch.Generator().manual_seed(7))[:2048]), dev)
     h0 = top_curvature(loss_of, flat, probe_batch)
     w_rms = float(flat.w_star.pow(2).mean().sqrt())
+    sq = gradient_variance(loss_of, flat, src, dev)["sq"] if a.sampler == "rmsprop_sgld" else None
     for gamma in a.gamma:
         t0 = time.perf_counter()
         r = estimate_llc(model, loss_fn, data, epsilon=a.epsilon, gamma=gamma, batch_size=a.batch,
@@ -102,9 +103,11 @@ def main(argv=None):
               f"λ̂ = {r.llc_mean:.1f} ± {r.llc_stderr:.1f} ({100 * (r.llc_mean - lam) / lam:+.1f} %; {seconds:.0f} s)")
         # the flat directions feel only the localisation: stationary spread 1/√γ per weight, reached
         # after a few of its relaxation times 2/(εγ) steps
+        # RMSProp-SGLD's step along them is ε·P, larger than its ε (`flat_step`)
+        eps_f = flat_step(a.epsilon, a.sampler, sq, min(a.batch, a.n))
         print(f"flat directions: stationary spread 1/√γ = {gamma ** -0.5:.3g} per weight against w*'s rms "
-              f"{w_rms:.3g}; relaxation 2/(εγ) = {relaxation_steps(a.epsilon, gamma):,.0f} steps, the run {steps:,} "
-              f"(εγ·steps/2 = {a.epsilon * gamma * steps / 2:.2g})")
+              f"{w_rms:.3g}; their step {eps_f:.3g}, relaxation 2/(εγ) = {relaxation_steps(eps_f, gamma):,.0f} steps, "
+              f"the run {steps:,} (εγ·steps/2 = {eps_f * gamma * steps / 2:.2g})")
         print(f"top curvature h at w*: {h0:.3g} (ε·nβ·h = {a.epsilon * nb * h0:.3g}); at the chains' ends: "
               f"{', '.join(f'{h:.3g}' for h in h_end)} (ε·nβ·h up to {a.epsilon * nb * max(h_end):.3g})")
         print(f"‖w*‖ = {float(flat.w_star.norm()):.2f}; ‖w_end − w*‖ = {', '.join(f'{d:.2f}' for d in dist)}")

@@ -680,3 +680,56 @@ def test_run_level_choice_takes_the_largest_gamma_the_checkpoints_chose(tmp_path
     same = CALIBRATION_ANALYSIS._finish_auto(types.SimpleNamespace(dir=tmp_path),
                                              pd.DataFrame([row(10, 1.0), row(20, 1.0)]), {})
     assert same.attrs["choice"]["gamma"] == 1.0 and not any("different γ" in w for w in same.attrs["choice_warnings"])
+
+
+class _WithFlatWeight(torch.nn.Module):
+    """A regular model plus one weight the loss never sees: an exactly flat direction."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("sampler", ["sgld", "rmsprop_sgld"])
+def test_the_flat_directions_relax_in_relaxation_steps_of_their_flat_step(sampler):
+    from llc_watch.llc.calibration import flat_step, relaxation_steps
+    # rule step 8 times the relaxation along flat directions as 2/(ε_flat·γ); RMSProp-SGLD's flat
+    # step is ε·P with P = 1/(√v + 0.1) = 10 where the gradient is exactly 0, so its chains relax
+    # 10× sooner than its ε says (taking raw ε raised γ 10× more than needed)
+    inner, loss_fn, data, _ = exact.make_regular(3, 500, seed=0)
+    model = _WithFlatWeight(inner)
+    assert [n for n, _ in model.named_parameters()][0] == "unused"       # the first flat coordinate
+    eps, gamma, chains, x0 = 1e-4, 100.0, 64, 1.0
+    step = flat_step(eps, sampler)                 # no sq: the bound, exact for a zero gradient
+    steps = int(round(relaxation_steps(step, gamma)))
+    w_star = torch.cat([p.detach().flatten() for p in model.parameters()])
+    start = w_star.expand(chains, -1).clone()
+    start[:, 0] = x0
+    r = estimate_llc(model, loss_fn, data, epsilon=eps, gamma=gamma, chains=chains, draws=steps, burn_in=0,
+                     batch_size=64, sampler=sampler, init_weights=start, observe_every=0, seed=0)
+    u = r.final_weights[:, 0].double()
+    # the flat coordinate is an AR(1): u ← (1 − a)·u + √step·ξ with a = step·γ/2
+    a = step * gamma / 2
+    mean = x0 * (1 - a) ** steps
+    sd = math.sqrt(step / (1 - (1 - a) ** 2) * (1 - (1 - a) ** (2 * steps)) / chains)
+    assert abs(float(u.mean()) - mean) < 4 * sd                       # about e⁻¹ of the start
+    raw = x0 * (1 - eps * gamma / 2) ** steps                          # what raw ε would predict
+    assert sampler == "sgld" or abs(raw - mean) > 20 * sd
+
+
+def test_rule_step_8_judges_rmsprop_by_its_flat_step():
+    import pandas as pd
+    from llc_watch.llc.calibration import Calibration, localisation_verdict
+    # the same run and ε: SGLD's chains had not relaxed at γ = 1; RMSProp-SGLD's flat step 10ε had
+    rounds = [{"draws": 16000, "burn_in": 8000, "agree": False}]
+    def verdict(flat):
+        return localisation_verdict(Calibration({"epsilon": 1e-5, "gamma": 1.0}, pd.DataFrame(),
+                                                {"checks": {"draws": {"rounds": rounds, "budget_steps": 24000}},
+                                                 "chosen_row": {"epsilon": 1e-5, "flat_step": flat}}))
+    sgld, rms = verdict(1e-5), verdict(1e-4)
+    assert sgld["relax_steps"] == 200000 and sgld["gamma_next"] == 100.0
+    assert rms["relax_steps"] == 20000 and rms["gamma_next"] == 10.0 and "ε·P = 0.0001" in rms["reason"]

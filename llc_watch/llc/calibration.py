@@ -174,7 +174,7 @@ import torch
 from . import diagnostics as dg
 from .data import DataSource, to_device
 from .estimator import LLCError, estimate_llc, resolve_nbeta, select_params, _resolve_device
-from .sampler import SAMPLERS, FlatParams, make_flat_loss
+from .sampler import RMSPROP_EPS, SAMPLERS, FlatParams, make_flat_loss
 
 NOISE_RATIO_MAX = 0.025    # gradient-noise ratio ρ allowed (≈ relative bias it causes)
 TOP_CURVATURE_BIAS = 0.1   # ε_top·(nβ·h_max + γ): ≈ 2.5 % discretisation bias at the top rung
@@ -794,8 +794,40 @@ def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float 
     return _merge_localised(first, second, verdict, time.perf_counter() - t0)
 
 
+def flat_step(epsilon: float, sampler: str, sq: float | None = None, batch: int | None = None,
+              rmsprop_eps: float = RMSPROP_EPS) -> float:
+    """The step a sampler takes along a flat direction (one felt only through the localisation),
+    in SGLD's units: ε for SGLD; ε·P for RMSProp-SGLD, whose preconditioner P = 1/(√v + eps) there
+    sees v ≈ the minibatch gradient's mean square, sq/B at w* (sq: `gradient_variance`'s
+    per-example mean square; the mean gradient is 0 at w*); with sq unknown, the bound 1/eps.
+    Why: rule step 8 times the flat directions' relaxation, 2/(εγ) in this step. Measured on the
+    deep linear network of widths 10,10,10 at a generic point (200 weights, 100 of them flat
+    directions; n = 20,000, batch 512, γ = 1, raw ε = 1e-6, 4 chains × 4,000 steps from w*,
+    `studies/dln_long_chains.py`): the chains' mean ‖w − w*‖² was 0.39 for SGLD (the flat
+    directions' free diffusion, 100·ε·steps = 0.40) and 2.42 for RMSProp-SGLD, so its flat step
+    was ≈ 6.1 ε; this estimate gives 7.0 ε (sq = 0.96), the bound 10 ε. Taking raw ε for
+    RMSProp-SGLD had overstated its relaxation 6×, and raised γ 10× more than needed.
+
+        >>> flat_step(1e-6, "sgld")
+        1e-06
+        >>> round(flat_step(1e-6, "rmsprop_sgld", sq=0.96, batch=512) / 1e-6, 2), flat_step(1e-6, "rmsprop_sgld") / 1e-6
+        (6.98, 10.0)
+    """
+    if sampler != "rmsprop_sgld":
+        return float(epsilon)
+    v = 0.0 if sq is None or not batch else max(float(sq), 0.0) / int(batch)
+    return float(epsilon) / (math.sqrt(v) + rmsprop_eps)
+
+
+def _flat_step_of(row: dict) -> float:
+    """A sweep row's step along flat directions (its ε where the row predates `flat_step`)."""
+    v = row.get("flat_step")
+    return float(v) if v is not None and math.isfinite(float(v)) else float(row["epsilon"])
+
+
 def relaxation_steps(epsilon: float, gamma: float) -> float:
-    """SGLD steps in which a flat direction (felt only through the localisation) relaxes: 2/(εγ).
+    """SGLD steps in which a flat direction (felt only through the localisation) relaxes: 2/(εγ),
+    ε the step along it (`flat_step`: RMSProp-SGLD's is larger than its ε).
 
         >>> relaxation_steps(1e-5, 100.0)
         2000.0
@@ -829,7 +861,9 @@ def localisation_verdict(cal: Calibration) -> dict:
         (True, 24000, 200000, 100.0)
     """
     gamma = float(cal.choice.get("gamma", GAMMA_START))
-    eps = float(cal.evidence.get("chosen_row", {}).get("epsilon", cal.choice.get("epsilon", float("nan"))))
+    chosen_row = cal.evidence.get("chosen_row", {})
+    eps = float(chosen_row.get("epsilon", cal.choice.get("epsilon", float("nan"))))
+    eps_flat = _flat_step_of({"epsilon": eps, **chosen_row})     # RMSProp-SGLD's flat step is larger
     rounds = [r for r in cal.evidence.get("checks", {}).get("draws", {}).get("rounds", []) if "agree" in r]
     moved = any(not r["agree"] for r in rounds)
     # the longest run's steps; its burn-in grew with its draws (the pilots' ratio where unrecorded)
@@ -838,21 +872,22 @@ def localisation_verdict(cal: Calibration) -> dict:
                     default=0)
     budget = int(cal.evidence.get("checks", {}).get("draws", {}).get("budget_steps", run_steps))
     budget = max(budget, run_steps)
-    relax = relaxation_steps(eps, gamma)
-    out = {"gamma": gamma, "epsilon": eps, "moved": moved, "run_steps": run_steps, "budget_steps": budget,
+    relax = relaxation_steps(eps_flat, gamma)
+    out = {"gamma": gamma, "epsilon": eps, "flat_step": eps_flat, "moved": moved, "run_steps": run_steps, "budget_steps": budget,
            "relax_steps": round(relax) if math.isfinite(relax) else None, "gamma_next": None}
+    step_note = "" if eps_flat == eps else f", ε the flat directions' step ε·P = {eps_flat:.3g}"
     if not moved:
         out["reason"] = "λ̂ held still with draws: nothing to localise"
         return out
-    if relaxed_within(run_steps, eps, gamma):
+    if relaxed_within(run_steps, eps_flat, gamma):
         out["reason"] = (f"λ̂ moved with draws although the run ({run_steps:,} steps) spans "
-                         f"{run_steps / relax:.1f} of the localisation's relaxations (2/(εγ) = {relax:,.0f} steps): "
+                         f"{run_steps / relax:.1f} of the localisation's relaxations (2/(εγ) = {relax:,.0f} steps{step_note}): "
                          "not a wandering chain; γ is kept")
         return out
     out["reason"] = (f"λ̂ moved with draws while the run ({run_steps:,} steps) was shorter than "
                      f"{LOCALISE_RELAXATIONS} of the localisation's relaxations (2/(εγ) = {relax:,.0f} steps at "
-                     f"γ={gamma:g}): the chains were still spreading along flat directions")
-    g_next = regamma_for_unrelaxed(run_steps, eps, gamma, budget)
+                     f"γ={gamma:g}{step_note}): the chains were still spreading along flat directions")
+    g_next = regamma_for_unrelaxed(run_steps, eps_flat, gamma, budget)
     if g_next is None:
         out["reason"] += (f"; no γ up to {GAMMA_MAX_RAISE}× relaxes within the draws check's longest run "
                           f"({budget:,} steps), so γ is kept: give longer pilots (draws) or a larger step")
@@ -998,8 +1033,9 @@ def _calibrate_at_gamma(model, loss_fn, data, *, gamma: float, nbeta=None, terms
             start = relaxed.get((samp, warm_from))
         if start is not None and start.shape[0] != ch:
             start = start[torch.arange(ch) % start.shape[0]]
+        eps_flat = flat_step(eps, samp, probe_w_star[1]["sq"], min(int(B_), n))
         if burn_floor is not None and pay_floor and not mala:   # MALA's full batch: only from a warm start
-            b_ = max(b_, min(burn_floor(eps, g), burn_cap or b_))
+            b_ = max(b_, min(burn_floor(eps_flat, g), burn_cap or b_))
         key = (float(eps), float(g), int(B_), int(ch), samp, bool(mala), int(d_), int(b_), start is not None)
         if reuse is not None and key in reuse:
             row, r = copy.deepcopy(reuse[key][0]), reuse[key][1]
@@ -1015,6 +1051,7 @@ def _calibrate_at_gamma(model, loss_fn, data, *, gamma: float, nbeta=None, terms
         cost = per_step(ch, r.hyperparameters["batch_size"]) * r.timing["steps"] * (2 if mala else 1)
         row = _row(r, role, cost)
         row["warm_start"] = start is not None
+        row["flat_step"] = eps_flat     # the step along flat directions (rule step 8's relaxation)
         rows.append(row)
         last["r"] = r
         if reuse is not None:
@@ -1265,12 +1302,12 @@ def _calibrate_at_gamma(model, loss_fn, data, *, gamma: float, nbeta=None, terms
         # rule step 5: λ̂ must not move when the chain runs longer. Chains start at w* and read low
         # until they have spread along the flat directions; a 2-chain pilot can look mixed well
         # before then (issue 10's 188-weight DLN: 22.6 at 2,126 draws, 30.9 at 30,000, true 29.5)
-        eps_c = float(chosen["epsilon"])
+        eps_flat = _flat_step_of(chosen)
         budget = draws_check_budget(chosen)
         # rule step 8 early: a run that moved while shorter than the relaxations, where a larger γ
         # would relax within the budget, is not run 4× longer at this γ (it would only measure how
         # far the chains wander); the localised calibration spends that budget instead
-        stop = ((lambda row: regamma_for_unrelaxed(int(row["draws"]) + int(row["burn_in"]), eps_c, gamma, budget)
+        stop = ((lambda row: regamma_for_unrelaxed(int(row["draws"]) + int(row["burn_in"]), eps_flat, gamma, budget)
                  is not None) if stop_unlocalised else None)
         conv = draws_check(lambda d, b: run("draws_check", chosen["epsilon"], gamma, int(chosen["batch_size"]),
                                             PILOT_CHAINS, sampler_used, draws_=d, burn_=b), chosen, stop=stop)
@@ -1372,7 +1409,7 @@ def _calibrate_at_gamma(model, loss_fn, data, *, gamma: float, nbeta=None, terms
                         f"capped at {final_draws}")
     final_burn = int(chosen["burn_in"])
     if warm_start and burn_floor is not None:   # the estimate starts at w*: it pays the relaxation itself
-        final_burn = max(final_burn, min(burn_floor(float(chosen["epsilon"]), gamma), burn_cap or final_burn))
+        final_burn = max(final_burn, min(burn_floor(_flat_step_of(chosen), gamma), burn_cap or final_burn))
     choice = dict(epsilon=float(chosen["epsilon"]), gamma=float(gamma), nbeta=float(nb),
                   batch_size=int(B), draws=final_draws, burn_in=final_burn, sampler=sampler_used,
                   chains=int(chains), terms_per_example=float(terms_per_example),
@@ -1390,7 +1427,8 @@ def _calibrate_at_gamma(model, loss_fn, data, *, gamma: float, nbeta=None, terms
         "plateau_tests": res["tests"], "unmixed": res["unmixed"], "went_up": res["went_up"],
         "extrapolated_llc": res["lam0"], "extrapolated_se": res["se0"], "checks": ev_checks,
         "pilot_draws": draws, "pilot_burn_in": burn_in, "pilot_chains": PILOT_CHAINS,
-        "chosen_row": {k: chosen[k] for k in ("epsilon", "llc", "llc_se", "rhat", "ess_bulk", "ess_tail")},
+        "chosen_row": {**{k: chosen[k] for k in ("epsilon", "llc", "llc_se", "rhat", "ess_bulk", "ess_tail")},
+                       "flat_step": _flat_step_of(chosen)},
         "sampler": {"asked": sampler, "chosen": sampler_used,
                     "reason": (switch["reason"] if switch else
                                f"SGLD's ladder reached a plateau: no second sampler needed" if sampler == "auto"

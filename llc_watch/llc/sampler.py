@@ -59,6 +59,11 @@ SAMPLERS = ("sgld", "rmsprop_sgld")
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 
+# RMSProp's stability constant (devinterp's default): the preconditioner P = 1/(√v + eps) is at
+# most 1/RMSPROP_EPS, reached where the gradient vanishes (a model's flat directions)
+RMSPROP_EPS = 0.1
+
+
 class SamplerError(ValueError):
     """A sampler setting that cannot work; the message names it and what to do."""
 
@@ -70,7 +75,7 @@ class SGLDSettings:
     gamma: float                  # localisation strength γ
     kind: str = "sgld"            # sgld | rmsprop_sgld
     rmsprop_alpha: float = 0.99   # RMSProp moving-average coefficient (devinterp's default)
-    rmsprop_eps: float = 0.1      # RMSProp stability constant (devinterp's default)
+    rmsprop_eps: float = RMSPROP_EPS  # RMSProp stability constant (devinterp's default)
 
     def validate(self) -> None:
         if self.kind not in SAMPLERS:
