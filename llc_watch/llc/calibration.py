@@ -702,7 +702,7 @@ def extrapolate_to_zero(eps, lam, se) -> tuple[float, float]:
     return float(beta[0]), float(math.sqrt(cov[0, 0]))
 
 
-def rmsprop_scale(gv: dict, rmsprop_eps: float = 0.1) -> float:
+def rmsprop_scale(gv: dict, rmsprop_eps: float = RMSPROP_EPS) -> float:
     """√(E g₁²) + eps: RMSProp-SGLD's step is ε·P with P = 1/(√v + eps), so an SGLD step size
     maps to an RMSProp-SGLD one of about ε·(√E g² + eps) (the probe's per-example E g², per weight)."""
     return math.sqrt(gv["sq"]) + rmsprop_eps

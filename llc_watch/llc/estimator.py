@@ -47,7 +47,7 @@ from torch import nn
 from . import control
 from . import diagnostics as dg
 from .data import ChainMinibatchStreams, DataSource, MinibatchStream, device_batches, to_device
-from .sampler import (FlatParams, SGLDSettings, SamplerError, check_precision, fp32_loss, make_flat_loss,
+from .sampler import (RMSPROP_EPS, FlatParams, SGLDSettings, SamplerError, check_precision, fp32_loss, make_flat_loss,
                       matmul_precision, run_chains)
 
 ParamsSpec = "None | str | list[str] | Callable[[str], bool] | dict[str, torch.Tensor | None]"
@@ -211,7 +211,7 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
                  batch_size: int = 32, sampler: str = "sgld", seed: int = 0, params=None,
                  eval_size: int | None = None, eval_seed: int = 0, device=None,
                  vectorized: bool = True, mala: bool = False, min_healthy_fraction: float = 0.75,
-                 rmsprop_alpha: float = 0.99, rmsprop_eps: float = 0.1,
+                 rmsprop_alpha: float = 0.99, rmsprop_eps: float = RMSPROP_EPS,
                  batch_control: bool = True, per_chain_batches: bool = True,
                  terms_per_example: float = 1.0, observe_every: int | None = None,
                  observe_size: int | None = 1024, progress: bool = False,
