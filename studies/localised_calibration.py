@@ -35,9 +35,8 @@ def main(argv=None):
     from llc_watch.llc import estimate_llc
     from llc_watch.llc import calibration as C
     model, loss_fn, data, lam = A.make(a.case)
-    floor = lambda eps, g: int(math.ceil(C.LOCALISE_RELAXATIONS * C.relaxation_steps(eps, g)))
     t0 = time.perf_counter()
-    cal = C._calibrate_at_gamma(model, loss_fn, data, gamma=a.gamma, burn_floor=floor, burn_cap=a.budget,
+    cal = C._calibrate_at_gamma(model, loss_fn, data, gamma=a.gamma, burn_floor=C.relaxation_burn_in, burn_cap=a.budget,
                                 warm_start=True, seed=0, progress=True, device=a.device)
     print("status", cal.status, "choice", cal.choice, "cost", cal.evidence["cost"]["ratio"],
           f"{time.perf_counter() - t0:.0f} s", flush=True)

@@ -783,8 +783,7 @@ def calibrate_llc(model, loss_fn, data, *, nbeta=None, terms_per_example: float 
     if progress:
         print(f"  localisation: {verdict['reason']}; calibrating again at γ={verdict['gamma_next']:g}", flush=True)
     g2 = verdict["gamma_next"]
-    floor = lambda eps, g: int(math.ceil(LOCALISE_RELAXATIONS * relaxation_steps(eps, g)))
-    second = _calibrate_at_gamma(model, loss_fn, data, gamma=g2, burn_floor=floor,
+    second = _calibrate_at_gamma(model, loss_fn, data, gamma=g2, burn_floor=relaxation_burn_in,
                                  burn_cap=verdict["budget_steps"], warm_start=True, **kw)
     if first.evidence.get("localisation_stop") and STATUS_RANK[second.status] >= STATUS_RANK[first.status]:
         if progress:
@@ -894,6 +893,15 @@ def localisation_verdict(cal: Calibration) -> dict:
         return out
     out["gamma_next"] = g_next
     return out
+
+
+def relaxation_burn_in(epsilon: float, gamma: float) -> int:
+    """The burn-in that pays LOCALISE_RELAXATIONS relaxations from w* (rule step 8's floor).
+
+        >>> relaxation_burn_in(1e-5, 100.0)
+        4000
+    """
+    return int(math.ceil(LOCALISE_RELAXATIONS * relaxation_steps(epsilon, gamma)))
 
 
 def relaxed_within(run_steps: int, epsilon: float, gamma: float) -> bool:
