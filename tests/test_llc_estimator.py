@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from llc_watch.llc import LLCError, default_nbeta, devinterp_nbeta, estimate_llc, exact
 from llc_watch.llc import diagnostics as dg
+from llc_watch.llc.estimator import OBSERVE_SIZE_MAX, OBSERVE_SIZE_MIN, observe_size_for
 from llc_watch.model import ModelConfig, Transformer
 from llc_watch.tasks import get_task
 
@@ -223,6 +224,24 @@ def test_bad_settings_name_the_setting():
         estimate_llc(model, loss_fn, data, params=["nope.*"])
     with pytest.raises(LLCError, match="chains"):
         estimate_llc(model, loss_fn, data, chains=0)
+    with pytest.raises(LLCError, match="observe_size"):
+        estimate_llc(model, loss_fn, data, observe_size=0)
+
+
+def test_the_observable_never_moves_the_chains_and_its_default_size_keeps_its_cost_in_budget():
+    # the observable only reads the loss at each chain's w: any size gives the same draws
+    model, loss_fn, data = tiny_transformer_case()               # n = 256
+    kw = {**FAST, "observe_every": 5}
+    given = estimate_llc(model, loss_fn, data, observe_size=200, **kw)
+    auto = estimate_llc(model, loss_fn, data, **kw)
+    assert given.llc_per_chain == auto.llc_per_chain and given.loss_traces == auto.loss_traces
+    assert given.diagnostics["observe_size"] == 200
+    # batch 32, every 5 steps: a forward pass on 240 examples costs half of 5 steps' forward+backward on 32
+    assert auto.diagnostics["observe_size"] == observe_size_for(32, 5) == 240
+    assert observe_size_for(32, 1) == OBSERVE_SIZE_MIN                 # never below the floor
+    assert observe_size_for(4096, 5) == OBSERVE_SIZE_MAX               # the exact-answer models' 1,024
+    big = estimate_llc(model, loss_fn, data, **{**kw, "batch_size": 128})
+    assert big.diagnostics["observe_size"] == len(data)                # at most the data
 
 
 def test_rmsprop_sampler_runs_and_records_settings():

@@ -57,7 +57,8 @@ class LLCSettings(SettingsBase):
     observe_every: Optional[int] = None  # every k steps the loss on one fixed batch, the low-noise observable
                                       # R̂ and ESS are computed on; None: ~200 observations; 0: off (R̂/ESS
                                       # then read the minibatch trace, which hides slow mixing)
-    observe_size: int = 1024          # examples in that fixed batch (its forward pass is the observable's cost)
+    observe_size: Optional[int] = None  # examples in that fixed batch (its forward pass is the observable's cost);
+                                      # None: 1,024, fewer where that would cost over half the sampling (observe_size_for)
     stack_checkpoints: Optional[bool] = None  # sample many checkpoints × chains in one pass; None: on a GPU
     precision: str = "fp32"           # matmuls while sampling: fp32 | tf32 (TF32 on CUDA; fp32 elsewhere) | bf16
                                       # (autocast); each agrees with fp32 within chain noise on exact-answer models
@@ -87,7 +88,7 @@ class LLCSettings(SettingsBase):
         self.within("min_healthy_fraction", 0.0, 1.0)
         self.positive("terms_per_example", allow_none=True)
         self.at_least("observe_every", 0, allow_none=True)
-        self.at_least("observe_size", 1)
+        self.at_least("observe_size", 1, allow_none=True)
         self.device_name("device")
 
 

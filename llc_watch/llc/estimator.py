@@ -190,6 +190,30 @@ def _resolve_device(device, model):
     return torch.device(device)
 
 
+OBSERVE_SIZE_MAX = 1024   # the observable's fixed batch where it is cheap (the exact-answer models' sizes)
+OBSERVE_SIZE_MIN = 128    # ... and never smaller: a fixed batch this size still ranks draws by their loss
+OBSERVE_COST_MAX = 0.5    # its forward passes may cost at most this share of the sampling's steps
+
+
+def observe_size_for(batch_size: int, observe_every: int) -> int:
+    """Examples in the observable's fixed batch when none is given: OBSERVE_SIZE_MAX, fewer where its
+    forward pass, every `observe_every` steps, would cost more than OBSERVE_COST_MAX of the sampling.
+
+    Why: a step costs a forward and a backward pass on `batch_size` examples per chain (≈ 3 forwards
+    of B), an observation one forward on s examples per chain every k steps, so the share is
+    s/(3·B·k). At a transformer's batch of 32 and k = 5, 1,024 examples cost more than the sampling
+    itself (the addition demo's 102k-parameter model, 2 chains, one thread: 402 ms a step against
+    100 ms unobserved; benchmarks/bench_observable.py). The observable is a fixed batch, a
+    deterministic function of w, whatever its size: its job is to see the chains move (R̂, ESS),
+    which a smaller batch does as well while it ranks the draws by their loss.
+
+        >>> observe_size_for(32, 5), observe_size_for(32, 1), observe_size_for(2048, 5)
+        (240, 128, 1024)
+    """
+    share = OBSERVE_COST_MAX * 3 * max(int(batch_size), 1) * max(int(observe_every), 1)
+    return int(min(OBSERVE_SIZE_MAX, max(OBSERVE_SIZE_MIN, share)))
+
+
 @torch.no_grad()
 def compute_init_loss(loss_of, w_star, src: DataSource, *, eval_size, eval_seed, chunk, device):
     """L_n(w*) on a fixed seeded subset of the data, evaluated in chunks (size-weighted mean)."""
@@ -214,7 +238,7 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
                  rmsprop_alpha: float = 0.99, rmsprop_eps: float = RMSPROP_EPS,
                  batch_control: bool = True, per_chain_batches: bool = True,
                  terms_per_example: float = 1.0, observe_every: int | None = None,
-                 observe_size: int | None = 1024, progress: bool = False,
+                 observe_size: int | None = None, progress: bool = False,
                  precision: str = "fp32", init_weights: torch.Tensor | None = None) -> LLCResult:
     """Estimate the local learning coefficient of `model` at its current weights.
 
@@ -247,9 +271,10 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
         the cross-chain stderr includes the minibatch noise). False: one stream shared by all
         chains (devinterp's default; cheaper when the forward pass dominates).
     observe_every / observe_size: every k steps record the loss at each chain's w on one fixed
-        evaluation batch of observe_size examples (seeded by eval_seed; None = all the data):
-        the low-noise observable the R̂ / ESS diagnostics and `llc_observed` use. None = about
-        200 observations over the draws; 0 = off.
+        evaluation batch of observe_size examples (seeded by eval_seed): the low-noise observable
+        the R̂ / ESS diagnostics and `llc_observed` use. observe_every None = about 200
+        observations over the draws; 0 = off. observe_size None = `observe_size_for` (1,024
+        examples, fewer where that forward pass would cost more than half the sampling's).
     precision: "fp32" (default); "tf32": TF32 matmuls on CUDA, identical to fp32 on any other
         device; "bf16": matmuls autocast to bfloat16, on CPU too. Both agree with fp32 within chain
         noise on the exact-answer models (tests/test_llc_precision.py). L_n(w*) and the observable
@@ -324,9 +349,12 @@ def estimate_llc(model: nn.Module, loss_fn: Callable, data, *, epsilon: float = 
         observe_every = max(1, (steps - burn_in) // 200)
     if not isinstance(observe_every, int) or observe_every < 0:
         raise LLCError(f"observe_every={observe_every!r} must be an integer >= 0 (0 = off)")
+    if observe_size is not None and (not isinstance(observe_size, int) or observe_size < 1):
+        raise LLCError(f"observe_size={observe_size!r} must be an integer >= 1 (None: `observe_size_for`)")
     observe_batch, observe_init = None, float("nan")
     if observe_every:
-        n_obs = n if observe_size is None else min(int(observe_size), n)
+        n_obs = min(observe_size_for(min(batch_size, n), observe_every) if observe_size is None
+                    else int(observe_size), n)
         g_obs = torch.Generator().manual_seed(int(eval_seed) + 1)
         obs_idx = torch.randperm(n, generator=g_obs)[:n_obs] if n_obs < n else torch.arange(n)
         observe_batch = to_device(src.batch(obs_idx), dev)
