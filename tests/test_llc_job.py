@@ -1,5 +1,6 @@
 """The per-checkpoint LLC driver and calibration on a tiny trained run."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -107,7 +108,10 @@ def test_calibrate_then_llc_uses_the_choice(run_dir, tmp_path):
     sweep_settings = {**TINY, "chains": 4, "draws": 100, "burn_in": 100}
     cal = calibrate_run(d, steps=[40], epsilons=[1e-4, 3e-3, 10.0], settings=sweep_settings, progress=False)
     assert {"epsilon", "nbeta", "gamma", "llc_mean", "llc_std", "valid", "drift", "rhat",
-            "failed_chains", "stable", "usable", "step"} <= set(cal.sweep.columns)
+            "failed_chains", "stable", "usable", "step", "h_max", "sharpest_step"} <= set(cal.sweep.columns)
+    sw = cal.sweep
+    assert sw["h_max"].nunique() == 1 and sw["h_max"].iloc[0] > 0        # one probe per checkpoint
+    assert np.allclose(sw["sharpest_step"], sw["epsilon"] * (sw["nbeta"] * sw["h_max"] + sw["gamma"]))
     assert cal.choice["epsilon"] == 3e-3         # 1e-4 mixes too slowly (R̂); ε = 10 diverges
     assert not cal.sweep.query("epsilon == 10.0")["stable"].any()
     saved = json.loads((d / "calibration.json").read_text())
@@ -158,6 +162,26 @@ def test_choice_warnings_no_plateau_and_grid_edge():
     assert any("largest ε" in w for w in ws) and any("no plateau" in w for w in ws)
     flat = df.assign(llc_mean=[10.0, 10.5])
     assert not any("no plateau" in w for w in choice_warnings(flat, {"epsilon": 1e-3, "nbeta": 10.0, "gamma": 1.0}))
+
+
+def test_the_grid_says_when_its_choice_steps_past_the_sharpest_direction():
+    # regular d = 2 (Hessian ≈ I, so h_max ≈ 1): ε·(nβ·h_max + γ) ≈ 1.8 at ε = 1e-2 inflates each
+    # direction's spread by 1/(1 − ε·c/4) ≈ 1.8; at ε = 1e-3 (0.18) it is within 5 %
+    from llc_watch.llc import exact
+    from llc_watch.llc.calibrate import SHARPEST_STEP_MAX, choice_warnings, sweep
+    model, loss_fn, data, lam = exact.make_regular(2, 500)
+    df = sweep(model, loss_fn, data, epsilons=[1e-3, 1e-2], gammas=[100.0], chains=4, draws=400, burn_in=100,
+               batch_size=500, seed=0).assign(step=0)
+    assert abs(df["h_max"].iloc[0] - 1.0) < 0.2
+    small, big = (df[np.isclose(df["epsilon"], e)].iloc[0] for e in (1e-3, 1e-2))
+    assert small["sharpest_step"] < SHARPEST_STEP_MAX < big["sharpest_step"] < 4
+    # the warning fires where λ̂ is measurably biased, not where it is not
+    assert big["llc_mean"] - small["llc_mean"] > 3 * math.hypot(big["llc_stderr"], small["llc_stderr"])
+    warn = [w for w in choice_warnings(df, {"epsilon": 1e-2, "nbeta": big["nbeta"], "gamma": 100.0})
+            if "sharpest curvature" in w]
+    assert len(warn) == 1 and warn[0].startswith("step 0: ε=0.01") and "discretisation bias" in warn[0]
+    assert not any("sharpest curvature" in w for w in
+                   choice_warnings(df, {"epsilon": 1e-3, "nbeta": small["nbeta"], "gamma": 100.0}))
 
 
 def test_unknown_setting_is_named(run_dir):

@@ -71,6 +71,8 @@ CALIBRATION_TABLE = register_table(TableSchema("calibration", "calibration_sweep
     Column("draws", "int", **_O), Column("drift_stderr", "float", **_O), Column("drifting", "bool", **_O),
     Column("ess", "float", **_O), Column("mean_loss_trace", "json", **_O), Column("n", "int", **_O),
     Column("negative", "bool", **_O), Column("stable", "bool", **_O), Column("usable", "bool", **_O),
+    Column("h_max", "float", "the loss's sharpest Hessian curvature at w* (this checkpoint's probe)", **_O),
+    Column("sharpest_step", "float", "ε·(nβ·h_max + γ): SGLD is unstable along that direction above 4", **_O),
     # calibrate_llc's cells
     Column("role", "str", "ladder, ladder_short, draws_check, settled_test, batch_check, gamma_check, gamma_check_short, mala_check",
            **_O),

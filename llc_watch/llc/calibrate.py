@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .calibration import Calibration  # noqa: F401 - the one result type (re-exported)
+from .calibration import Calibration, sharpest_curvature  # noqa: F401 - Calibration: the one result type (re-exported)
 from .estimator import default_nbeta, estimate_llc
 from . import diagnostics as dg
 
@@ -62,6 +62,8 @@ def cell_row(r, **extra) -> dict:
     """One sweep row from an LLCResult."""
     h, d = r.hyperparameters, r.diagnostics
     healthy = [v for v, f in zip(r.llc_per_chain, r.chain_failed) if f is None]
+    if "h_max" in extra:            # the step along the sharpest direction (`sweep`'s probe)
+        extra = {**extra, "sharpest_step": h["epsilon"] * (h["nbeta"] * extra["h_max"] + h["gamma"])}
     stable = bool(r.valid and d["n_failed"] == 0 and not d["drifting"]
                   and not (math.isfinite(d["rhat"]) and d["rhat"] > STABLE_RHAT))
     return {**extra, "epsilon": h["epsilon"], "nbeta": h["nbeta"], "gamma": h["gamma"],
@@ -75,12 +77,20 @@ def cell_row(r, **extra) -> dict:
                  for col in zip(*r.loss_traces)])}
 
 
-def sweep(model, loss_fn, data, *, epsilons, nbetas=(None,), gammas=(100.0,), **estimator_kw) -> pd.DataFrame:
-    """Estimate the LLC at every (ε, nβ, γ) of the grid; one tidy row per cell."""
+def sweep(model, loss_fn, data, *, epsilons, nbetas=(None,), gammas=(100.0,), probe_curvature: bool = True,
+          **estimator_kw) -> pd.DataFrame:
+    """Estimate the LLC at every (ε, nβ, γ) of the grid; one tidy row per cell.
+
+    probe_curvature: probe the loss's sharpest curvature h_max at w* once (`sharpest_curvature`,
+    a few Hessian-vector products) and give every cell its `sharpest_step` ε·(nβ·h_max + γ), which
+    `choice_warnings` reads: SGLD is unstable along that direction above 4 and biased there above 1."""
+    h_max = (sharpest_curvature(model, loss_fn, data, params=estimator_kw.get("params"),
+                                device=estimator_kw.get("device"), seed=estimator_kw.get("seed", 0))
+             if probe_curvature else float("nan"))
     rows = []
     for eps, nb, g in itertools.product(epsilons, nbetas, gammas):
         r = estimate_llc(model, loss_fn, data, epsilon=eps, nbeta=nb, gamma=g, **estimator_kw)
-        rows.append(cell_row(r))
+        rows.append(cell_row(r, h_max=h_max))
     return mark_usable(pd.DataFrame(rows))
 
 
@@ -147,6 +157,37 @@ def _agree_on_all_steps(df: pd.DataFrame, e_hi: float, e_lo: float) -> bool:
     return True
 
 
+SHARPEST_STEP_MAX = 1.0   # ε·(nβ·h_max + γ) above this: the sharpest direction's discretisation bias
+                          # passes ~25 % (ε·c/4, rule step 1 of calibrate_llc); above 4 SGLD is unstable there
+
+
+def sharp_step_warnings(cells: pd.DataFrame) -> list[str]:
+    """A warning per checkpoint where the chosen cell's step along the sharpest direction,
+    ε·(nβ·h_max + γ), is above SHARPEST_STEP_MAX; the largest ε that would not be is named.
+
+        >>> cells = pd.DataFrame({"step": [378], "epsilon": [3e-6], "nbeta": [4924.4], "gamma": [100.0],
+        ...                       "h_max": [280.0], "sharpest_step": [3e-6 * (4924.4 * 280.0 + 100.0)]})
+        >>> print(sharp_step_warnings(cells)[0][:139])
+        step 378: ε=3e-06 is 4.1/(nβ·h_max + γ) (h_max = 280, the loss's sharpest curvature at w*): SGLD is unstable along that direction (above 4)
+    """
+    out = []
+    if "sharpest_step" not in cells.columns:
+        return out
+    for _, c in (cells.sort_values("step") if "step" in cells.columns else cells).iterrows():
+        k = float(c["sharpest_step"])
+        if not (math.isfinite(k) and k > SHARPEST_STEP_MAX):
+            continue
+        limit = c["epsilon"] / k * SHARPEST_STEP_MAX
+        what = ("SGLD is unstable along that direction (above 4)" if k >= 4 else
+                f"its discretisation bias there is ≈ {k / 4:.0%} of that direction's spread")
+        where = f"step {int(c['step'])}: " if "step" in c.index else ""
+        out.append(f"{where}ε={c['epsilon']:g} is {k:.2g}/(nβ·h_max + γ) (h_max = {c['h_max']:.3g}, "
+                   f"the loss's sharpest curvature at w*): {what}, so λ̂ there reflects the step size as much as "
+                   f"the landscape; ε <= {limit:.2g} keeps that step under {SHARPEST_STEP_MAX:g} (and needs "
+                   "longer chains to mix: `llc-watch calibrate RUN` with the default method finds a setting or says why not)")
+    return out
+
+
 def choice_warnings(df: pd.DataFrame, choice: dict) -> list[str]:
     """Caveats about a choice: the LLC still moving with ε (no plateau), or the grid's edge."""
     out = []
@@ -158,6 +199,7 @@ def choice_warnings(df: pd.DataFrame, choice: dict) -> list[str]:
     same = df[(np.isclose(df["nbeta"], choice["nbeta"])) & (np.isclose(df["gamma"], choice["gamma"]))]
     eps_grid = sorted(same["epsilon"].unique())
     e = choice["epsilon"]
+    out += sharp_step_warnings(same[np.isclose(same["epsilon"], e)])
     if np.isclose(e, eps_grid[-1]):
         out.append(f"the largest ε of the grid ({e:g}) was chosen; larger ones were not tried")
     smaller = [x for x in eps_grid if x < e and not np.isclose(x, e)]

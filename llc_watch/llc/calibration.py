@@ -292,6 +292,25 @@ def top_curvature(loss_of, flat: FlatParams, batch, iters: int = 30, seed: int =
     return abs(lam)
 
 
+def sharpest_curvature(model, loss_fn, data, *, params=None, device=None, seed: int = 0,
+                       size: int = 512) -> float:
+    """`top_curvature` of loss_fn at the model's weights on a fixed seeded batch of `size` examples:
+    h_max, the Hessian's largest |eigenvalue|. SGLD's step along that direction is stable only for
+    ε·(nβ·h_max + γ) < 4, and its discretisation bias there is ≈ ε·(nβ·h_max + γ)/4 of that
+    direction's variance (rule step 1), so ε·(nβ·h_max + γ) > 1 is a step too large to read λ̂ at.
+
+        >>> from llc_watch.llc import exact
+        >>> model, loss_fn, data, _ = exact.make_regular(2, 500)     # x ~ N(0, I): Hessian xᵀx/n ≈ I
+        >>> round(sharpest_curvature(model, loss_fn, data), 1)
+        1.0
+    """
+    flat, loss_of, dev = _problem(model, loss_fn, params, device)
+    src = DataSource(data)
+    n = len(src)
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7))[:min(n, int(size))]
+    return top_curvature(loss_of, flat, to_device(src.batch(idx), dev), seed=seed)
+
+
 def gradient_variance(loss_of, flat: FlatParams, src: DataSource, device, *, batches: int = 16,
                       per_batch: int = 32, seed: int = 0, at=None) -> dict:
     """Per-example gradient variance at w*, averaged over the sampled weights, from the spread
