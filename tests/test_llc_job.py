@@ -53,6 +53,26 @@ def test_llc_job_row_and_table(run_dir, tmp_path):
     assert (d / "llc.csv").is_file()
     assert pd.read_csv(d / "llc.csv")["step"].tolist() == steps
     assert load_calibration(d) is None and df.attrs["settings"].chains == 2
+    # every checkpoint's sharpest curvature, and SGLD's step along it
+    assert (df["h_max"] > 0).all()
+    assert np.allclose(df["sharpest_step"], df["epsilon"] * (df["nbeta"] * df["h_max"] + df["gamma"]))
+
+
+def test_a_step_past_the_sharpest_direction_is_said_per_checkpoint(run_dir, tmp_path):
+    from llc_watch.analyses.llc import LLC_ANALYSIS
+    d = fresh_copy(run_dir, tmp_path)
+    small = compute_llc(d, {**TINY, "epsilon": 1e-7}, checkpoints=[40], progress=False)
+    h, nb, g = (float(small[k].iloc[0]) for k in ("h_max", "nbeta", "gamma"))
+    assert small["sharpest_step"].iloc[0] < 1 and not any("sharpest" in w for w in LLC_ANALYSIS.warnings(small))
+    eps = 2.0 / (nb * h + g)                  # a step of 2 along the sharpest direction: biased, not yet unstable
+    d2 = fresh_copy(run_dir, tmp_path / "b")
+    big = compute_llc(d2, {**TINY, "epsilon": eps}, checkpoints=[40], progress=False)
+    assert abs(big["h_max"].iloc[0] - h) < 1e-6 * h          # the probe does not depend on ε
+    lines = [w for w in LLC_ANALYSIS.warnings(big) if "sharpest curvature" in w]
+    assert len(lines) == 1 and lines[0].startswith("LLC at step 40: ε=") and "≈ 50%" in lines[0]
+    off = compute_llc(fresh_copy(run_dir, tmp_path / "c"), {**TINY, "epsilon": eps, "probe_curvature": False},
+                      checkpoints=[40], progress=False)
+    assert "h_max" not in off.columns or off["h_max"].isna().all()
 
 
 def test_rerun_skips_and_changed_settings_do_not_mix(run_dir, tmp_path):

@@ -102,7 +102,8 @@ def calibration_job(checkpoint, settings: dict) -> list[dict]:
     if s.get("method", "auto") == "auto":
         return auto_rows(checkpoint, s, model, loss_fn, data)
     kw = {k: v for k, v in estimator_kwargs(s, model).items() if k not in _GRID_POINT}
-    df = sweep(model, loss_fn, data, epsilons=s["epsilons"], nbetas=s["nbetas"], gammas=s["gammas"], **kw)
+    df = sweep(model, loss_fn, data, epsilons=s["epsilons"], nbetas=s["nbetas"], gammas=s["gammas"],
+               probe_curvature=s.get("probe_curvature", True), **kw)
     df.insert(0, "step", checkpoint.step)
     df.insert(1, "measure", "llc")
     df["value"] = df["llc_mean"]

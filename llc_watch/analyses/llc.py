@@ -59,6 +59,9 @@ class LLCSettings(SettingsBase):
                                       # then read the minibatch trace, which hides slow mixing)
     observe_size: Optional[int] = None  # examples in that fixed batch (its forward pass is the observable's cost);
                                       # None: 1,024, fewer where that would cost over half the sampling (observe_size_for)
+    probe_curvature: bool = True      # probe the loss's sharpest curvature h_max at each checkpoint (Hessian-vector
+                                      # products on 512 examples) and warn where SGLD's step along it,
+                                      # ε·(nβ·h_max + γ), passes 1 (biased) or 4 (unstable)
     stack_checkpoints: Optional[bool] = None  # sample many checkpoints × chains in one pass; None: on a GPU
     precision: str = "fp32"           # matmuls while sampling: fp32 | tf32 (TF32 on CUDA; fp32 elsewhere) | bf16
                                       # (autocast); each agrees with fp32 within chain noise on exact-answer models
@@ -119,6 +122,9 @@ LLC_TABLE = register_table(TableSchema("llc", "llc.csv", "llc-watch llc RUN", (
     Column("backend", "str", _S, required=False),
     Column("sgld_steps", "int", "SGLD steps spent: chains x (burn-in + draws x thinning), summed over the "
            "estimates pooled", required=False),
+    Column("h_max", "float", "the loss's sharpest Hessian curvature at w* (probe_curvature)", required=False),
+    Column("sharpest_step", "float", "ε·(nβ·h_max + γ), SGLD's step along that direction: biased above 1, "
+           "unstable above 4 (plain SGLD only)", required=False),
     Column("estimates", "json", "adaptive runs (--adaptive): the estimates pooled at this checkpoint, each "
            "{draws, seed, value, stderr}; the row's value/stderr are their inverse-variance mean", required=False),
 )))
@@ -297,9 +303,33 @@ def llc_job(checkpoint, settings: dict) -> list[dict]:
     if state_dir is not None and lineage is not None:
         save_chain_state(state_dir, checkpoint.step, lineage, segment, r.final_weights)
     row = llc_row(checkpoint, r)
+    if s.get("probe_curvature", True) and segment == 0:     # continued chains: their first segment probed
+        add_sharpest_step(row, model, loss_fn, data, s)
     if lineage is not None:
         row.update(lineage=str(lineage), segment=segment)
     return [row]
+
+
+def add_sharpest_step(row: dict, model, loss_fn, data, s: dict) -> dict:
+    """Probe the checkpoint's sharpest curvature h_max into its llc.csv row, with SGLD's step along
+    that direction, ε·(nβ·h_max + γ), and a warning where it passes SHARPEST_STEP_MAX (1): a step
+    that large biases λ̂ along that direction (≈ step/4 of its spread), and past 4 SGLD is unstable
+    there, so λ̂ reflects the step size as much as the landscape. RMSProp-SGLD rescales every
+    direction's step, so only h_max is recorded for it."""
+    from llc_watch.llc.calibrate import sharp_step_warnings
+    from llc_watch.llc.calibration import sharpest_curvature
+    h = sharpest_curvature(model, loss_fn, data, params=resolve_params(model, s.get("params")),
+                           device=None if s.get("device") == "auto" else s.get("device"), seed=int(s.get("seed", 0)))
+    row["h_max"] = _finite(h)
+    if row.get("sampler") != "sgld" or row["h_max"] is None:
+        row["sharpest_step"] = None
+        return row
+    row["sharpest_step"] = row["epsilon"] * (row["nbeta"] * h + row["gamma"])
+    cell = pd.DataFrame([{k: row[k] for k in ("epsilon", "nbeta", "gamma", "h_max", "sharpest_step")}])
+    extra = sharp_step_warnings(cell)
+    if extra:
+        row["warnings"] = json.dumps(json.loads(row["warnings"]) + extra)
+    return row
 
 
 def chain_state_path(state_dir, step: int, lineage, segment: int):
@@ -526,7 +556,17 @@ def llc_batch(checkpoints, settings: dict) -> list:
     """llc_job for many checkpoints at once: checkpoints × chains stacked in one SGLD pass (per-chain
     values equal to one job per checkpoint on the same noise; tests/test_llc_batched.py)."""
     results = estimate_checkpoints(checkpoints, settings, return_exceptions=True)
-    return [r if isinstance(r, BaseException) else [llc_row(c, r)] for c, r in zip(checkpoints, results)]
+    out = []
+    for c, r in zip(checkpoints, results):
+        if isinstance(r, BaseException):
+            out.append(r)
+            continue
+        row = llc_row(c, r)
+        s, model, loss_fn, data = checkpoint_problem(c, settings)
+        if s.get("probe_curvature", True):
+            add_sharpest_step(row, model, loss_fn, data, {**s, "seed": checkpoint_seed(s, c.step)})
+        out.append([row])
+    return out
 
 
 LLC_ANALYSIS = LLC()
