@@ -68,8 +68,10 @@ def test_a_step_past_the_sharpest_direction_is_said_per_checkpoint(run_dir, tmp_
     d2 = fresh_copy(run_dir, tmp_path / "b")
     big = compute_llc(d2, {**TINY, "epsilon": eps}, checkpoints=[40], progress=False)
     assert abs(big["h_max"].iloc[0] - h) < 1e-6 * h          # the probe does not depend on ε
-    lines = [w for w in LLC_ANALYSIS.warnings(big) if "sharpest curvature" in w]
-    assert len(lines) == 1 and lines[0].startswith("LLC at step 40: ε=") and "≈ 50%" in lines[0]
+    row = json.loads(big["warnings"].iloc[0])
+    assert any(w.startswith("ε=") and "sharpest curvature" in w and "≈ 50%" in w for w in row)
+    lines = [w for w in LLC_ANALYSIS.warnings(big) if "sharpest direction" in w]   # one line for the run
+    assert len(lines) == 1 and lines[0].startswith("LLC at 1 of 1 checkpoints (steps 40)") and "at most 2" in lines[0]
     off = compute_llc(fresh_copy(run_dir, tmp_path / "c"), {**TINY, "epsilon": eps, "probe_curvature": False},
                       checkpoints=[40], progress=False)
     assert "h_max" not in off.columns or off["h_max"].isna().all()

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from llc_watch.llc.calibrate import SHARPEST_STEP_MAX
 from llc_watch.llc.estimator import estimate_llc, select_params
 from llc_watch.llc.sampler import PRECISIONS
 from llc_watch.run import Column, Run, TableSchema, register_table
@@ -310,6 +311,9 @@ def llc_job(checkpoint, settings: dict) -> list[dict]:
     return [row]
 
 
+SHARP_WARNING = "sharpest curvature"      # the words that mark sharp_step_warnings' lines
+
+
 def add_sharpest_step(row: dict, model, loss_fn, data, s: dict) -> dict:
     """Probe the checkpoint's sharpest curvature h_max into its llc.csv row, with SGLD's step along
     that direction, ε·(nβ·h_max + γ), and a warning where it passes SHARPEST_STEP_MAX (1): a step
@@ -527,8 +531,20 @@ class LLC(Analysis):
         if bad:
             out.append(f"{len(bad)} of {v['step'].nunique()} LLC checkpoints are invalid and were left out of "
                        f"the LLC fit (steps {', '.join(f'{s:g}' for s in bad[:10])}{', ...' if len(bad) > 10 else ''})")
+        sharp = []                # one line for the sharpest-step warnings of every checkpoint, not one each
         for step, w in zip(v["step"], v["warnings"] if "warnings" in v else []):
-            out += [f"LLC at step {step:g}: {line}" for line in warning_lines(w)]
+            lines = warning_lines(w)
+            sharp += [step for line in lines if SHARP_WARNING in line]
+            out += [f"LLC at step {step:g}: {line}" for line in lines if SHARP_WARNING not in line]
+        if sharp:
+            rows = v[v["step"].isin(sharp)]
+            worst = rows.loc[rows["sharpest_step"].idxmax()]
+            out.append(f"LLC at {len(sharp)} of {v['step'].nunique()} checkpoints (steps "
+                       f"{', '.join(f'{s:g}' for s in sharp[:10])}{', ...' if len(sharp) > 10 else ''}): SGLD's step "
+                       f"along the loss's sharpest direction, ε·(nβ·h_max + γ), is above {SHARPEST_STEP_MAX:g} (at most "
+                       f"{worst['sharpest_step']:.3g}, step {worst['step']:g}; above 4 SGLD is unstable there): those "
+                       "LLC levels reflect the step size as much as the landscape (llc.csv: h_max, sharpest_step, "
+                       "warnings)")
         return out
 
     def stage_map_kwargs(self, table) -> dict:
