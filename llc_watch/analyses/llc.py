@@ -61,7 +61,7 @@ class LLCSettings(SettingsBase):
     observe_size: Optional[int] = None  # examples in that fixed batch (its forward pass is the observable's cost);
                                       # None: 1,024, fewer where that would cost over half the sampling (observe_size_for)
     probe_curvature: bool = True      # probe the loss's sharpest curvature h_max at each checkpoint (Hessian-vector
-                                      # products on 512 examples) and warn where SGLD's step along it,
+                                      # products on 128-512 examples, ~1/4 of the estimate's cost) and warn where SGLD's step along it,
                                       # ε·(nβ·h_max + γ), passes 1 (biased) or 4 (unstable)
     stack_checkpoints: Optional[bool] = None  # sample many checkpoints × chains in one pass; None: on a GPU
     precision: str = "fp32"           # matmuls while sampling: fp32 | tf32 (TF32 on CUDA; fp32 elsewhere) | bf16
@@ -314,6 +314,22 @@ def llc_job(checkpoint, settings: dict) -> list[dict]:
 SHARP_WARNING = "sharpest curvature"      # the words that mark sharp_step_warnings' lines
 
 
+def probe_size(row: dict) -> int:
+    """Examples for one checkpoint's curvature probe: a quarter of the estimate's own cost, between
+    128 and 512. Why: the probe is up to 30 Hessian-vector products (each ≈ 2 gradients) on `size`
+    examples, the estimate chains·SGLD steps·batch per-example gradients; the demo's 4 chains ×
+    150 steps × 32 would spend 1.6× the estimate on a 512-example probe (5–23 s a checkpoint of its
+    102k-parameter model), and a 128-example probe still reads h_max within 2× of it (345, 272,
+    1,746 against 399, 280, 2,897 at steps 168, 378, 921): enough to say a step is past 1 or 4.
+
+        >>> small = {"chains": 4, "draws": 100, "burn_in": 50, "batch_size": 32}
+        >>> probe_size(small), probe_size({**small, "draws": 2000, "burn_in": 1000, "batch_size": 512})
+        (128, 512)
+    """
+    work = int(row["chains"]) * (int(row["burn_in"]) + int(row["draws"])) * int(row["batch_size"])
+    return int(min(512, max(128, work / (4 * 30 * 2))))
+
+
 def add_sharpest_step(row: dict, model, loss_fn, data, s: dict) -> dict:
     """Probe the checkpoint's sharpest curvature h_max into its llc.csv row, with SGLD's step along
     that direction, ε·(nβ·h_max + γ), and a warning where it passes SHARPEST_STEP_MAX (1): a step
@@ -323,7 +339,8 @@ def add_sharpest_step(row: dict, model, loss_fn, data, s: dict) -> dict:
     from llc_watch.llc.calibrate import sharp_step_warnings
     from llc_watch.llc.calibration import sharpest_curvature
     h = sharpest_curvature(model, loss_fn, data, params=resolve_params(model, s.get("params")),
-                           device=None if s.get("device") == "auto" else s.get("device"), seed=int(s.get("seed", 0)))
+                           device=None if s.get("device") == "auto" else s.get("device"), seed=int(s.get("seed", 0)),
+                           size=probe_size(row))
     row["h_max"] = _finite(h)
     if row.get("sampler") != "sgld" or row["h_max"] is None:
         row["sharpest_step"] = None
