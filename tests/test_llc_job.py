@@ -206,6 +206,18 @@ def test_the_grid_says_when_its_choice_steps_past_the_sharpest_direction():
                    choice_warnings(df, {"epsilon": 1e-3, "nbeta": small["nbeta"], "gamma": 100.0}))
 
 
+def test_sharpest_step_lines_make_one_run_line_even_without_the_column():
+    # pooled (adaptive) rows or older tables may lack sharpest_step: the line is still made, without its worst
+    from llc_watch.analyses.llc import LLC_ANALYSIS
+    w = json.dumps(["ε=0.001 is 2/(nβ·h_max + γ) (h_max = 3, the loss's sharpest curvature at w*): ..."])
+    base = {"measure": "llc", "valid": True, "value": 1.0, "stderr": 0.1, "warnings": w}
+    bare = LLC_ANALYSIS.warnings(pd.DataFrame([{**base, "step": 5}, {**base, "step": 6, "warnings": "[]"}]))
+    assert len(bare) == 1 and bare[0].startswith("LLC at 1 of 2 checkpoints (steps 5)") and "at most" not in bare[0]
+    full = LLC_ANALYSIS.warnings(pd.DataFrame([{**base, "step": 5, "sharpest_step": 2.0},
+                                               {**base, "step": 6, "sharpest_step": 3.5}]))
+    assert len(full) == 1 and "(steps 5, 6)" in full[0] and "at most 3.5, step 6" in full[0]
+
+
 def test_unknown_setting_is_named(run_dir):
     with pytest.raises(SettingsError, match="chainz"):
         LLC_ANALYSIS.settings(open_run(run_dir), {"chainz": 3})

@@ -554,14 +554,16 @@ class LLC(Analysis):
             sharp += [step for line in lines if SHARP_WARNING in line]
             out += [f"LLC at step {step:g}: {line}" for line in lines if SHARP_WARNING not in line]
         if sharp:
-            rows = v[v["step"].isin(sharp)]
-            worst = rows.loc[rows["sharpest_step"].idxmax()]
+            sharp = sorted(set(sharp))
+            col = v.loc[v["step"].isin(sharp)].get("sharpest_step")
+            steps_ = None if col is None else pd.to_numeric(col, errors="coerce")
+            worst = ("" if steps_ is None or not steps_.notna().any() else
+                     f"at most {steps_.max():.3g}, step {v.loc[steps_.idxmax(), 'step']:g}; ")
             out.append(f"LLC at {len(sharp)} of {v['step'].nunique()} checkpoints (steps "
                        f"{', '.join(f'{s:g}' for s in sharp[:10])}{', ...' if len(sharp) > 10 else ''}): SGLD's step "
-                       f"along the loss's sharpest direction, ε·(nβ·h_max + γ), is above {SHARPEST_STEP_MAX:g} (at most "
-                       f"{worst['sharpest_step']:.3g}, step {worst['step']:g}; above 4 SGLD is unstable there): those "
-                       "LLC levels reflect the step size as much as the landscape (llc.csv: h_max, sharpest_step, "
-                       "warnings)")
+                       f"along the loss's sharpest direction, ε·(nβ·h_max + γ), is above {SHARPEST_STEP_MAX:g} ({worst}"
+                       "above 4 SGLD is unstable there): those LLC levels reflect the step size as much as the "
+                       "landscape (llc.csv: h_max, sharpest_step, warnings)")
         return out
 
     def stage_map_kwargs(self, table) -> dict:

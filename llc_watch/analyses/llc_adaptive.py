@@ -254,6 +254,10 @@ def pooled_row(rows: list[dict], value: float, stderr: float) -> dict:
         warnings.append(f"{sum(not r['valid'] for r in rows)} of {len(rows)} estimates invalid, left out of the pool")
     finite = [x for x in (r.get("rhat") for r in rows) if x is not None and np.isfinite(x)]
     ess = [x for x in (r.get("ess") for r in rows) if x is not None and np.isfinite(x)]
+    # the curvature probe runs on a lineage's first segment only: carry it from whichever row has it
+    probed = [r for r in rows if r.get("h_max") is not None and np.isfinite(r["h_max"])]
+    if probed:
+        main.update(h_max=probed[0]["h_max"], sharpest_step=probed[0].get("sharpest_step"))
     return {
         **main, "value": float(value) if ok else None, "stderr": float(stderr) if ok else None, "valid": ok,
         "seed": rows[0]["seed"], "draws": sum(int(r["draws"]) for r in rows),
