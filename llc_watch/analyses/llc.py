@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from llc_watch.llc.calibrate import SHARPEST_STEP_MAX
+from llc_watch.llc.calibrate import SHARP_WARNING, SHARPEST_STEP_MAX, sharp_step_warnings, sharpest_step
 from llc_watch.llc.estimator import estimate_llc, select_params
 from llc_watch.llc.sampler import PRECISIONS
 from llc_watch.run import Column, Run, TableSchema, register_table
@@ -311,9 +311,6 @@ def llc_job(checkpoint, settings: dict) -> list[dict]:
     return [row]
 
 
-SHARP_WARNING = "sharpest curvature"      # the words that mark sharp_step_warnings' lines
-
-
 def probe_size(row: dict) -> int:
     """Examples for one checkpoint's curvature probe: a quarter of the estimate's own cost, between
     128 and 512. Why: the probe is up to 30 Hessian-vector products (each ≈ 2 gradients) on `size`
@@ -336,7 +333,6 @@ def add_sharpest_step(row: dict, model, loss_fn, data, s: dict) -> dict:
     that large biases λ̂ along that direction (≈ step/4 of its spread), and past 4 SGLD is unstable
     there, so λ̂ reflects the step size as much as the landscape. RMSProp-SGLD rescales every
     direction's step, so only h_max is recorded for it."""
-    from llc_watch.llc.calibrate import sharp_step_warnings
     from llc_watch.llc.calibration import sharpest_curvature
     h = sharpest_curvature(model, loss_fn, data, params=resolve_params(model, s.get("params")),
                            device=None if s.get("device") == "auto" else s.get("device"), seed=int(s.get("seed", 0)),
@@ -345,7 +341,7 @@ def add_sharpest_step(row: dict, model, loss_fn, data, s: dict) -> dict:
     if row.get("sampler") != "sgld" or row["h_max"] is None:
         row["sharpest_step"] = None
         return row
-    row["sharpest_step"] = row["epsilon"] * (row["nbeta"] * h + row["gamma"])
+    row["sharpest_step"] = sharpest_step(row["epsilon"], row["nbeta"], h, row["gamma"])
     cell = pd.DataFrame([{k: row[k] for k in ("epsilon", "nbeta", "gamma", "h_max", "sharpest_step")}])
     extra = sharp_step_warnings(cell)
     if extra:
@@ -597,8 +593,8 @@ def llc_batch(checkpoints, settings: dict) -> list:
             out.append(r)
             continue
         row = llc_row(c, r)
-        s, model, loss_fn, data = checkpoint_problem(c, settings)
-        if s.get("probe_curvature", True):
+        if settings.get("probe_curvature", True):     # the model again: the stacked pass kept none
+            s, model, loss_fn, data = checkpoint_problem(c, settings)
             add_sharpest_step(row, model, loss_fn, data, {**s, "seed": checkpoint_seed(s, c.step)})
         out.append([row])
     return out

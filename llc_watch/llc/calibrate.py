@@ -63,7 +63,7 @@ def cell_row(r, **extra) -> dict:
     h, d = r.hyperparameters, r.diagnostics
     healthy = [v for v, f in zip(r.llc_per_chain, r.chain_failed) if f is None]
     if "h_max" in extra:            # the step along the sharpest direction (`sweep`'s probe)
-        extra = {**extra, "sharpest_step": h["epsilon"] * (h["nbeta"] * extra["h_max"] + h["gamma"])}
+        extra = {**extra, "sharpest_step": sharpest_step(h["epsilon"], h["nbeta"], extra["h_max"], h["gamma"])}
     stable = bool(r.valid and d["n_failed"] == 0 and not d["drifting"]
                   and not (math.isfinite(d["rhat"]) and d["rhat"] > STABLE_RHAT))
     return {**extra, "epsilon": h["epsilon"], "nbeta": h["nbeta"], "gamma": h["gamma"],
@@ -159,6 +159,16 @@ def _agree_on_all_steps(df: pd.DataFrame, e_hi: float, e_lo: float) -> bool:
 
 SHARPEST_STEP_MAX = 1.0   # ε·(nβ·h_max + γ) above this: the sharpest direction's discretisation bias
                           # passes ~25 % (ε·c/4, rule step 1 of calibrate_llc); above 4 SGLD is unstable there
+SHARP_WARNING = "sharpest curvature"   # words every `sharp_step_warnings` line carries (a run gathers them)
+
+
+def sharpest_step(epsilon: float, nbeta: float, h_max: float, gamma: float) -> float:
+    """SGLD's step along the loss's sharpest direction, ε·(nβ·h_max + γ) (stable below 4).
+
+        >>> round(sharpest_step(3e-6, 4924.4, 280.0, 100.0), 2)
+        4.14
+    """
+    return float(epsilon) * (float(nbeta) * float(h_max) + float(gamma))
 
 
 def sharp_step_warnings(cells: pd.DataFrame) -> list[str]:
@@ -166,7 +176,7 @@ def sharp_step_warnings(cells: pd.DataFrame) -> list[str]:
     ε·(nβ·h_max + γ), is above SHARPEST_STEP_MAX; the largest ε that would not be is named.
 
         >>> cells = pd.DataFrame({"step": [378], "epsilon": [3e-6], "nbeta": [4924.4], "gamma": [100.0],
-        ...                       "h_max": [280.0], "sharpest_step": [3e-6 * (4924.4 * 280.0 + 100.0)]})
+        ...                       "h_max": [280.0], "sharpest_step": [sharpest_step(3e-6, 4924.4, 280.0, 100.0)]})
         >>> print(sharp_step_warnings(cells)[0][:139])
         step 378: ε=3e-06 is 4.1/(nβ·h_max + γ) (h_max = 280, the loss's sharpest curvature at w*): SGLD is unstable along that direction (above 4)
     """
@@ -182,7 +192,7 @@ def sharp_step_warnings(cells: pd.DataFrame) -> list[str]:
                 f"its discretisation bias there is ≈ {k / 4:.0%} of that direction's spread")
         where = f"step {int(c['step'])}: " if "step" in c.index else ""
         out.append(f"{where}ε={c['epsilon']:g} is {k:.2g}/(nβ·h_max + γ) (h_max = {c['h_max']:.3g}, "
-                   f"the loss's sharpest curvature at w*): {what}, so λ̂ there reflects the step size as much as "
+                   f"the loss's {SHARP_WARNING} at w*): {what}, so λ̂ there reflects the step size as much as "
                    f"the landscape; ε <= {limit:.2g} keeps that step under {SHARPEST_STEP_MAX:g} (and needs "
                    "longer chains to mix: `llc-watch calibrate RUN` with the default method finds a setting or says why not)")
     return out

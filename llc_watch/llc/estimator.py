@@ -202,8 +202,8 @@ def observe_size_for(batch_size: int, observe_every: int) -> int:
     Why: a step costs a forward and a backward pass on `batch_size` examples per chain (≈ 3 forwards
     of B), an observation one forward on s examples per chain every k steps, so the share is
     s/(3·B·k). At a transformer's batch of 32 and k = 5, 1,024 examples cost more than the sampling
-    itself (the addition demo's 102k-parameter model, 2 chains, one thread: 402 ms a step against
-    100 ms unobserved; benchmarks/bench_observable.py). The observable is a fixed batch, a
+    itself (a calibration pilot on the addition demo's 102k-parameter model, 2 chains, one thread:
+    184 ms a step against 42 ms unobserved; 58 ms with 240 examples; benchmarks/bench_observable.py). The observable is a fixed batch, a
     deterministic function of w, whatever its size: its job is to see the chains move (R̂, ESS),
     which a smaller batch does as well while it ranks the draws by their loss.
 
