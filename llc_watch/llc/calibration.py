@@ -305,10 +305,14 @@ def sharpest_curvature(model, loss_fn, data, *, params=None, device=None, seed: 
         1.0
     """
     flat, loss_of, dev = _problem(model, loss_fn, params, device)
-    src = DataSource(data)
+    return top_curvature(loss_of, flat, probe_batch(DataSource(data), dev, seed, size), seed=seed)
+
+
+def probe_batch(src: DataSource, dev, seed: int, size: int):
+    """The fixed seeded batch (at most `size` examples) the curvature probes read."""
     n = len(src)
     idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7))[:min(n, int(size))]
-    return top_curvature(loss_of, flat, to_device(src.batch(idx), dev), seed=seed)
+    return to_device(src.batch(idx), dev)
 
 
 def gradient_variance(loss_of, flat: FlatParams, src: DataSource, device, *, batches: int = 16,
@@ -1011,10 +1015,7 @@ def _calibrate_at_gamma(model, loss_fn, data, *, gamma: float, nbeta=None, terms
     nb, nb_rule = resolve_nbeta(nbeta, n, batch_size or 32, terms_per_example)
     flat, loss_of, dev = _problem(model, loss_fn, params, device)
     # probes
-    g_eval = torch.Generator().manual_seed(seed + 7)
-    m = min(n, 2048)
-    eval_idx = torch.randperm(n, generator=g_eval)[:m]
-    eval_batch = to_device(src.batch(eval_idx), dev)
+    eval_batch = probe_batch(src, dev, seed, 2048)
 
     def probe(at):
         return (top_curvature(loss_of, flat, eval_batch, seed=seed, at=at),
