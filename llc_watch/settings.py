@@ -43,8 +43,24 @@ class SettingsError(ValueError):
 
 @lru_cache(maxsize=None)
 def field_help(cls) -> dict[str, str]:
-    """{field: the comment after its default} read from the class's source (the one place it is written).
-    Continuation comment lines (a comment alone on the next line) are appended."""
+    """{field: the comment after its default} read from the class's source (the one place it is written),
+    and from its bases' for the fields it inherits (a subclass's own comment wins where it
+    redefines a field). Continuation comment lines (a comment alone on the next line) are appended.
+
+        >>> from llc_watch.analyses.calibration import CalibrationSettings
+        >>> field_help(CalibrationSettings)["chains"]          # inherited from LLCSettings
+        'SGLD chains (sampled at once)'
+    """
+    names = {f.name for f in dataclasses.fields(cls)}
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass) and klass is not object:
+            out.update({k: v for k, v in _own_field_help(klass).items() if k in names})
+    return out
+
+
+def _own_field_help(cls) -> dict[str, str]:
+    """The comments in `cls`'s own source, for the fields it writes there."""
     try:
         src = inspect.getsource(cls)
     except (OSError, TypeError):

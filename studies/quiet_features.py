@@ -136,8 +136,10 @@ def pipeline_settings(quick: bool, features=None, workers: int = 1, calibration:
     # what a shared 2-core CPU affords for several tasks in an evening
     llc = {"chains": 4, "draws": 100, "burn_in": 50, "batch_size": 32, "n_data": 4096, "observe_every": 10,
            "observe_size": 128}
+    # auto: calibrate_llc chooses the batch, draws and burn-in itself (the LLC settings above
+    # that it has no use for would be an error, not ignored)
     cal = ({**llc, "method": "grid", "epsilons": [3e-6, 1e-5, 3e-5, 1e-4]} if calibration == "grid" else
-           {**llc, "method": "auto"})
+           {"chains": llc["chains"], "n_data": llc["n_data"], "method": "auto"})
     return PipelineSettings(
         settings={"calibration": cal, "llc": llc,
                   "probes": {"n_train": 1024, "n_test": 256, **({"features": list(probed)} if probed else {})},

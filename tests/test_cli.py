@@ -101,6 +101,12 @@ def test_analysis_options_come_from_the_settings_dataclasses(capsys):
     (["probe", "RUN", "--threshold", "2"], "threshold=2.0: must be between 0.0 and 1.0"),
     (["probe", "RUN", "--features", "nosuch"], "features=nosuch: not features of task 'addition'"),
     (["calibrate", "RUN", "--epsilons", "1e-4,-3"], "epsilons"),
+    # method auto (the default) runs calibrate_llc: what it cannot use is refused, never ignored
+    (["calibrate", "RUN", "--draws", "300"], "draws=300: method auto chooses the estimate's draws"),
+    (["calibrate", "RUN", "--gammas", "1,10"], "method auto takes one value"),
+    (["calibrate", "RUN", "--observe-size", "64", "--precision", "bf16"],
+     "does not use observe_size, precision: leave them unset, or use method grid"),
+    (["calibrate", "RUN", "--sampler", "hmc"], "sampler='hmc': must be one of auto, sgld, rmsprop_sgld"),
 ])
 def test_bad_settings_exit_2_with_one_line_before_any_work(tiny_run, argv, words, capsys):
     argv = [str(tiny_run.dir) if a == "RUN" else a for a in argv]

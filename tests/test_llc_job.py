@@ -145,6 +145,40 @@ def test_calibrate_then_llc_uses_the_choice(run_dir, tmp_path):
     assert df["epsilon"].iloc[0] == cal.choice["epsilon"]
 
 
+def test_calibrate_auto_hands_the_users_settings_to_calibrate_llc(run_dir, tmp_path, monkeypatch):
+    # method auto: the sampler, batch, ε ladder, γ, nβ and pilots' burn-in a user gives reach
+    # calibrate_llc (they were once ignored); left unset, the rule's own defaults (None / auto)
+    import types
+    import llc_watch.analyses.calibration as ac
+    seen = []
+
+    def fake(model, loss_fn, data, **kw):
+        seen.append(kw)
+        choice = dict(epsilon=1e-5, gamma=kw["gamma"] or 1.0, nbeta=50.0, batch_size=kw["batch_size"] or 64,
+                      draws=300, burn_in=150, sampler="sgld" if kw["sampler"] == "auto" else kw["sampler"], chains=4)
+        sweep = pd.DataFrame([dict(role="ladder", epsilon=1e-5, nbeta=50.0, gamma=choice["gamma"], valid=True,
+                                   failed_chains=0, rhat=1.0, batch_size=choice["batch_size"],
+                                   sampler=choice["sampler"], llc=3.0, llc_se=0.1)])
+        return types.SimpleNamespace(status="plateau", choice=choice, llc=3.0, llc_stderr=0.1, evidence={},
+                                     warnings=[], sweep=sweep)
+
+    monkeypatch.setattr(ac, "calibrate_llc", fake)
+    d = fresh_copy(run_dir, tmp_path)
+    given = {"n_data": 128, "chains": 2, "sampler": "rmsprop_sgld", "batch_size": 48, "epsilons": [1e-5, 3e-5],
+             "gammas": [10.0], "nbetas": [20.0], "burn_in": 80, "pilot_draws": 60, "checks": False}
+    cal = calibrate_run(d, steps=[40], settings=given, progress=False)
+    kw = seen[-1]
+    assert (kw["sampler"], kw["batch_size"], kw["epsilons"], kw["gamma"], kw["nbeta"]) == (
+        "rmsprop_sgld", 48, [1e-5, 3e-5], 10.0, 20.0)
+    assert (kw["burn_in"], kw["draws"], kw["chains"], kw["checks"]) == (80, 60, 2, False)
+    assert cal.choice["sampler"] == "rmsprop_sgld" and cal.choice["batch_size"] == 48
+    d2 = fresh_copy(run_dir, tmp_path / "defaults")
+    calibrate_run(d2, steps=[40], settings={"n_data": 128}, progress=False)
+    kw = seen[-1]
+    assert (kw["sampler"], kw["batch_size"], kw["epsilons"], kw["gamma"], kw["nbeta"], kw["burn_in"],
+            kw["draws"]) == ("auto", None, None, None, None, None, None)
+
+
 def test_choose_rule():
     rows = []
     # (ε, stable, failed chains): 1e-6 mixes too slowly (unstable, no failure), 1e-3 diverges

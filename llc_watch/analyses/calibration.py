@@ -20,7 +20,7 @@ The sweep is RUN/calibration_sweep.csv, one row per (step, ε, nβ, γ).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 from llc_watch.io import atomic_write_json
@@ -30,10 +30,20 @@ from llc_watch.llc.calibrate import (DEFAULT_GRID, RULE, CalibrationError, choic
                                      mark_usable, sweep)
 from llc_watch.llc.calibration import RULE as AUTO_RULE, Calibration, calibrate_llc
 from llc_watch.llc.estimator import _json_safe, default_nbeta
+from llc_watch.llc.sampler import SAMPLERS
 from llc_watch.run import Column, TableSchema, register_table
 
 from .base import Analysis, run_analysis
 from .llc import CALIBRATION_FILE, LLCSettings, checkpoint_problem, estimator_kwargs, load_calibration, resolve_params
+
+
+# what the grid sweeps at where these settings are left to the method (None / "auto")
+GRID_DEFAULTS = {"sampler": "sgld", "batch_size": 32, "draws": 200, "burn_in": 100,
+                 "epsilons": tuple(DEFAULT_GRID["epsilons"]), "gammas": (100.0,), "nbetas": (None,)}
+# LLC settings calibrate_llc has no use for: given under method auto, they are an error, not ignored
+AUTO_UNUSED = ("steps_between_draws", "eval_size", "min_healthy_fraction", "batch_control", "per_chain_batches",
+               "observe_every", "observe_size", "probe_curvature", "stack_checkpoints", "precision", "backend",
+               "seed_per_checkpoint")
 
 
 @dataclass(frozen=True)
@@ -42,23 +52,68 @@ class CalibrationSettings(LLCSettings):
                                       # noise, checks); grid: the ε × nβ × γ sweep below
     pilot_draws: Optional[int] = None  # auto: pilot draws per rung of the ε ladder; None: calibrate_llc's own
     checks: bool = True               # auto: run the batch ×2, γ ×3 (÷3 where localised) and MALA checks at the chosen cell
-    epsilons: tuple[float, ...] = tuple(DEFAULT_GRID["epsilons"])  # step sizes ε to sweep
-    nbetas: tuple = (None,)           # nβ values to sweep; None: n/log n
-    gammas: tuple[float, ...] = (100.0,)  # localisation strengths γ to sweep
+    sampler: str = "auto"             # auto: SGLD, then RMSProp-SGLD where SGLD finds no plateau; sgld |
+                                      # rmsprop_sgld: that sampler's ladder only (grid: auto is sgld)
+    batch_size: Optional[int] = None  # None: auto chooses it from the gradient-noise bias (grid: 32); a number
+                                      # fixes it (auto then caps ε by that rule instead)
+    draws: Optional[int] = None       # grid: draws per chain of each cell (None: 200); auto: see pilot_draws
+    burn_in: Optional[int] = None     # the pilots' (auto; None: half their draws) or each cell's (grid; None: 100) burn-in
+    epsilons: Optional[tuple[float, ...]] = None  # step sizes ε: auto: a ladder to use instead of the one probed
+                                      # from the Hessian; grid: to sweep (None: 1e-05,3e-05,0.0001,0.0003,0.001)
+    nbetas: tuple = (None,)           # nβ values: grid: to sweep; auto: one value (None: n/log n)
+    gammas: Optional[tuple[float, ...]] = None  # localisation strength γ: auto: one value used as given (None:
+                                      # start at 1, raised where the chains do not localise); grid: to sweep (None: 100)
 
     def validate(self):
-        super().validate()
+        self.validate_shared()
+        for name in ("draws", "batch_size"):
+            self.at_least(name, 1, allow_none=True)
+        self.at_least("burn_in", 0, allow_none=True)
+        self.one_of("sampler", ("auto",) + SAMPLERS)
         self.one_of("method", ("auto", "grid"))
         self.at_least("pilot_draws", 10, allow_none=True)
-        if not self.epsilons or not all(e is not None and math.isfinite(e) and e > 0 for e in self.epsilons):
+        if self.epsilons is not None and (not self.epsilons or not all(
+                e is not None and math.isfinite(e) and e > 0 for e in self.epsilons)):
             self._fail("epsilons", "give positive finite step sizes, e.g. 1e-5,1e-4,1e-3")
         if not self.nbetas or not all(b is None or (math.isfinite(b) and b > 0) for b in self.nbetas):
             self._fail("nbetas", "give positive finite values (or leave the default n/log n)")
-        if not self.gammas or not all(math.isfinite(g) and g >= 0 for g in self.gammas):
+        if self.gammas is not None and (not self.gammas or not all(
+                g is not None and math.isfinite(g) and g >= 0 for g in self.gammas)):
             self._fail("gammas", "give finite values >= 0")
+        if self.method == "auto":
+            self._check_auto()
+
+    def _check_auto(self):
+        """Method auto runs calibrate_llc: a setting it cannot use is one line, never ignored."""
+        for name in ("nbetas", "gammas"):
+            if getattr(self, name) is not None and len(getattr(self, name)) > 1:
+                self._fail(name, "method auto takes one value (or none: the rule's); sweeping several is "
+                                 "method grid")
+        if self.draws is not None:
+            self._fail("draws", "method auto chooses the estimate's draws; its pilots' length is pilot_draws "
+                                "(or use method grid)")
+        defaults = LLCSettings()
+        unused = [k for k in AUTO_UNUSED if getattr(self, k) != getattr(defaults, k)]
+        if unused:
+            self._fail(unused[0], f"method auto (calibrate_llc) does not use {', '.join(unused)}: leave "
+                                  f"{'it' if len(unused) == 1 else 'them'} unset, or use method grid")
+
+    def for_grid(self) -> "CalibrationSettings":
+        """The settings the grid sweeps with: what was left to the method filled with the grid's values."""
+        return replace(self, **{k: v for k, v in GRID_DEFAULTS.items() if getattr(self, k) in (None, "auto")})
+
+    def auto_kwargs(self) -> dict:
+        """calibrate_llc's keyword arguments from these settings (method auto)."""
+        one = lambda t: None if t is None else t[0]
+        nbeta = one(self.nbetas) if one(self.nbetas) is not None else self.nbeta
+        return {"sampler": self.sampler, "batch_size": self.batch_size, "burn_in": self.burn_in,
+                "draws": self.pilot_draws, "epsilons": None if self.epsilons is None else list(self.epsilons),
+                "gamma": one(self.gammas), "nbeta": nbeta, "chains": self.chains, "seed": self.seed,
+                "checks": self.checks}
 
 
 _GRID_POINT = ("epsilon", "nbeta", "gamma")
+_FIELDS = set(CalibrationSettings.__dataclass_fields__)
 _O = dict(required=False)
 CALIBRATION_TABLE = register_table(TableSchema("calibration", "calibration_sweep.csv", "llc-watch calibrate RUN", (
     Column("step", "int"), Column("measure", "str"), Column("value", "float", "the cell's λ̂"),
@@ -117,10 +172,10 @@ def _clean(v):
 
 def auto_rows(checkpoint, s: dict, model, loss_fn, data) -> list[dict]:
     """calibrate_llc at one checkpoint: its cells as rows, each carrying the checkpoint's verdict."""
-    cal = calibrate_llc(model, loss_fn, data, nbeta=s.get("nbeta"), terms_per_example=s["terms_per_example"],
-                        chains=s["chains"], seed=s["seed"], params=resolve_params(model, s["params"]),
-                        device=None if s["device"] == "auto" else s["device"], draws=s.get("pilot_draws"),
-                        checks=s.get("checks", True))
+    settings = CalibrationSettings.from_mapping({k: v for k, v in s.items() if k in _FIELDS})
+    cal = calibrate_llc(model, loss_fn, data, terms_per_example=s["terms_per_example"],
+                        params=resolve_params(model, s["params"]),
+                        device=None if s["device"] == "auto" else s["device"], **settings.auto_kwargs())
     verdict = {"method": "auto", "status": cal.status, "choice": json.dumps(_json_safe(cal.choice)),
                "cal_llc": _clean(float(cal.llc)), "cal_llc_stderr": _clean(float(cal.llc_stderr)),
                "evidence": json.dumps(_json_safe(cal.evidence)), "cal_warnings": json.dumps(cal.warnings)}
@@ -148,10 +203,19 @@ class CalibrationAnalysis(Analysis):
     schema = CALIBRATION_TABLE
     job = staticmethod(calibration_job)
     cli_hidden = _GRID_POINT      # the sweep sets them
-    help = "sweep SGLD step size x n*beta (x gamma) and save a choice"
-    description = ("Sweep epsilon x n*beta (x gamma) on a few checkpoints (default: the middle and last), mark "
-                   "each cell stable or not (failed chains, drift after burn-in, split-R-hat), choose by the "
-                   "documented rule and save calibration.json, which `llc-watch llc` then uses.")
+    help = "choose SGLD settings at which the LLC is right (or say none can be trusted) and save them"
+    description = ("Choose the settings `llc-watch llc` then uses (saved in calibration.json), at a few checkpoints. "
+                   "--method auto (default; early, middle and last checkpoints): calibrate_llc's rule, an epsilon "
+                   "ladder from the Hessian's top curvature, the batch from the gradient-noise bias, a plateau of "
+                   "the LLC in epsilon judged with its Monte-Carlo error (else an extrapolation to epsilon -> 0, "
+                   "else untrusted), checks of draws, batch, gamma and MALA; each checkpoint's verdict and evidence "
+                   "are saved. --method grid (middle and last): the older epsilon x n*beta x gamma sweep, each cell "
+                   "marked stable or not (failed chains, drift after burn-in, split-R-hat).")
+    checkpoints_help = "early, middle and last (method auto); middle and last (grid)"
+
+    def settings(self, run, given=None):
+        s = super().settings(run, given)
+        return s.for_grid() if s.method == "grid" else s
 
     def checkpoints(self, run, steps, settings=None):
         if steps is None:
@@ -163,16 +227,14 @@ class CalibrationAnalysis(Analysis):
 
     def job_settings(self, run, settings):
         d = settings.to_dict()
-        for k in _GRID_POINT:
+        for k in ("epsilon", "gamma"):       # the sweep's grid or the rule sets them
             d.pop(k)
-        d["epsilons"] = sorted(d["epsilons"])
-        if d["method"] == "auto":           # the grid plays no part: keep it out of the job's key
-            for k in ("epsilons", "nbetas", "gammas"):
-                d.pop(k)
-        else:
+        if d["epsilons"] is not None:
+            d["epsilons"] = sorted(d["epsilons"])
+        if d["method"] == "grid":
             for k in ("pilot_draws", "checks"):
                 d.pop(k)
-            d["nbeta"] = settings.nbeta
+        # (auto keeps its None / "auto" entries: they stand over the LLC defaults the job merges in)
         return d
 
     def should_run(self, run, settings):

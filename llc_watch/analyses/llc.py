@@ -74,18 +74,25 @@ class LLCSettings(SettingsBase):
                                       # own noise). False: `seed` everywhere (common noise across checkpoints)
 
     def validate(self):
+        for name in ("draws", "batch_size"):
+            self.at_least(name, 1)
+        self.at_least("burn_in", 0)
+        self.one_of("sampler", SAMPLERS)
+        self.validate_shared()
+
+    def validate_shared(self):
+        """Every check but draws, burn_in, batch_size and sampler's, which a calibration may leave
+        to its rule (None / "auto")."""
         for name in ("epsilon", "nbeta"):
             self.positive(name, allow_none=name == "nbeta")
         self.at_least("gamma", 0)
-        for name in ("chains", "draws", "steps_between_draws", "batch_size", "n_data"):
+        for name in ("chains", "steps_between_draws", "n_data"):
             self.at_least(name, 1)
-        self.at_least("burn_in", 0)
         self.at_least("threads", 0)
         self.at_least("eval_size", 1, allow_none=True)
-        self.one_of("sampler", SAMPLERS)
         self.one_of("backend", BACKENDS)
         self.one_of("precision", PRECISIONS)
-        if self.backend == "devinterp" and (self.params is not None or self.sampler != "sgld"):
+        if self.backend == "devinterp" and (self.params is not None or self.sampler not in ("sgld", "auto")):
             self._fail("backend", "devinterp runs plain SGLD on every weight here: leave params and sampler unset")
         if self.backend == "devinterp" and self.precision != "fp32":
             self._fail("precision", "the devinterp backend samples in fp32 only: leave precision at fp32")

@@ -8,10 +8,10 @@ from pathlib import Path
 from .options import add_settings_options, given_settings, parse_steps
 
 
-def add_job_args(p) -> None:
+def add_job_args(p, default_checkpoints: str = "every checkpoint") -> None:
     """Options every per-checkpoint analysis shares."""
     p.add_argument("run", nargs="?", help="run folder (made by `llc-watch train`, or by --problem ... --out RUN)")
-    p.add_argument("--checkpoints", metavar="STEPS", help="comma-separated steps (default: every checkpoint)")
+    p.add_argument("--checkpoints", metavar="STEPS", help=f"comma-separated steps (default: {default_checkpoints})")
     p.add_argument("--executor", choices=["local", "serial", "process", "submitit-local", "slurm", "ray", "dask"],
                    help="where jobs run (default: this process; see docs/executors.md)")
     p.add_argument("--executor-config", metavar="FILE", help="TOML file of engine options")
@@ -107,7 +107,7 @@ def add_subcommands(sub) -> None:
     for a in REGISTRY.values():
         name = getattr(a, "command", a.name)
         p = sub.add_parser(name, help=a.help, description=a.description)
-        add_job_args(p)
+        add_job_args(p, getattr(a, "checkpoints_help", "every checkpoint"))
         add_settings_options(p, a.Settings, hidden=getattr(a, "cli_hidden", ()),
                              title=f"{a.name} settings ({a.Settings.__name__}; defaults shown)")
         for flag, (help_, Settings, _) in cli_modes(a).items():
