@@ -107,6 +107,9 @@ def test_analysis_options_come_from_the_settings_dataclasses(capsys):
     (["calibrate", "RUN", "--observe-size", "64", "--precision", "bf16"],
      "does not use observe_size, precision: leave them unset, or use method grid"),
     (["calibrate", "RUN", "--sampler", "hmc"], "sampler='hmc': must be one of auto, sgld, rmsprop_sgld"),
+    (["calibrate", "RUN", "--method", "grid", "--backend", "devinterp"], "a calibration does not use backend"),
+    (["llc", "RUN", "--backend", "devinterp", "--observe-size", "64"],
+     "the devinterp backend does not use observe_size"),
 ])
 def test_bad_settings_exit_2_with_one_line_before_any_work(tiny_run, argv, words, capsys):
     argv = [str(tiny_run.dir) if a == "RUN" else a for a in argv]

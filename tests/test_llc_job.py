@@ -179,6 +179,20 @@ def test_calibrate_auto_hands_the_users_settings_to_calibrate_llc(run_dir, tmp_p
             kw["draws"]) == ("auto", None, None, None, None, None, None)
 
 
+def test_devinterp_backend_drops_the_calibrations_options_it_cannot_use(run_dir, tmp_path):
+    # a grid calibration saves every sampling option; `llc --backend devinterp` must not be refused
+    # for options the user never gave (they came from calibration.json), nor pass them on
+    from llc_watch.io import atomic_write_json
+    d = fresh_copy(run_dir, tmp_path)
+    atomic_write_json(d / "calibration.json", {"choice": {"epsilon": 3e-4, "observe_every": 10, "observe_size": 128,
+                                                          "draws": 50}})
+    s = LLC_ANALYSIS.settings(open_run(d), {"backend": "devinterp"})
+    assert (s.epsilon, s.draws, s.observe_every, s.observe_size) == (3e-4, 50, None, None)
+    assert LLC_ANALYSIS.settings(open_run(d), {}).observe_size == 128        # our backend keeps them
+    with pytest.raises(SettingsError, match="devinterp backend does not use observe_size"):
+        LLC_ANALYSIS.settings(open_run(d), {"backend": "devinterp", "observe_size": 64})
+
+
 def test_choose_rule():
     rows = []
     # (ε, stable, failed chains): 1e-6 mixes too slowly (unstable, no failure), 1e-3 diverges

@@ -40,10 +40,11 @@ from .llc import CALIBRATION_FILE, LLCSettings, checkpoint_problem, estimator_kw
 # what the grid sweeps at where these settings are left to the method (None / "auto")
 GRID_DEFAULTS = {"sampler": "sgld", "batch_size": 32, "draws": 200, "burn_in": 100,
                  "epsilons": tuple(DEFAULT_GRID["epsilons"]), "gammas": (100.0,), "nbetas": (None,)}
-# LLC settings calibrate_llc has no use for: given under method auto, they are an error, not ignored
+# LLC settings a calibration has no use for (either method; `llc` uses them), and those only the grid
+# uses (calibrate_llc has no such option): given where unused, they are an error, not ignored
+UNUSED = ("stack_checkpoints", "backend", "seed_per_checkpoint")
 AUTO_UNUSED = ("steps_between_draws", "eval_size", "min_healthy_fraction", "batch_control", "per_chain_batches",
-               "observe_every", "observe_size", "probe_curvature", "stack_checkpoints", "precision", "backend",
-               "seed_per_checkpoint")
+               "observe_every", "observe_size", "probe_curvature", "precision")
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class CalibrationSettings(LLCSettings):
                                       # start at 1, raised where the chains do not localise); grid: to sweep (None: 100)
 
     def validate(self):
+        self._refuse(UNUSED, "a calibration", " (an `llc-watch llc` setting)")
         self.validate_shared()
         for name in ("draws", "batch_size"):
             self.at_least(name, 1, allow_none=True)
@@ -92,11 +94,15 @@ class CalibrationSettings(LLCSettings):
         if self.draws is not None:
             self._fail("draws", "method auto chooses the estimate's draws; its pilots' length is pilot_draws "
                                 "(or use method grid)")
+        self._refuse(AUTO_UNUSED, "method auto (calibrate_llc)", ", or use method grid")
+
+    def _refuse(self, names, who: str, alternative: str):
+        """One line naming the settings among `names` given away from their LLC defaults."""
         defaults = LLCSettings()
-        unused = [k for k in AUTO_UNUSED if getattr(self, k) != getattr(defaults, k)]
-        if unused:
-            self._fail(unused[0], f"method auto (calibrate_llc) does not use {', '.join(unused)}: leave "
-                                  f"{'it' if len(unused) == 1 else 'them'} unset, or use method grid")
+        given = [k for k in names if getattr(self, k) != getattr(defaults, k)]
+        if given:
+            self._fail(given[0], f"{who} does not use {', '.join(given)}: leave "
+                                 f"{'it' if len(given) == 1 else 'them'} unset{alternative}")
 
     def for_grid(self) -> "CalibrationSettings":
         """The settings the grid sweeps with: what was left to the method filled with the grid's values."""

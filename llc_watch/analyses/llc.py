@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Optional
 
 import numpy as np
@@ -31,6 +32,9 @@ from llc_watch.settings import SettingsBase
 CALIBRATION_FILE = "calibration.json"
 SAMPLERS = ("sgld", "rmsprop_sgld")
 BACKENDS = ("ours", "devinterp")
+# our estimator's options that devinterp's llc() has no counterpart for
+DEVINTERP_UNUSED = ("steps_between_draws", "eval_size", "min_healthy_fraction", "observe_every", "observe_size",
+                    "stack_checkpoints")
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,11 @@ class LLCSettings(SettingsBase):
             self._fail("backend", "devinterp runs plain SGLD on every weight here: leave params and sampler unset")
         if self.backend == "devinterp" and self.precision != "fp32":
             self._fail("precision", "the devinterp backend samples in fp32 only: leave precision at fp32")
+        if self.backend == "devinterp":    # its llc() has no such option: refused, never ignored
+            unused = [k for k in DEVINTERP_UNUSED if getattr(self, k) != LLCSettings.__dataclass_fields__[k].default]
+            if unused:
+                self._fail(unused[0], f"the devinterp backend does not use {', '.join(unused)}: leave "
+                                      f"{'it' if len(unused) == 1 else 'them'} unset, or use backend ours")
         self.within("min_healthy_fraction", 0.0, 1.0)
         self.positive("terms_per_example", allow_none=True)
         self.at_least("observe_every", 0, allow_none=True)
@@ -510,6 +519,9 @@ class LLC(Analysis):
 
     def settings(self, run, given=None):
         calib = load_calibration(run) if run is not None else None
+        if calib and isinstance(given, Mapping) and given.get("backend") == "devinterp":
+            # the calibration's sampling options devinterp's llc() has no counterpart for are ours to drop
+            calib = {k: v for k, v in calib.items() if k not in DEVINTERP_UNUSED}
         return self.Settings.from_mapping(given, base=calib)
 
     def batch_job(self, run, settings):
