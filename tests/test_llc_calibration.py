@@ -630,6 +630,10 @@ def test_rule_step_8_runs_the_whole_ladder_again_with_burn_in_of_two_relaxations
     assert {"gamma_check", "draws_check"} <= set(at1["role"])
     assert not at1.duplicated(["epsilon", "gamma", "batch_size", "draws", "burn_in"]).any(), at1
     assert not cal.evidence.get("localisation_stop")
+    # `llc-watch calibrate` writes this sweep into its table: every column must be declared there
+    # (flat_step and warm_start once were not, and the CLI's default method failed on every run)
+    from llc_watch.analyses.calibration import CALIBRATION_TABLE
+    assert set(cal.sweep.columns) <= set(CALIBRATION_TABLE.names), set(cal.sweep.columns) - set(CALIBRATION_TABLE.names)
 
 
 def test_a_localised_calibrations_gamma_check_looks_down_and_must_mix(monkeypatch):

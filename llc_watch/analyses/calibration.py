@@ -144,6 +144,9 @@ CALIBRATION_TABLE = register_table(TableSchema("calibration", "calibration_sweep
     Column("comparable", "bool", "the pilot mixed: its λ̂ may enter the plateau test", **_O),
     Column("obs_drift", "float", "second − first half λ̂ on the observable", **_O),
     Column("obs_drift_se", "float", **_O),
+    Column("flat_step", "float", "the step along directions felt only through the localisation (ε; ε·P for "
+           "RMSProp-SGLD): it times their relaxation, 2/(flat_step·γ)", **_O),
+    Column("warm_start", "bool", "the cell started where an earlier run's chains ended, not at w*", **_O),
     Column("status", "str", "this checkpoint's verdict: plateau, extrapolated, untrusted", **_O),
     Column("choice", "json", "this checkpoint's chosen estimate_llc settings", **_O),
     Column("cal_llc", "float", "the calibration's own λ̂ at this checkpoint", **_O),
