@@ -100,7 +100,7 @@ def compute(run_dir: Path, quick: bool, llc_settings: dict, overrides=(), progre
             workers: int = 1) -> None:
     """Train, then Fourier measures, weight norms and the LLC at every checkpoint (all resumable)."""
     import llc_watch as lw
-    from llc_watch.fourier import compute_fourier
+    from llc_watch.analyses.fourier import compute_fourier
     t0 = time.perf_counter()
     cfg = run_config(quick, overrides)
     lw.train(cfg, run_dir, progress=progress)

@@ -17,7 +17,7 @@ def _real_run(tiny_run, tmp_path_factory, calibration: dict):
     d = tmp_path_factory.mktemp("real") / "run"
     shutil.copytree(tiny_run.dir, d)
     steps = [c.step for c in open_run(d).checkpoints()]
-    calibrate_run(d, steps=[steps[len(steps) // 2], steps[-1]], settings={**LLC, **calibration}, progress=False)
+    calibrate_run(d, steps=[steps[len(steps) // 2], steps[-1]], settings=calibration, progress=False)
     compute_llc(d, {**LLC, "epsilon": 1e-4}, checkpoints=steps[::3], progress=False)
     compute_probes(d, {"n_train": 128, "n_test": 64, "features": ["carry_in"]}, checkpoints=steps[::4], progress=False)
     path = write_report(d)
@@ -28,12 +28,15 @@ def _real_run(tiny_run, tmp_path_factory, calibration: dict):
 def real_run(tiny_run, tmp_path_factory):
     """Calibrated by the grid method (seconds); the auto method's ladder is the slow fixture below
     (minutes on 2 cores: its unmixed pilots are rerun longer and the ladder climbs)."""
-    return _real_run(tiny_run, tmp_path_factory, {"method": "grid", "epsilons": [1e-4, 1e-3], "gammas": [100.0]})
+    return _real_run(tiny_run, tmp_path_factory,
+                     {**LLC, "method": "grid", "epsilons": [1e-4, 1e-3], "gammas": [100.0]})
 
 
 @pytest.fixture(scope="module")
 def real_run_auto(tiny_run, tmp_path_factory):
-    return _real_run(tiny_run, tmp_path_factory, {"pilot_draws": 40, "checks": False})
+    # calibrate_llc chooses the batch, draws and burn-in itself (the LLC's draws would be refused)
+    return _real_run(tiny_run, tmp_path_factory, {"chains": LLC["chains"], "n_data": LLC["n_data"],
+                                                  "pilot_draws": 40, "checks": False})
 
 
 def test_tables_follow_their_schemas(real_run):
