@@ -191,6 +191,12 @@ def test_devinterp_backend_drops_the_calibrations_options_it_cannot_use(run_dir,
     assert LLC_ANALYSIS.settings(open_run(d), {}).observe_size == 128        # our backend keeps them
     with pytest.raises(SettingsError, match="devinterp backend does not use observe_size"):
         LLC_ANALYSIS.settings(open_run(d), {"backend": "devinterp", "observe_size": 64})
+    # a calibration that chose RMSProp-SGLD: its ε is not plain SGLD's, so devinterp's llc() needs both given
+    atomic_write_json(d / "calibration.json", {"choice": {"epsilon": 3e-6, "sampler": "rmsprop_sgld"}})
+    with pytest.raises(SettingsError, match="chose rmsprop_sgld, whose ε is not plain SGLD's"):
+        LLC_ANALYSIS.settings(open_run(d), {"backend": "devinterp"})
+    s = LLC_ANALYSIS.settings(open_run(d), {"backend": "devinterp", "sampler": "sgld", "epsilon": 1e-4})
+    assert (s.sampler, s.epsilon) == ("sgld", 1e-4)
 
 
 def test_choose_rule():

@@ -27,7 +27,7 @@ from llc_watch.run import Column, Run, TableSchema, register_table
 from llc_watch.signals import Signal
 
 from .base import Analysis, run_analysis
-from llc_watch.settings import SettingsBase
+from llc_watch.settings import SettingsBase, SettingsError
 
 CALIBRATION_FILE = "calibration.json"
 SAMPLERS = ("sgld", "rmsprop_sgld")
@@ -522,6 +522,10 @@ class LLC(Analysis):
         if calib and isinstance(given, Mapping) and given.get("backend") == "devinterp":
             # the calibration's sampling options devinterp's llc() has no counterpart for are ours to drop
             calib = {k: v for k, v in calib.items() if k not in DEVINTERP_UNUSED}
+            if calib.get("sampler", "sgld") != "sgld" and not {"sampler", "epsilon"} <= set(given):
+                raise SettingsError(f"backend='devinterp': the run's calibration ({CALIBRATION_FILE}) chose "
+                                    f"{calib['sampler']}, whose ε is not plain SGLD's; give --sampler sgld and an "
+                                    "--epsilon for devinterp's llc(), or calibrate with --sampler sgld")
         return self.Settings.from_mapping(given, base=calib)
 
     def batch_job(self, run, settings):
