@@ -66,7 +66,7 @@ class CalibrationSettings(LLCSettings):
                                       # start at 1, raised where the chains do not localise); grid: to sweep (None: 100)
 
     def validate(self):
-        self._refuse(UNUSED, "a calibration", " (an `llc-watch llc` setting)")
+        self.refuse_set(UNUSED, "a calibration", " (an `llc-watch llc` setting)")
         self.validate_shared()
         for name in ("draws", "batch_size"):
             self.at_least(name, 1, allow_none=True)
@@ -94,15 +94,7 @@ class CalibrationSettings(LLCSettings):
         if self.draws is not None:
             self._fail("draws", "method auto chooses the estimate's draws; its pilots' length is pilot_draws "
                                 "(or use method grid)")
-        self._refuse(AUTO_UNUSED, "method auto (calibrate_llc)", ", or use method grid")
-
-    def _refuse(self, names, who: str, alternative: str):
-        """One line naming the settings among `names` given away from their LLC defaults."""
-        defaults = LLCSettings()
-        given = [k for k in names if getattr(self, k) != getattr(defaults, k)]
-        if given:
-            self._fail(given[0], f"{who} does not use {', '.join(given)}: leave "
-                                 f"{'it' if len(given) == 1 else 'them'} unset{alternative}")
+        self.refuse_set(AUTO_UNUSED, "method auto (calibrate_llc)", ", or use method grid")
 
     def for_grid(self) -> "CalibrationSettings":
         """The settings the grid sweeps with: what was left to the method filled with the grid's values."""

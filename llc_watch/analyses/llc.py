@@ -101,15 +101,20 @@ class LLCSettings(SettingsBase):
         if self.backend == "devinterp" and self.precision != "fp32":
             self._fail("precision", "the devinterp backend samples in fp32 only: leave precision at fp32")
         if self.backend == "devinterp":    # its llc() has no such option: refused, never ignored
-            unused = [k for k in DEVINTERP_UNUSED if getattr(self, k) != LLCSettings.__dataclass_fields__[k].default]
-            if unused:
-                self._fail(unused[0], f"the devinterp backend does not use {', '.join(unused)}: leave "
-                                      f"{'it' if len(unused) == 1 else 'them'} unset, or use backend ours")
+            self.refuse_set(DEVINTERP_UNUSED, "the devinterp backend", ", or use backend ours")
         self.within("min_healthy_fraction", 0.0, 1.0)
         self.positive("terms_per_example", allow_none=True)
         self.at_least("observe_every", 0, allow_none=True)
         self.at_least("observe_size", 1, allow_none=True)
         self.device_name("device")
+
+    def refuse_set(self, names, who: str, alternative: str) -> None:
+        """One line naming the settings among `names` set away from their LLCSettings defaults, which
+        `who` does not use (a setting a path cannot honour is refused, never silently ignored)."""
+        given = [k for k in names if getattr(self, k) != LLCSettings.__dataclass_fields__[k].default]
+        if given:
+            self._fail(given[0], f"{who} does not use {', '.join(given)}: leave "
+                                 f"{'it' if len(given) == 1 else 'them'} unset{alternative}")
 
 
 ESTIMATOR_KEYS = ("epsilon", "nbeta", "gamma", "chains", "draws", "burn_in", "steps_between_draws",
