@@ -54,7 +54,7 @@ def field_help(cls) -> dict[str, str]:
     names = {f.name for f in dataclasses.fields(cls)}
     out: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
-        if dataclasses.is_dataclass(klass) and klass is not object:
+        if dataclasses.is_dataclass(klass):
             out.update({k: v for k, v in _own_field_help(klass).items() if k in names})
     return out
 

@@ -22,7 +22,7 @@ import torch
 
 from llc_watch.llc.calibrate import SHARP_WARNING, SHARPEST_STEP_MAX, sharp_step_warnings, sharpest_step
 from llc_watch.llc.estimator import estimate_llc, select_params
-from llc_watch.llc.sampler import PRECISIONS
+from llc_watch.llc.sampler import PRECISIONS, SAMPLERS
 from llc_watch.run import Column, Run, TableSchema, register_table
 from llc_watch.signals import Signal
 
@@ -30,7 +30,6 @@ from .base import Analysis, run_analysis
 from llc_watch.settings import SettingsBase, SettingsError
 
 CALIBRATION_FILE = "calibration.json"
-SAMPLERS = ("sgld", "rmsprop_sgld")
 BACKENDS = ("ours", "devinterp")
 # our estimator's options that devinterp's llc() has no counterpart for
 DEVINTERP_UNUSED = ("steps_between_draws", "eval_size", "min_healthy_fraction", "observe_every", "observe_size",
