@@ -178,7 +178,8 @@ def plot_stages(ax: Axes, stage_map: StageMap, label: bool = False) -> Axes:
         if label:
             mid = np.sqrt((r.start_step + 1) * (r.end_step + 1)) - 1
             trans = blended_transform_factory(ax.transData, ax.transAxes)
-            ax.text(mid, 1.02, f"{r.stage}" + (" quiet" if r.quiet else ""), transform=trans,
+            # the number only: yellow already says quiet, and "5 quiet" labels of narrow stages overlapped
+            ax.text(mid, 1.02, f"{r.stage}", transform=trans,
                     ha="center", va="bottom", fontsize="small", color="0.25")
     return ax
 
@@ -266,7 +267,9 @@ def stage_figure(tables, stage_map: StageMap | None = None, width: float = 9.0, 
     handles = [matplotlib.lines.Line2D([], [], color=c, ls="--", marker="v", label=k) for k, c in KIND_COLORS.items()
                if any(b.kind == k for b in drawn)]
     handles.append(matplotlib.patches.Patch(color="#ffe680", alpha=0.6, label="quiet stage"))
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize="small", frameon=False)
+    # in rows of at most four: one row of eight kinds is wider than the figure and was cut off
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize="small",
+               frameon=False)
     return fig
 
 

@@ -272,6 +272,27 @@ def test_sharpest_step_lines_make_one_run_line_even_without_the_column():
     assert len(full) == 1 and "(steps 5, 6)" in full[0] and "at most 3.5, step 6" in full[0]
 
 
+def test_a_warning_seen_at_many_checkpoints_is_one_line_with_its_range():
+    # the addition demo printed ~90 per-checkpoint lines (4 kinds × 23 checkpoints) that hid the one
+    # that differed; one line per kind, each varying number as its range, and the odd one kept whole
+    from llc_watch.analyses.llc import LLC_ANALYSIS
+    rows = []
+    for step, rhat in [(0, 1.707), (10, 2.121), (20, 1.055)]:
+        lines = [f"rank-normalised split-R̂ = {rhat} > 1.01 on the observed: the chains have not mixed",
+                 f"negative LLC {-4000 + 100 * step:g}: w* is not a local minimum"]
+        if step == 10:
+            lines.append("chain 3 failed (left the basin); excluded from the mean")
+        rows.append({"measure": "llc", "step": step, "valid": True, "value": 1.0, "stderr": 0.1,
+                     "warnings": json.dumps(lines)})
+    rows.append({"measure": "llc", "step": 30, "valid": True, "value": 1.0, "stderr": 0.1, "warnings": "[]"})
+    out = LLC_ANALYSIS.warnings(pd.DataFrame(rows))
+    assert out == [
+        "LLC at 3 of 4 checkpoints (steps 0, 10, 20): rank-normalised split-R̂ = 1.055 to 2.121 > 1.01 on the "
+        "observed: the chains have not mixed",
+        "LLC at 3 of 4 checkpoints (steps 0, 10, 20): negative LLC -4000 to -2000: w* is not a local minimum",
+        "LLC at step 10: chain 3 failed (left the basin); excluded from the mean"]
+
+
 def test_unknown_setting_is_named(run_dir):
     with pytest.raises(SettingsError, match="chainz"):
         LLC_ANALYSIS.settings(open_run(run_dir), {"chainz": 3})

@@ -27,6 +27,7 @@ from llc_watch.run import Column, Run, TableSchema, register_table
 from llc_watch.signals import Signal
 
 from .base import Analysis, run_analysis
+from .warning_groups import group_step_warnings
 from llc_watch.settings import SettingsBase, SettingsError
 
 CALIBRATION_FILE = "calibration.json"
@@ -571,11 +572,12 @@ class LLC(Analysis):
         if bad:
             out.append(f"{len(bad)} of {v['step'].nunique()} LLC checkpoints are invalid and were left out of "
                        f"the LLC fit (steps {', '.join(f'{s:g}' for s in bad[:10])}{', ...' if len(bad) > 10 else ''})")
-        sharp = []                # one line for the sharpest-step warnings of every checkpoint, not one each
+        sharp, per_step = [], []   # one line per kind of warning over every checkpoint, not one each
         for step, w in zip(v["step"], v["warnings"] if "warnings" in v else []):
             lines = warning_lines(w)
             sharp += [step for line in lines if SHARP_WARNING in line]
-            out += [f"LLC at step {step:g}: {line}" for line in lines if SHARP_WARNING not in line]
+            per_step += [(step, line) for line in lines if SHARP_WARNING not in line]
+        out += group_step_warnings(per_step, "LLC", v["step"].nunique())
         if sharp:
             sharp = sorted(set(sharp))
             col = v.loc[v["step"].isin(sharp)].get("sharpest_step")

@@ -34,7 +34,7 @@ body{font-family:system-ui,-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;m
 h1{font-size:1.6em;margin-bottom:.2em} h2{font-size:1.25em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
 .meta{color:#666;font-size:.9em} figure{margin:1em 0} figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{color:#555;font-size:.9em}
-table{border-collapse:collapse;font-size:.85em;margin:.6em 0} th,td{border:1px solid #ddd;padding:.25em .55em;text-align:left;vertical-align:top}
+table{border-collapse:collapse;font-size:.85em;margin:.6em 0} th,td{border:1px solid #ddd;padding:.25em .55em;text-align:left;vertical-align:top;overflow-wrap:anywhere}
 th{background:#f5f5f5} tr.quiet td{background:#fff6cc}
 .warn{background:#fff4e5;border-left:4px solid #f0a020;padding:.4em .8em;margin:.3em 0}
 .ok{background:#eef8ee;border-left:4px solid #3a3;padding:.4em .8em;margin:.3em 0}
@@ -144,8 +144,11 @@ def render_report(run: Run | str, sm: StageMap | None = None, title: str | None 
                        "posterior draws: treat it as tentative." for b in sm.boundaries if b.support < 0.8]
     oks = []
     llc = tables.get("llc")
-    if llc is not None and llc_rows(llc)["valid"].all():
-        oks.append(f"All {len(llc)} LLC estimates are valid.")
+    # "valid" is only enough healthy chains and a finite mean: beside warnings that the chains have
+    # not mixed (the addition demo: all 23 valid, 22 unmixed) a green "all valid" line misleads
+    llc_warned = any(w.startswith("LLC ") for w in shown_warnings)
+    if llc is not None and llc_rows(llc)["valid"].all() and not llc_warned:
+        oks.append(f"All {len(llc)} LLC estimates are valid, with no LLC warning.")
     if not shown_warnings and not missing and not oks:
         oks.append("No warnings.")
 
