@@ -1,9 +1,11 @@
 """The HTML report: self-contained, complete, honest about what is missing, and it renders in Chromium."""
+import html
 import json
 import re
 import shutil
 import subprocess
 
+import pandas as pd
 import pytest
 
 from llc_watch.report import write_report
@@ -41,6 +43,28 @@ def test_report_holds_stages_hyperparameters_and_warnings(report):
                    "feature carry forms at step"):                               # the timeline
         assert needle in text, needle
     assert 'class="quiet"' in text
+
+
+def _trust(text):
+    found = re.findall(r'<p class="trust">(.*?)</p>', text)
+    return html.unescape(found[0]) if found else None
+
+
+def test_report_summary_says_how_far_the_llc_levels_can_be_trusted(tmp_path):
+    # the addition demo's summary said nothing of its UNTRUSTED calibration, and a green "all 23 LLC
+    # estimates are valid" sat beside warnings that 22 had not mixed
+    run = write_synthetic_run(tmp_path / "r", tables=("metrics", "llc"))
+    text = write_report(run, out_path=tmp_path / "a.html").read_text()
+    assert _trust(text).startswith("LLC settings were not calibrated") and "llc-watch calibrate" in _trust(text)
+    eps = float(pd.read_csv(run / "llc.csv")["epsilon"].dropna().iloc[0])
+    (run / "calibration.json").write_text(json.dumps({"choice": {"epsilon": eps, "untrusted": True}, "warnings": []}))
+    text = write_report(run, out_path=tmp_path / "b.html").read_text()
+    assert _trust(text).startswith("LLC settings from the calibration, UNTRUSTED") and "But" not in _trust(text)
+    (run / "calibration.json").write_text(json.dumps({"choice": {"epsilon": eps * 10}, "per_checkpoint": {
+        "1": {"status": "plateau"}}}))
+    text = write_report(run, out_path=tmp_path / "c.html").read_text()
+    assert _trust(text).startswith("LLC settings from the calibration, PLATEAU")
+    assert "not the calibration's" in _trust(text)          # llc.csv at another ε: the verdict does not cover it
 
 
 def test_report_names_the_commands_for_missing_tables(tmp_path):

@@ -20,6 +20,7 @@ import pandas as pd
 from markupsafe import Markup, escape
 
 from llc_watch.analyses.base import run_signals
+from llc_watch.analyses.calibration import saved_calibration_status
 from llc_watch.analyses.llc import SETTING_COLUMNS, llc_rows
 from llc_watch.analyses.stage_map import run_stage_map
 from llc_watch.io import atomic_write_text
@@ -38,6 +39,7 @@ table{border-collapse:collapse;font-size:.85em;margin:.6em 0} th,td{border:1px s
 th{background:#f5f5f5} tr.quiet td{background:#fff6cc}
 .warn{background:#fff4e5;border-left:4px solid #f0a020;padding:.4em .8em;margin:.3em 0}
 .ok{background:#eef8ee;border-left:4px solid #3a3;padding:.4em .8em;margin:.3em 0}
+.trust{background:#f1f5fb;border-left:4px solid #4a78c0;padding:.4em .8em}
 .timeline li{margin:.2em 0} code{background:#f3f3f3;padding:0 .25em}
 """
 
@@ -129,6 +131,41 @@ def llc_chain_figures(llc: pd.DataFrame) -> list[dict]:
     return out
 
 
+_TRUST = {
+    "plateau": "λ̂ sat on a plateau in ε at the calibrated checkpoints (within its noise for a 3× change of ε)",
+    "extrapolated": "no plateau of λ̂ in ε: λ̂ was extrapolated to ε → 0 and the smallest ε taken, so the "
+                    "levels carry an ε-bias; compare them within this run",
+    "no_plateau": "no plateau of λ̂ in ε: the levels carry an ε-bias; compare them within this run",
+    "untrusted": "the calibration found no setting it could trust: read the LLC's shape within this run "
+                 "(its rises, falls and plateaus at one setting), not its levels against other runs or papers",
+}
+
+
+def llc_trust_line(llc: pd.DataFrame | None, saved: dict | None) -> str | None:
+    """One sentence for the summary: how far the LLC's levels can be trusted, from the run's
+    calibration (calibration.json) and whether llc.csv was estimated at its choice.
+
+        >>> llc = pd.DataFrame({"step": [1], "epsilon": [3e-6]})
+        >>> llc_trust_line(llc, {"choice": {"epsilon": 3e-6, "untrusted": True}, "warnings": []})[:45]
+        'LLC settings from the calibration, UNTRUSTED:'
+        >>> llc_trust_line(llc, None)[:34]
+        'LLC settings were not calibrated: '
+    """
+    if llc is None or not len(llc):
+        return None
+    if not saved or not isinstance(saved.get("choice"), dict):
+        return ("LLC settings were not calibrated: its levels move with ε, γ, nβ and the batch; "
+                "`llc-watch calibrate RUN` chooses settings or says why none can be trusted.")
+    status = saved_calibration_status(saved)
+    line = f"LLC settings from the calibration, {status.replace('_', ' ').upper()}: {_TRUST.get(status, status)}."
+    eps = pd.to_numeric(llc["epsilon"], errors="coerce").dropna().unique() if "epsilon" in llc else []
+    chosen = saved["choice"].get("epsilon")
+    if chosen is not None and len(eps) and not np.allclose(eps, float(chosen), rtol=1e-6):
+        line += (f" But llc.csv was estimated at ε = {', '.join(f'{e:g}' for e in eps[:3])}, not the "
+                 f"calibration's {float(chosen):g}: the calibration's verdict does not cover it.")
+    return line
+
+
 def render_report(run: Run | str, sm: StageMap | None = None, title: str | None = None) -> str:
     """The report of a run folder as one HTML string (the stage map is computed when not given; nothing is written)."""
     run = run if isinstance(run, Run) else open_run(run)
@@ -152,6 +189,7 @@ def render_report(run: Run | str, sm: StageMap | None = None, title: str | None 
     if not shown_warnings and not missing and not oks:
         oks.append("No warnings.")
 
+    llc_trust = llc_trust_line(llc, run.read_json("calibration.json"))
     calibration = None
     if "calibration" in tables:
         cal = tables["calibration"]
@@ -210,7 +248,7 @@ def render_report(run: Run | str, sm: StageMap | None = None, title: str | None 
         stage_png=_png(stage_figure(tables, sm, signals=signals)),
         stages_table=_table(_int_steps(sm.stages), row_class=lambda r: "quiet" if r["quiet"] else ""),
         boundaries_table=_table(_int_steps(sm.aligned[cols]) if len(sm.aligned) else sm.aligned),
-        missing=sorted(missing.items()), warnings=shown_warnings, oks=oks,
+        missing=sorted(missing.items()), warnings=shown_warnings, oks=oks, llc_trust=llc_trust,
         llc_section=llc_chain_figures(llc) if llc is not None else None,
         calibration=calibration, probe_figs=probe_figs, sections=sections,
         config_table=_table(pd.DataFrame({"setting": list(flat), "value": [v if isinstance(v, str) else json.dumps(v)
