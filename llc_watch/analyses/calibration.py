@@ -34,7 +34,8 @@ from llc_watch.llc.sampler import SAMPLERS
 from llc_watch.run import Column, TableSchema, register_table
 
 from .base import Analysis, run_analysis
-from .llc import CALIBRATION_FILE, LLCSettings, checkpoint_problem, estimator_kwargs, load_calibration, resolve_params
+from .llc import (CALIBRATION_FILE, LLCSettings, STATUS_RANK, grid_status, checkpoint_problem, estimator_kwargs,
+                  load_calibration, resolve_params)
 
 
 # what the grid sweeps at where these settings are left to the method (None / "auto")
@@ -335,30 +336,6 @@ def calibrate_run(run_dir, *, steps: list[int] | None = None, epsilons=None, nbe
     return run_calibration_result(df, method)
 
 
-_WORST = {"plateau": 0, "no_plateau": 1, "extrapolated": 1, "untrusted": 2}
-
-
-def _grid_status(choice: dict, warnings) -> str:
-    return ("untrusted" if choice.get("untrusted") else
-            "no_plateau" if any("no plateau" in w for w in warnings) else "plateau")
-
-
-def saved_calibration_status(saved: dict) -> str:
-    """The status of a saved calibration.json (either method): plateau, no_plateau, extrapolated or
-    untrusted, the worst over its checkpoints.
-
-        >>> saved_calibration_status({"choice": {"untrusted": True}, "warnings": []})
-        'untrusted'
-        >>> saved_calibration_status({"choice": {}, "per_checkpoint": {"10": {"status": "plateau"},
-        ...                                                           "90": {"status": "extrapolated"}}})
-        'extrapolated'
-    """
-    per = saved.get("per_checkpoint")
-    if per:
-        return max((p.get("status", "untrusted") for p in per.values()), key=lambda s: _WORST.get(s, 2))
-    return _grid_status(saved.get("choice") or {}, saved.get("warnings") or [])
-
-
 def run_calibration_result(df, method: str) -> Calibration:
     """The run's calibration as the one `Calibration` type: the run-level choice, every cell, each
     checkpoint's verdict in evidence['per_checkpoint'] (auto), and the worst status over them."""
@@ -369,9 +346,9 @@ def run_calibration_result(df, method: str) -> Calibration:
             r0 = g.iloc[0]
             per[str(int(step))] = {"status": r0["status"], "llc": r0["cal_llc"], "llc_stderr": r0["cal_llc_stderr"],
                                    "evidence": json.loads(r0["evidence"])}
-        status = max((p["status"] for p in per.values()), key=lambda s: _WORST.get(s, 2))
+        status = max((p["status"] for p in per.values()), key=lambda s: STATUS_RANK.get(s, 2))
         evidence = {"method": "calibrate_llc", "per_checkpoint": per, "steps": sorted(int(s) for s in per)}
         return Calibration(choice, df, evidence, warns, status, rule=AUTO_RULE)
-    status = _grid_status(choice, warns)
+    status = grid_status(choice, warns)
     evidence = {"method": "grid", "steps": sorted(int(s) for s in df["step"].unique())}
     return Calibration(choice, df, evidence, warns, status, rule=RULE)

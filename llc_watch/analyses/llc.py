@@ -473,6 +473,32 @@ def load_calibration(run_dir) -> dict | None:
     return data["choice"]
 
 
+# calibration statuses, best (0) to worst: a run's status is its worst checkpoint's
+STATUS_RANK = {"plateau": 0, "no_plateau": 1, "extrapolated": 1, "untrusted": 2}
+
+
+def grid_status(choice: dict, warnings) -> str:
+    """The grid method's status (llc.calibrate's rule): untrusted, no_plateau or plateau."""
+    return ("untrusted" if choice.get("untrusted") else
+            "no_plateau" if any("no plateau" in w for w in warnings) else "plateau")
+
+
+def saved_calibration_status(saved: dict) -> str:
+    """The status of a saved calibration.json (either method): plateau, no_plateau, extrapolated or
+    untrusted, the worst over its checkpoints.
+
+        >>> saved_calibration_status({"choice": {"untrusted": True}, "warnings": []})
+        'untrusted'
+        >>> saved_calibration_status({"choice": {}, "per_checkpoint": {"10": {"status": "plateau"},
+        ...                                                           "90": {"status": "extrapolated"}}})
+        'extrapolated'
+    """
+    per = saved.get("per_checkpoint")
+    if per:
+        return max((p.get("status", "untrusted") for p in per.values()), key=lambda s: STATUS_RANK.get(s, 2))
+    return grid_status(saved.get("choice") or {}, saved.get("warnings") or [])
+
+
 def _as_bool(s: pd.Series) -> pd.Series:
     if s.dtype == bool:
         return s
@@ -602,7 +628,10 @@ class LLC(Analysis):
             lines.append(f"adaptive: {spent} SGLD steps = {spent / dense:.0%} of the dense run's {dense} "
                          f"({table.attrs.get('summary', '')}; see llc_adaptive.json)")
         if s is not None:
-            lines.append(f"settings ({'calibration.json' if load_calibration(run) else 'defaults'} + given): "
+            saved = run.read_json(CALIBRATION_FILE) if load_calibration(run) else None
+            source = (f"calibration.json [{saved_calibration_status(saved).replace('_', ' ').upper()}]" if saved
+                      else "defaults [not calibrated]")
+            lines.append(f"settings from {source} + given: "
                          + ", ".join(f"{k}={getattr(s, k)}" for k in ("epsilon", "nbeta", "gamma", "chains",
                                                                         "draws", "burn_in", "batch_size", "sampler")))
         cols = [c for c in ("step", "value", "stderr", "valid", "rhat", "drift") if c in table.columns]

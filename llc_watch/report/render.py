@@ -20,8 +20,7 @@ import pandas as pd
 from markupsafe import Markup, escape
 
 from llc_watch.analyses.base import run_signals
-from llc_watch.analyses.calibration import saved_calibration_status
-from llc_watch.analyses.llc import SETTING_COLUMNS, llc_rows
+from llc_watch.analyses.llc import SETTING_COLUMNS, llc_rows, saved_calibration_status
 from llc_watch.analyses.stage_map import run_stage_map
 from llc_watch.io import atomic_write_text
 from llc_watch.plots import (calibration_figure, figure_png, new_figure, parse_json_list, plot_llc_chains,
