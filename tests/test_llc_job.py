@@ -314,3 +314,19 @@ def test_bad_settings_are_refused_before_any_checkpoint_is_loaded(run_dir, tmp_p
     with pytest.raises(SettingsError, match=words):
         compute_llc(d, {**TINY, **given}, progress=False)
     assert loaded == [] and (d / "llc.csv").read_bytes() == table
+
+
+def test_the_summary_names_where_the_settings_came_from_and_the_calibrations_status(tmp_path):
+    # a user reading `llc-watch llc`'s output must see whether its levels were calibrated, and nβ's value
+    from llc_watch.analyses.llc import LLCSettings
+    from tests.synthetic_tables import write_synthetic_run
+    run = open_run(write_synthetic_run(tmp_path / "r", tables=("metrics", "llc")))
+    table = run.table("llc")
+    table.attrs["settings"] = LLCSettings()
+    first = LLC_ANALYSIS.summary(run, table)[0]
+    nbeta = pd.to_numeric(table["nbeta"], errors="coerce").dropna().iloc[0]
+    assert first.startswith("settings from defaults [not calibrated] + given:")
+    assert f"nbeta={nbeta:.5g} (default)" in first
+    (run.dir / "calibration.json").write_text(json.dumps({"choice": {"epsilon": 1e-4, "untrusted": True},
+                                                          "warnings": []}))
+    assert LLC_ANALYSIS.summary(run, table)[0].startswith("settings from calibration.json [UNTRUSTED] + given:")

@@ -631,9 +631,15 @@ class LLC(Analysis):
             saved = run.read_json(CALIBRATION_FILE) if load_calibration(run) else None
             source = (f"calibration.json [{saved_calibration_status(saved).replace('_', ' ').upper()}]" if saved
                       else "defaults [not calibrated]")
+            def shown(k):   # a setting left to the estimator (nβ: n/log n) as the value llc.csv records
+                v = getattr(s, k)
+                if v is None and k in table.columns:
+                    vals = pd.to_numeric(table[k], errors="coerce").dropna().unique()
+                    v = "/".join(f"{x:.5g}" for x in vals[:3]) + (" (default)" if len(vals) else "")
+                return f"{k}={v}"
             lines.append(f"settings from {source} + given: "
-                         + ", ".join(f"{k}={getattr(s, k)}" for k in ("epsilon", "nbeta", "gamma", "chains",
-                                                                        "draws", "burn_in", "batch_size", "sampler")))
+                         + ", ".join(shown(k) for k in ("epsilon", "nbeta", "gamma", "chains", "draws", "burn_in",
+                                                        "batch_size", "sampler")))
         cols = [c for c in ("step", "value", "stderr", "valid", "rhat", "drift") if c in table.columns]
         if "dense_sgld_steps" in table.attrs:
             cols.insert(4, "draws")
