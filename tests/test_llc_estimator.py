@@ -314,3 +314,19 @@ def test_step_indices_built_in_chunks_as_int32_give_the_same_minibatches(monkeyp
         x, y = db(t)
         assert torch.equal(x, src.batch(stream.indices(t))[0]) and torch.equal(y, 2 * x.long())
         assert torch.equal(db.at(torch.tensor([t]))[0], x)
+
+
+def test_results_print_as_their_summary_not_every_trace():
+    # the dataclass reprs printed every loss trace (an LLCResult of 2 chains × 60 steps: 10,000
+    # characters) and a Calibration its whole sweep, evidence and rule
+    import pandas as pd
+    from llc_watch.llc.calibration import Calibration
+    model, loss_fn, data, _ = exact.make_regular(3, 500)
+    r = estimate_llc(model, loss_fn, data, **{**FAST, "draws": 200})
+    text = repr(r)
+    assert text.startswith("<LLCResult LLC ") and f"{r.llc_mean:.4g}" in text and "3 chains × 200 draws" in text
+    assert len(text) < 600 and str(r.loss_traces[0][5]) not in text
+    cal = Calibration({"epsilon": 1e-4, "gamma": 1.0}, pd.DataFrame({"llc": range(40)}), {"rule": "x" * 5000},
+                      ["NO PLATEAU: ..."], "extrapolated", 1.5, 0.1)
+    assert repr(cal) == ("<Calibration extrapolated: ε=0.0001 γ=1; λ̂ ≈ 1.5 ± 0.1; 1 warning(s); .choice, "
+                         ".sweep (40 runs), .evidence, .warnings>")

@@ -255,6 +255,10 @@ class Calibration:
             out += f"; cost {self.evidence['cost']['ratio']:.2f}× one estimate"
         return out
 
+    def __repr__(self) -> str:
+        # the dataclass's own repr printed the sweep, the evidence and the rule (10,000+ characters)
+        return f"<Calibration {self.summary()}; .choice, .sweep ({len(self.sweep)} runs), .evidence, .warnings>"
+
 
 # --- probes at w* -----------------------------------------------------------------------------
 

@@ -94,6 +94,14 @@ class LLCResult:
         return (f"LLC {self.llc_mean:.4g} ± {self.llc_stderr:.2g} "
                 f"({self.n_healthy}/{len(self.chain_failed)} healthy chains){flag}")
 
+    def __repr__(self) -> str:
+        # the dataclass's own repr printed every loss trace (10,000 characters for 2 chains × 60
+        # steps): in a notebook the result should read like its summary, the fields one dot away
+        h = self.hyperparameters
+        run = f"{len(self.chain_failed)} chains × {h.get('draws', '?')} draws, ε={h.get('epsilon', float('nan')):.3g}"
+        warn = f"; {len(self.warnings)} warning(s), first: {self.warnings[0]!r}" if self.warnings else ""
+        return f"<LLCResult {self.summary()}; {run}{warn}>"
+
 
 def _json_safe(x):
     if isinstance(x, dict):
