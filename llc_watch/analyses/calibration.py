@@ -34,8 +34,8 @@ from llc_watch.llc.sampler import SAMPLERS
 from llc_watch.run import Column, TableSchema, register_table
 
 from .base import Analysis, run_analysis
-from .llc import (CALIBRATION_FILE, LLCSettings, STATUS_RANK, grid_status, checkpoint_problem, estimator_kwargs,
-                  load_calibration, resolve_params)
+from .llc import (CALIBRATION_FILE, LLCSettings, checkpoint_problem, estimator_kwargs, grid_status, load_calibration,
+                  resolve_params, worst_status)
 
 
 # what the grid sweeps at where these settings are left to the method (None / "auto")
@@ -346,7 +346,7 @@ def run_calibration_result(df, method: str) -> Calibration:
             r0 = g.iloc[0]
             per[str(int(step))] = {"status": r0["status"], "llc": r0["cal_llc"], "llc_stderr": r0["cal_llc_stderr"],
                                    "evidence": json.loads(r0["evidence"])}
-        status = max((p["status"] for p in per.values()), key=lambda s: STATUS_RANK.get(s, 2))
+        status = worst_status(p["status"] for p in per.values())
         evidence = {"method": "calibrate_llc", "per_checkpoint": per, "steps": sorted(int(s) for s in per)}
         return Calibration(choice, df, evidence, warns, status, rule=AUTO_RULE)
     status = grid_status(choice, warns)

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from llc_watch.llc.calibrate import SHARP_WARNING, SHARPEST_STEP_MAX, sharp_step_warnings, sharpest_step
+from llc_watch.llc.calibration import STATUS_RANK as CALIBRATION_STATUS_RANK
 from llc_watch.llc.estimator import estimate_llc, select_params
 from llc_watch.llc.sampler import PRECISIONS, SAMPLERS
 from llc_watch.run import Column, Run, TableSchema, register_table
@@ -473,8 +474,14 @@ def load_calibration(run_dir) -> dict | None:
     return data["choice"]
 
 
-# calibration statuses, best (0) to worst: a run's status is its worst checkpoint's
-STATUS_RANK = {"plateau": 0, "no_plateau": 1, "extrapolated": 1, "untrusted": 2}
+# calibration statuses, best (0) to worst (calibrate_llc's, and the grid's no_plateau beside
+# extrapolated): a run's status is its worst checkpoint's
+STATUS_RANK = {**CALIBRATION_STATUS_RANK, "no_plateau": CALIBRATION_STATUS_RANK["extrapolated"]}
+
+
+def worst_status(statuses) -> str:
+    """The worst of several checkpoints' calibration statuses (an unknown one counts as untrusted)."""
+    return max(statuses, key=lambda s: STATUS_RANK.get(s, 2))
 
 
 def grid_status(choice: dict, warnings) -> str:
@@ -495,7 +502,7 @@ def saved_calibration_status(saved: dict) -> str:
     """
     per = saved.get("per_checkpoint")
     if per:
-        return max((p.get("status", "untrusted") for p in per.values()), key=lambda s: STATUS_RANK.get(s, 2))
+        return worst_status(p.get("status", "untrusted") for p in per.values())
     return grid_status(saved.get("choice") or {}, saved.get("warnings") or [])
 
 

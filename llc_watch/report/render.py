@@ -20,7 +20,7 @@ import pandas as pd
 from markupsafe import Markup, escape
 
 from llc_watch.analyses.base import run_signals
-from llc_watch.analyses.llc import SETTING_COLUMNS, llc_rows, saved_calibration_status
+from llc_watch.analyses.llc import CALIBRATION_FILE, SETTING_COLUMNS, llc_rows, saved_calibration_status
 from llc_watch.analyses.stage_map import run_stage_map
 from llc_watch.io import atomic_write_text
 from llc_watch.plots import (calibration_figure, figure_png, new_figure, parse_json_list, plot_llc_chains,
@@ -188,7 +188,8 @@ def render_report(run: Run | str, sm: StageMap | None = None, title: str | None 
     if not shown_warnings and not missing and not oks:
         oks.append("No warnings.")
 
-    llc_trust = llc_trust_line(llc, run.read_json("calibration.json"))
+    saved_calibration = run.read_json(CALIBRATION_FILE)
+    llc_trust = llc_trust_line(llc, saved_calibration)
     calibration = None
     if "calibration" in tables:
         cal = tables["calibration"]
@@ -201,7 +202,7 @@ def render_report(run: Run | str, sm: StageMap | None = None, title: str | None 
                             "llc_mean", "llc_std", "valid", "drift", "rhat", "ess_bulk", "mixed", "mala",
                             "failed_chains", "usable", "status"] if c in cal.columns]
         calibration["table"] = _table(cal[show])
-        saved = run.read_json("calibration.json") or {}
+        saved = saved_calibration or {}
         calibration["rule"] = saved.get("rule", "")
         calibration["choice"] = _table(pd.DataFrame({"setting": list(saved.get("choice", {})),
                                                      "value": [str(v) for v in saved.get("choice", {}).values()]}))
