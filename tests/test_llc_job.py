@@ -273,7 +273,7 @@ def test_sharpest_step_lines_make_one_run_line_even_without_the_column():
 
 
 def test_a_warning_seen_at_many_checkpoints_is_one_line_with_its_range():
-    # the addition demo printed ~90 per-checkpoint lines (4 kinds × 23 checkpoints) that hid the one
+    # the addition demo printed 94 per-checkpoint lines (mostly 4 kinds × 23 checkpoints) that hid the one
     # that differed; one line per kind, each varying number as its range, and the odd one kept whole
     from llc_watch.analyses.llc import LLC_ANALYSIS
     rows = []

@@ -2,7 +2,7 @@
 
 An analysis that warns at each checkpoint (the LLC: unmixed chains, a negative estimate, gradient
 noise) would otherwise print, and the report would list, the same sentence once per checkpoint with
-other numbers in it: on the addition demo about 90 lines that hide the one that differs. Lines that
+other numbers in it: on the addition demo 94 lines that hid the few that differ. Lines that
 are the same once their numbers are masked are one kind; each varying number becomes its range.
 
     >>> lines = [(0, "split-R̂ = 1.707 > 1.01: not mixed"), (1, "split-R̂ = 1.619 > 1.01: not mixed"),
