@@ -460,8 +460,9 @@ def estimate_checkpoints(checkpoints, settings: dict, *, block_size: int | None 
 
 # --- run level -----------------------------------------------------------------------------------
 
-def load_calibration(run_dir) -> dict | None:
-    """The `choice` saved by calibrate_run, or None when the run has not been calibrated."""
+def load_saved_calibration(run_dir) -> dict | None:
+    """calibration.json as calibrate_run saved it (choice, warnings, per-checkpoint verdicts), or
+    None when the run has not been calibrated; one without a choice is one line naming the fix."""
     from llc_watch.run import open_run
     run = run_dir if isinstance(run_dir, Run) else open_run(run_dir)
     data = run.read_json(CALIBRATION_FILE)
@@ -471,7 +472,13 @@ def load_calibration(run_dir) -> dict | None:
         from llc_watch.checkpoints import CheckpointError
         raise CheckpointError(f"{run.dir / CALIBRATION_FILE} has no 'choice'; delete it and rerun "
                               f"`llc-watch calibrate {run.dir}`")
-    return data["choice"]
+    return data
+
+
+def load_calibration(run_dir) -> dict | None:
+    """The `choice` saved by calibrate_run, or None when the run has not been calibrated."""
+    saved = load_saved_calibration(run_dir)
+    return None if saved is None else saved["choice"]
 
 
 # calibration statuses, best (0) to worst (calibrate_llc's, and the grid's no_plateau beside
@@ -635,7 +642,7 @@ class LLC(Analysis):
             lines.append(f"adaptive: {spent} SGLD steps = {spent / dense:.0%} of the dense run's {dense} "
                          f"({table.attrs.get('summary', '')}; see llc_adaptive.json)")
         if s is not None:
-            saved = run.read_json(CALIBRATION_FILE) if load_calibration(run) else None
+            saved = load_saved_calibration(run)
             source = (f"calibration.json [{saved_calibration_status(saved).replace('_', ' ').upper()}]" if saved
                       else "defaults [not calibrated]")
             def shown(k):   # a setting left to the estimator (nβ: n/log n) as the value llc.csv records
