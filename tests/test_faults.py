@@ -214,6 +214,13 @@ def test_corrupt_json_is_one_line(run_copy, capsys, name):
     assert name in _one_line_error(capsys)
 
 
+def test_a_calibration_without_its_choice_is_one_line_naming_the_fix(run_copy, capsys):
+    (run_copy / "calibration.json").write_text('{"warnings": []}')
+    assert main(["llc", str(run_copy), *FAST_LLC]) == 2
+    err = _one_line_error(capsys)
+    assert "calibration.json has no 'choice'" in err and "llc-watch calibrate" in err
+
+
 def test_a_read_only_run_folder_is_one_line(run_copy, capsys, monkeypatch):
     """Every write goes through llc_watch.io; a read-only file system fails it with EROFS."""
     import llc_watch.io as io
