@@ -99,7 +99,10 @@ THE RULE (`RULE` below, in words; every number it uses is in `cal.evidence`):
     long chains wander (DLNs: λ̂ rose past the true λ with length), so the ε-plateau of short pilots
     says nothing about the settled regime; only a test at the settled length does.
  5b. Then checks at the chosen cell, each a warning when it fails (and in `.evidence`; any
-    failure makes the status UNTRUSTED, as the issue's rule requires them of a choice):
+    failure makes the status UNTRUSTED, as the issue's rule requires them of a choice; where the
+    draws check ended NOT CONVERGED, the status is UNTRUSTED already and only MALA's is run: the
+    batch and γ checks would compare two still-moving numbers at the longest length, hours on a
+    network of 10³ weights):
     the gradient-noise bias at the chosen batch within 2 se + 5 % of λ̂, judged from the same cell
     at twice the batch (`batch_verdict`: doubling B removes about half that bias, so the bias is
     about twice the change); λ̂ insensitive to γ (at 3γ, within 2 se + 5 %); MALA acceptance
@@ -217,7 +220,8 @@ RULE = ("ε ladder ε_top/3^k from the Hessian's top curvature (ε_top·(nβ·h_
         "that is predicted to suffice; still wider: no plateau), else extrapolate to ε→0 over the mixed rungs and take the smallest (fewer than two "
         "mixed: untrusted); λ̂ unchanged at 4× the chosen draws (else 4× again; moved: untrusted, the longest run chosen, "
         "and where it settled and mixed, the plateau test again at that length: ε/3 at 3× the draws); "
-        "check batch ×2 (the bias it implies at B, twice the change, within 2 se + 5 %), γ ×3 (÷3 where rule step 8 raised γ), MALA >= 0.9 (a failure: untrusted), R̂ <= 1.01, ESS >= 100/chain; sampler auto: "
+        "check batch ×2 (the bias it implies at B, twice the change, within 2 se + 5 %), γ ×3 (÷3 where rule step 8 raised γ) (neither "
+        "where λ̂ never settled in draws), MALA >= 0.9 (a failure: untrusted), R̂ <= 1.01, ESS >= 100/chain; sampler auto: "
         "RMSProp-SGLD's ladder too where SGLD's has no plateau, the strictly better status wins, ties keep SGLD; "
         "γ not given: 1, and where λ̂ moved with draws in a run shorter than two relaxations 2/(εγ) of the flat "
         "directions, the draws check stops and the calibration runs again at the first γ·10^k (k <= 3) whose two "
@@ -1327,6 +1331,7 @@ def _calibrate_at_gamma(model, loss_fn, data, *, gamma: float, nbeta=None, terms
                         f"(it ended {tried[1]['status']}, {tried[1]['mixed_rungs']} mixed); {switch['reason']}")
     ev_checks = {}
     stopped_for_localisation = False
+    unsettled = False   # the draws check ran to its end with λ̂ still moving (NOT CONVERGED IN DRAWS)
     if checks and _healthy(chosen) and chosen["mixed"]:   # the estimator's own final-run standard
         ev_checks["draws"] = {"skipped": f"the chosen pilot met R̂ <= {dg.RHAT_MAX} and bulk and tail ESS >= "
                                          f"{dg.ESS_MIN_PER_CHAIN} per chain on the observable"}
@@ -1352,6 +1357,7 @@ def _calibrate_at_gamma(model, loss_fn, data, *, gamma: float, nbeta=None, terms
             chosen["comparable"] = _healthy(chosen) and _pilot_mixed(chosen)
             llc, llc_se, status = chosen["llc"], chosen["llc_se"], "untrusted"
         elif conv["moved"]:   # else λ̂ held still and the chosen cell stands (its length, its ESS)
+            unsettled = not conv["evidence"]["converged"]
             # the ladder compared pilots that were still moving, so its verdict is void; where λ̂
             # settled, the plateau test is run again at that length (the rung below at 3× the draws)
             ladder_status = status
@@ -1371,49 +1377,61 @@ def _calibrate_at_gamma(model, loss_fn, data, *, gamma: float, nbeta=None, terms
                                 "with draws, so the ε-bias at the chosen ε is unmeasured")
     B = int(chosen["batch_size"])
     failed_checks = []   # the rule's requirements at the chosen cell; any failure denies trust
+    # Not converged in draws: the status is UNTRUSTED whatever the batch and γ checks read, and at
+    # the longest length they compare two still-moving numbers, so they are not run. Why: on the
+    # 1,024-weight minimal-point network they were next at 144,000 draws each (the γ ÷3 one up to 3×
+    # that), hours on one core that could not change the answer; MALA's short run is kept.
+    skip_why = (f"not run: λ̂ had not converged in draws ({int(chosen['draws'])} draws, still moving), so the "
+                "status is UNTRUSTED whatever this check reads, and it would compare two still-moving numbers")
     if checks and chosen["comparable"] and not stopped_for_localisation:   # (an unmixed cell: nothing to measure)
-        if B < n:
-            B2 = min(2 * B, n)
-            rb = run("batch_check", chosen["epsilon"], gamma, B2, PILOT_CHAINS, sampler_used,
-                     draws_=chosen["draws"], burn_=chosen["burn_in"])
-            ok, diff, allowed, implied = batch_verdict(chosen, rb, n)
-            ev_checks["batch"] = {"batch": B2, "llc": rb["llc"], "agree": ok, "diff": diff, "allowed": allowed,
-                                  "implied_bias": implied}
-            if not ok:
-                failed_checks.append("batch ×2")
-                warnings.append(f"λ̂ changes when the batch doubles ({chosen['llc']:.4g} at {B} → "
-                                f"{rb['llc']:.4g} at {B2}: gradient noise adds about {implied:+.3g} at batch {B}); "
-                                "use a larger batch")
-        # γ ×3; in a localised calibration (rule step 8 raised γ) γ ÷3 instead: the risk there is
-        # a γ that cuts the posterior, and a cut shows where the localisation is weakened. On the
-        # 188-weight minimal-point network (λ = 29.5; RMSProp-SGLD ε = 4.35e-6, 24,000 burn-in
-        # steps) λ̂ read 34.5, 29.5, 24.3, 21.5 and 19.2 at γ = 10, 33, 100, 300 and 900: 100 → 300
-        # fell 11 % (within 2 se + 5 % of the pilots: the γ ×3 check passed a −18 % estimate), 100 → 33
-        # rose 21 %; on a generic 200-weight one (λ = 50) 53.8, 52.6, 50.1 at γ = 30, 100, 300
-        g_chk, label = (gamma / 3, "γ ÷3") if burn_floor is not None else (3 * gamma, "γ ×3")
-        rg = run("gamma_check", chosen["epsilon"], g_chk, B, PILOT_CHAINS, sampler_used,
-                 draws_=chosen["draws"], burn_=chosen["burn_in"], warm_from=gamma)
-        # γ ÷3 must have mixed to pass: its chains relax 3× slower, and an unmixed run's wide se
-        # "agrees" with anything (188 weights: 29.6 ± 2.1 at γ = 33, R̂ 1.10, against 24.2 ± 0.4).
-        # Unmixed, it runs once more, 3× longer, from its own end points (as an unmixed pilot does)
-        if burn_floor is not None and _healthy(rg) and unmixed_reasons(rg):
-            rg["role"] = "gamma_check_short"
+        if unsettled:
+            ev_checks["batch"] = {"skipped": skip_why}
+            ev_checks["gamma"] = {"skipped": skip_why}
+            warnings = [w + "; the batch and γ checks were not run (the status is UNTRUSTED whatever they read)"
+                        if w.startswith("NOT CONVERGED IN DRAWS") else w for w in warnings]
+        else:
+            if B < n:
+                B2 = min(2 * B, n)
+                rb = run("batch_check", chosen["epsilon"], gamma, B2, PILOT_CHAINS, sampler_used,
+                         draws_=chosen["draws"], burn_=chosen["burn_in"])
+                ok, diff, allowed, implied = batch_verdict(chosen, rb, n)
+                ev_checks["batch"] = {"batch": B2, "llc": rb["llc"], "agree": ok, "diff": diff, "allowed": allowed,
+                                      "implied_bias": implied}
+                if not ok:
+                    failed_checks.append("batch ×2")
+                    warnings.append(f"λ̂ changes when the batch doubles ({chosen['llc']:.4g} at {B} → "
+                                    f"{rb['llc']:.4g} at {B2}: gradient noise adds about {implied:+.3g} at batch {B}); "
+                                    "use a larger batch")
+            # γ ×3; in a localised calibration (rule step 8 raised γ) γ ÷3 instead: the risk there is
+            # a γ that cuts the posterior, and a cut shows where the localisation is weakened. On the
+            # 188-weight minimal-point network (λ = 29.5; RMSProp-SGLD ε = 4.35e-6, 24,000 burn-in
+            # steps) λ̂ read 34.5, 29.5, 24.3, 21.5 and 19.2 at γ = 10, 33, 100, 300 and 900: 100 → 300
+            # fell 11 % (within 2 se + 5 % of the pilots: the γ ×3 check passed a −18 % estimate), 100 → 33
+            # rose 21 %; on a generic 200-weight one (λ = 50) 53.8, 52.6, 50.1 at γ = 30, 100, 300
+            g_chk, label = (gamma / 3, "γ ÷3") if burn_floor is not None else (3 * gamma, "γ ×3")
             rg = run("gamma_check", chosen["epsilon"], g_chk, B, PILOT_CHAINS, sampler_used,
-                     draws_=3 * int(chosen["draws"]), burn_=chosen["burn_in"])
-        ok, diff, allowed = _agree(chosen, rg)
-        ev_checks["gamma"] = {"gamma": g_chk, "llc": rg["llc"], "agree": ok, "diff": diff, "allowed": allowed,
-                              "check": label, "draws": int(rg["draws"])}
-        why_not = unmixed_reasons(rg) if (burn_floor is not None and _healthy(rg)) else []
-        if ok and why_not:
-            ok = ev_checks["gamma"]["agree"] = False
-            ev_checks["gamma"]["unmixed"] = why_not
-            failed_checks.append(label)
-            warnings.append(f"λ̂ at γ={g_chk:g} ({rg['llc']:.4g}) did not mix ({'; '.join(why_not)}): whether "
-                            f"γ={gamma:g} cuts the posterior is unmeasured")
-        elif not ok:
-            failed_checks.append(label)
-            warnings.append(f"λ̂ depends on γ ({chosen['llc']:.4g} at γ={gamma:g} vs {rg['llc']:.4g} at "
-                            f"γ={g_chk:g}): the localisation shapes the answer; report γ with it")
+                     draws_=chosen["draws"], burn_=chosen["burn_in"], warm_from=gamma)
+            # γ ÷3 must have mixed to pass: its chains relax 3× slower, and an unmixed run's wide se
+            # "agrees" with anything (188 weights: 29.6 ± 2.1 at γ = 33, R̂ 1.10, against 24.2 ± 0.4).
+            # Unmixed, it runs once more, 3× longer, from its own end points (as an unmixed pilot does)
+            if burn_floor is not None and _healthy(rg) and unmixed_reasons(rg):
+                rg["role"] = "gamma_check_short"
+                rg = run("gamma_check", chosen["epsilon"], g_chk, B, PILOT_CHAINS, sampler_used,
+                         draws_=3 * int(chosen["draws"]), burn_=chosen["burn_in"])
+            ok, diff, allowed = _agree(chosen, rg)
+            ev_checks["gamma"] = {"gamma": g_chk, "llc": rg["llc"], "agree": ok, "diff": diff, "allowed": allowed,
+                                  "check": label, "draws": int(rg["draws"])}
+            why_not = unmixed_reasons(rg) if (burn_floor is not None and _healthy(rg)) else []
+            if ok and why_not:
+                ok = ev_checks["gamma"]["agree"] = False
+                ev_checks["gamma"]["unmixed"] = why_not
+                failed_checks.append(label)
+                warnings.append(f"λ̂ at γ={g_chk:g} ({rg['llc']:.4g}) did not mix ({'; '.join(why_not)}): whether "
+                                f"γ={gamma:g} cuts the posterior is unmeasured")
+            elif not ok:
+                failed_checks.append(label)
+                warnings.append(f"λ̂ depends on γ ({chosen['llc']:.4g} at γ={gamma:g} vs {rg['llc']:.4g} at "
+                                f"γ={g_chk:g}): the localisation shapes the answer; report γ with it")
         if sampler_used == "sgld":
             rm = run("mala_check", chosen["epsilon"], gamma, n, PILOT_CHAINS, sampler_used, mala=True,
                      draws_=50, burn_=min(burn_in, 200))
