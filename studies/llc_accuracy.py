@@ -95,6 +95,8 @@ def run_case(name, device="cpu", devinterp=True, threads=1, progress=False, gamm
     t0 = time.perf_counter()
     cal = calibrate_llc(model, loss_fn, data, gamma=gamma, device=device, seed=0, progress=progress)
     t_cal = time.perf_counter() - t0
+    if progress:   # the final estimate of a large case can take as long again: say where the calibration ended
+        print(f"{name}: calibrated in {t_cal:.0f} s: {cal.summary()}", flush=True)
     t0 = time.perf_counter()
     r = estimate_llc(model, loss_fn, data, **{**cal.choice, "device": device, "seed": 1})
     t_est = time.perf_counter() - t0
