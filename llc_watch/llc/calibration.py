@@ -211,6 +211,7 @@ PILOT_DRAWS = 1000         # pilot draws per chain (burn-in: half as many)
 GAMMA_START = 1.0          # γ of the first calibration when none is given (rule step 0)
 LOCALISE_RELAXATIONS = 2   # a run must span this many of the flat directions' relaxations 2/(εγ)
 GAMMA_MAX_RAISE = 1000     # rule step 8 raises γ by a power of ten, at most this much
+NOT_RUN_CHECKS = "; the batch and γ checks were not run (the status is UNTRUSTED whatever they read)"
 RULE = ("ε ladder ε_top/3^k from the Hessian's top curvature (ε_top·(nβ·h_max+γ) = 0.1); batch "
         "from the gradient-noise bias ε·nβ²·D·v·(1/B−1/n)/8 <= 2.5 % of λ̂ (D/2 until the top pilot "
         "reads λ̂), at least the cheap batch (B·weights <= 2^18); pilots not mixed on a fixed-batch observable (R̂ > 1.05, bulk ESS < 25/chain, "
@@ -1349,15 +1350,16 @@ def _calibrate_at_gamma(model, loss_fn, data, *, gamma: float, nbeta=None, terms
         conv = draws_check(lambda d, b: run("draws_check", chosen["epsilon"], gamma, int(chosen["batch_size"]),
                                             PILOT_CHAINS, sampler_used, draws_=d, burn_=b), chosen, stop=stop)
         ev_checks["draws"] = conv["evidence"]
+        # still moving at its longest run: the batch and γ checks are not run (below), and its line says so
+        unsettled = conv["moved"] and not conv["stopped"] and not conv["evidence"]["converged"]
         if conv["warning"]:
-            warnings.append(conv["warning"])
+            warnings.append(conv["warning"] + (NOT_RUN_CHECKS if unsettled else ""))
         if conv["stopped"]:
             stopped_for_localisation = True
             chosen = conv["row"]
             chosen["comparable"] = _healthy(chosen) and _pilot_mixed(chosen)
             llc, llc_se, status = chosen["llc"], chosen["llc_se"], "untrusted"
         elif conv["moved"]:   # else λ̂ held still and the chosen cell stands (its length, its ESS)
-            unsettled = not conv["evidence"]["converged"]
             # the ladder compared pilots that were still moving, so its verdict is void; where λ̂
             # settled, the plateau test is run again at that length (the rung below at 3× the draws)
             ladder_status = status
@@ -1387,8 +1389,6 @@ def _calibrate_at_gamma(model, loss_fn, data, *, gamma: float, nbeta=None, terms
         if unsettled:
             ev_checks["batch"] = {"skipped": skip_why}
             ev_checks["gamma"] = {"skipped": skip_why}
-            warnings = [w + "; the batch and γ checks were not run (the status is UNTRUSTED whatever they read)"
-                        if w.startswith("NOT CONVERGED IN DRAWS") else w for w in warnings]
         else:
             if B < n:
                 B2 = min(2 * B, n)
