@@ -1379,14 +1379,14 @@ def _calibrate_at_gamma(model, loss_fn, data, *, gamma: float, nbeta=None, terms
                                 "with draws, so the ε-bias at the chosen ε is unmeasured")
     B = int(chosen["batch_size"])
     failed_checks = []   # the rule's requirements at the chosen cell; any failure denies trust
-    # Not converged in draws: the status is UNTRUSTED whatever the batch and γ checks read, and at
-    # the longest length they compare two still-moving numbers, so they are not run. Why: on the
-    # 1,024-weight minimal-point network they were next at 144,000 draws each (the γ ÷3 one up to 3×
-    # that), hours on one core that could not change the answer; MALA's short run is kept.
-    skip_why = (f"not run: λ̂ had not converged in draws ({int(chosen['draws'])} draws, still moving), so the "
-                "status is UNTRUSTED whatever this check reads, and it would compare two still-moving numbers")
     if checks and chosen["comparable"] and not stopped_for_localisation:   # (an unmixed cell: nothing to measure)
+        # Not converged in draws: the status is UNTRUSTED whatever the batch and γ checks read, and
+        # at the longest length they compare two still-moving numbers, so they are not run. Why: on
+        # the 1,024-weight minimal-point network they were next at 144,000 draws each (the γ ÷3 one
+        # up to 3× that), hours on one core that could not change the answer; MALA's short run is kept.
         if unsettled:
+            skip_why = (f"not run: λ̂ had not converged in draws ({int(chosen['draws'])} draws, still moving), so "
+                        "the status is UNTRUSTED whatever this check reads, and it would compare two still-moving numbers")
             ev_checks["batch"] = {"skipped": skip_why}
             ev_checks["gamma"] = {"skipped": skip_why}
         else:
