@@ -255,7 +255,8 @@ def assert_no_cell_run_twice(cal):
 
 
 def _cell(llc, se, draws):
-    return {"llc": llc, "llc_se": se, "draws": draws, "burn_in": draws // 2, "valid": True, "failed_chains": 0}
+    return {"llc": llc, "llc_se": se, "draws": draws, "burn_in": draws // 2, "valid": True, "failed_chains": 0,
+            "rhat": 1.01, "ess_bulk": 300.0, "chains": 2}
 
 
 def test_draws_check_settles_stops_or_fails_as_the_rows_say():
@@ -265,17 +266,27 @@ def test_draws_check_settles_stops_or_fails_as_the_rows_say():
 
     def fake(*rows):
         it = iter(rows)
-        return lambda d, b: asked.append((d, b)) or next(it)
+        return lambda d, b, prev: asked.append((d, b, prev["draws"])) or next(it)
 
     still = draws_check(fake(_cell(10.3, 0.1, 4000)), start)            # within 2 se + 5 %: one round
     assert not still["moved"] and still["warning"] == "" and still["evidence"]["converged"]
-    assert asked == [(4000, 2000)]                                       # burn-in grows with the draws
+    assert asked == [(4000, 2000, 1000)]            # burn-in grows with the draws; it lengthens the cell
+    asked.clear()
     settled = draws_check(fake(_cell(14.0, 0.2, 4000), _cell(14.2, 0.1, 16000)), start)
+    assert asked == [(4000, 2000, 1000), (16000, 8000, 4000)]           # each round lengthens the last
     assert settled["moved"] and settled["row"]["draws"] == 16000 and settled["evidence"]["converged"]
     assert settled["warning"].startswith("λ̂ MOVED WITH DRAWS") and "10 at 1000 → 14 at 4000 → 14.2 at 16000" in settled["warning"]
     rising = draws_check(fake(_cell(14.0, 0.2, 4000), _cell(18.0, 0.1, 16000)), start)
     assert rising["moved"] and not rising["evidence"]["converged"]
     assert rising["warning"].startswith("NOT CONVERGED IN DRAWS") and "LOW" in rising["warning"]
+    # numbers that agree from a run that has not mixed are no evidence: the check goes on
+    unmixed = draws_check(fake({**_cell(10.1, 0.5, 4000), "rhat": 1.2}, _cell(10.2, 0.1, 16000)), start)
+    assert [r["agree"] for r in unmixed["evidence"]["rounds"]] == [False, True] and unmixed["moved"]
+    assert unmixed["evidence"]["rounds"][0]["unmixed"] == ["R̂ 1.200 > 1.05"]
+    assert "counted as moving, not mixed at 4000 draws: R̂ 1.200 > 1.05" in unmixed["warning"]
+    never = draws_check(fake({**_cell(10.1, 0.5, 4000), "rhat": 1.2}, {**_cell(10.2, 0.1, 16000), "ess_bulk": 20.0}),
+                        start)
+    assert never["warning"].startswith("NOT CONVERGED IN DRAWS") and not never["evidence"]["converged"]
     bad = draws_check(fake({**_cell(float("nan"), 0.1, 4000), "valid": False}), start)
     assert bad["row"] is None and bad["warning"].startswith("DRAWS CHECK FAILED")
 
@@ -297,13 +308,27 @@ def test_a_lambda_still_rising_with_draws_is_untrusted_and_the_longest_run_is_ch
     assert cal.choice["draws"] >= longest["draws"] == last["draws"] and cal.choice["burn_in"] == last["burn_in"]
     assert cal.llc == pytest.approx(longest["llc"])
     assert (cal.sweep["role"] == "draws_check").sum() == len(rounds)
+    # each round continues the chains of the run it lengthens (the chosen pilot, then the last
+    # round): it reads as a fresh run 4× as long (burn-in 4×) but pays only the steps not yet run
+    sw = cal.sweep
+    pilot = sw[(sw["role"] == "ladder") & (sw["draws"] == rounds[0]["vs_draws"])
+               & (sw["llc"] == rounds[0]["vs_llc"])].iloc[-1]
+    prev = pilot
+    for _, row in sw[sw["role"] == "draws_check"].iterrows():
+        # SGLD: the burn-in a fresh run would have (4×), or the steps already run where they are more
+        assert row["continued"] and row["draws"] == 4 * prev["draws"]
+        assert row["burn_in"] == max(4 * prev["burn_in"], prev["chain_steps"])
+        assert row["chain_steps"] == row["burn_in"] + row["draws"]                   # as if run afresh
+        paid = row["grad_evals"] / (row["chains"] * row["batch_size"])               # the steps it ran
+        assert paid == row["chain_steps"] - prev["chain_steps"] < row["chain_steps"]
+        prev = row
 
 
 def _forced_draws_check(converged):
     """A draws check that runs the real 4× longer cell but reports that λ̂ moved (and settled or
     not): it drives calibrate_llc's moved branch on a model small enough for the fast suite."""
     def check(run_at, cell, factor=None, rounds=None, stop=None):
-        row = run_at(4 * int(cell["draws"]), 4 * int(cell["burn_in"]))
+        row = run_at(4 * int(cell["draws"]), 4 * int(cell["burn_in"]), cell)
         stopped = bool(not converged and stop is not None and stop(row))   # as draws_check: rule step 8 asks
         warning = "λ̂ MOVED WITH DRAWS (forced by the test)" if converged else "NOT CONVERGED IN DRAWS (forced)"
         return {"moved": True, "row": row, "warning": warning, "stopped": stopped,

@@ -82,7 +82,11 @@ THE RULE (`RULE` below, in words; every number it uses is in `cal.evidence`):
     healthy ε is returned with a warning that its λ̂ is biased low.
  5. Draws first (`draws_check`, with `checks`, unless the chosen pilot already meets the final
     run's R̂ <= 1.01 and bulk and tail ESS >= 100 per chain, its `mixed`): the chosen cell is run DRAWS_CHECK_FACTOR = 4× longer
-    (burn-in too); if λ̂ moves (beyond 2 se + 5 %), 4× again, at most DRAWS_CHECK_ROUNDS = 2 times.
+    (burn-in too); if λ̂ moves (beyond 2 se + 5 %), or the longer run has not mixed by the pilot
+    standard (its agreement is no evidence), 4× again, at most DRAWS_CHECK_ROUNDS = 2 times. Each
+    longer run continues the chains of the run it lengthens (same settings, fresh noise), so it
+    pays 3/4 of a fresh run's steps: the draws check was the dearest part of the calibration
+    (1.9 of regular d = 20's 4.3 estimates).
     λ̂ that moved makes the status UNTRUSTED (the ladder compared pilots still rising, so its
     plateau or extrapolation is void and the ε-bias unmeasured), and the longest run becomes the
     chosen cell (its λ̂, draws and burn-in); still moving at 16×: NOT CONVERGED IN DRAWS. Why: a
@@ -178,6 +182,7 @@ from . import diagnostics as dg
 from .data import DataSource, to_device
 from .estimator import LLCError, estimate_llc, resolve_nbeta, select_params, _resolve_device
 from .sampler import RMSPROP_EPS, SAMPLERS, FlatParams, make_flat_loss
+from ..tasks.base import derive_seed
 
 NOISE_RATIO_MAX = 0.025    # gradient-noise ratio ρ allowed (≈ relative bias it causes)
 TOP_CURVATURE_BIAS = 0.1   # ε_top·(nβ·h_max + γ): ≈ 2.5 % discretisation bias at the top rung
@@ -211,6 +216,7 @@ PILOT_DRAWS = 1000         # pilot draws per chain (burn-in: half as many)
 GAMMA_START = 1.0          # γ of the first calibration when none is given (rule step 0)
 LOCALISE_RELAXATIONS = 2   # a run must span this many of the flat directions' relaxations 2/(εγ)
 GAMMA_MAX_RAISE = 1000     # rule step 8 raises γ by a power of ten, at most this much
+RMSPROP_REWARM = 300      # steps a continued RMSProp-SGLD chain re-warms its g² average (3/(1 − α), α = 0.99)
 NOT_RUN_CHECKS = "; the batch and γ checks were not run (the status is UNTRUSTED whatever they read)"
 RULE = ("ε ladder ε_top/3^k from the Hessian's top curvature (ε_top·(nβ·h_max+γ) = 0.1); batch "
         "from the gradient-noise bias ε·nβ²·D·v·(1/B−1/n)/8 <= 2.5 % of λ̂ (D/2 until the top pilot "
@@ -219,7 +225,8 @@ RULE = ("ε ladder ε_top/3^k from the Hessian's top curvature (ε_top·(nβ·h_
         "mixed); the largest mixed ε whose λ̂ agrees with the mixed λ̂ at ε/3 within 2 se + 5 % "
         "(plateau; the smaller ε of that pair is chosen), the allowance at most 15 % of λ̂ (else both pilots lengthened, up to 8× the draws, where "
         "that is predicted to suffice; still wider: no plateau), else extrapolate to ε→0 over the mixed rungs and take the smallest (fewer than two "
-        "mixed: untrusted); λ̂ unchanged at 4× the chosen draws (else 4× again; moved: untrusted, the longest run chosen, "
+        "mixed: untrusted); λ̂ unchanged at 4× the chosen draws, that run mixed (else 4× again, each run continuing the last one's "
+        "chains; moved: untrusted, the longest run chosen, "
         "and where it settled and mixed, the plateau test again at that length: ε/3 at 3× the draws); "
         "check batch ×2 (the bias it implies at B, twice the change, within 2 se + 5 %), γ ×3 (÷3 where rule step 8 raised γ) (neither "
         "where λ̂ never settled in draws), MALA >= 0.9 (a failure: untrusted), R̂ <= 1.01, ESS >= 100/chain; sampler auto: "
@@ -590,10 +597,14 @@ def _pilot_mixed(row) -> bool:
 def draws_check(run_at, cell: dict, factor: int | None = None, rounds: int | None = None, stop=None) -> dict:
     """Rule step 5: does λ̂ at the chosen cell stay put when the chain runs `factor`× longer?
 
-    run_at(draws, burn_in) -> row runs the cell's settings at that length (burn-in grown alike:
-    a chain still spreading from w* must not be counted). Up to `rounds` times, while the longer
-    run disagrees with the shorter (`_agree`: 2 combined se + 5 %). Returns {"moved": whether any
-    round disagreed, "row": the longest healthy run (None if none), "evidence": each round, and
+    run_at(draws, burn_in, prev) -> row runs the cell's settings at that length (burn-in grown
+    alike: a chain still spreading from w* must not be counted); prev is the row it lengthens (the
+    cell, then the last round), whose chains the calibration continues rather than starting again
+    from w* (`continued_burn_in`). Up to `rounds` times, while the longer run disagrees with the
+    shorter (`_agree`: 2 combined se + 5 %) or has not mixed by the pilots' standard
+    (`unmixed_reasons`: an unmixed run's se is itself unreliable, so its agreement is no evidence;
+    188 weights: 15.2 ± 0.4 at R̂ 1.17 "agreed" with 16.7 ± 1.1, for a true 29.5). Returns {"moved":
+    whether any round disagreed, "row": the longest healthy run (None if none), "evidence": each round, and
     "warning"}. A moved λ̂ that agrees in a later round has converged at that length; one that
     never agrees is NOT CONVERGED, its error of unknown sign (low while chains still spread from w*,
     high where long chains reach regions the step is too coarse for). stop(row) -> bool, asked after
@@ -601,35 +612,43 @@ def draws_check(run_at, cell: dict, factor: int | None = None, rounds: int | Non
     at a γ the chains cannot relax under would only measure how far they wandered). The evidence's
     "budget_steps" is the longest run the check may make, (draws + burn-in) × factor^rounds.
 
-        >>> rows = iter([{"llc": 27.0, "llc_se": 0.5, "draws": 4000, "burn_in": 2000, "valid": True,
-        ...               "failed_chains": 0},
-        ...              {"llc": 30.5, "llc_se": 0.4, "draws": 16000, "burn_in": 8000, "valid": True,
-        ...               "failed_chains": 0}])
-        >>> out = draws_check(lambda d, b: next(rows), {"llc": 22.6, "llc_se": 0.4, "draws": 1000, "burn_in": 500})
+        >>> mixed = {"valid": True, "failed_chains": 0, "rhat": 1.01, "ess_bulk": 300.0, "chains": 2}
+        >>> rows = iter([{"llc": 27.0, "llc_se": 0.5, "draws": 4000, "burn_in": 2000, **mixed},
+        ...              {"llc": 30.5, "llc_se": 0.4, "draws": 16000, "burn_in": 8000, **mixed}])
+        >>> out = draws_check(lambda d, b, prev: next(rows), {"llc": 22.6, "llc_se": 0.4, "draws": 1000, "burn_in": 500})
         >>> out["moved"], out["row"]["draws"], [r["agree"] for r in out["evidence"]["rounds"]]
         (True, 16000, [False, False])
         >>> out["warning"].startswith("NOT CONVERGED IN DRAWS")
         True
-        >>> rows = iter([{"llc": 27.0, "llc_se": 0.5, "draws": 4000, "burn_in": 2000, "valid": True,
-        ...               "failed_chains": 0}])
-        >>> out = draws_check(lambda d, b: next(rows), {"llc": 22.6, "llc_se": 0.4, "draws": 1000, "burn_in": 500},
+        >>> rows = iter([{"llc": 27.0, "llc_se": 0.5, "draws": 4000, "burn_in": 2000, **mixed}])
+        >>> out = draws_check(lambda d, b, prev: next(rows), {"llc": 22.6, "llc_se": 0.4, "draws": 1000, "burn_in": 500},
         ...                   stop=lambda row: row["draws"] + row["burn_in"] < 200_000)   # rule step 8 asks
         >>> out["stopped"], len(out["evidence"]["rounds"]), out["evidence"]["budget_steps"]
         (True, 1, 24000)
+        >>> rows = iter([{"llc": 23.0, "llc_se": 1.5, "draws": 4000, "burn_in": 2000, **mixed, "rhat": 1.13},
+        ...              {"llc": 23.5, "llc_se": 0.5, "draws": 16000, "burn_in": 8000, **mixed}])
+        >>> out = draws_check(lambda d, b, prev: next(rows), {"llc": 22.6, "llc_se": 0.4, "draws": 1000, "burn_in": 500})
+        >>> [(r["agree"], r.get("unmixed")) for r in out["evidence"]["rounds"]]   # agreed, but unmixed
+        [(False, ['R̂ 1.130 > 1.05']), (True, None)]
     """
     factor = DRAWS_CHECK_FACTOR if factor is None else factor
     rounds = DRAWS_CHECK_ROUNDS if rounds is None else rounds
     cur, longest, out, moved, stopped = cell, None, [], False, False
     for _ in range(rounds):
-        row = run_at(int(cur["draws"]) * factor, int(cur["burn_in"]) * factor)
+        row = run_at(int(cur["draws"]) * factor, int(cur["burn_in"]) * factor, cur)
         if not _healthy(row):
             out.append({"draws": row["draws"], "llc": row["llc"], "healthy": False})
             break
         ok, diff, allowed = _agree(cur, row)
         out.append({"draws": int(row["draws"]), "burn_in": int(row.get("burn_in", 0)),
+                    "continued": bool(row.get("continued", False)),
                     "llc": float(row["llc"]), "llc_se": float(row["llc_se"]),
                     "vs_draws": int(cur["draws"]), "vs_llc": float(cur["llc"]), "agree": ok, "diff": diff,
                     "allowed": allowed})
+        why = unmixed_reasons(row)
+        if why:
+            ok = out[-1]["agree"] = False
+            out[-1]["unmixed"] = why
         longest, cur = row, row
         if ok:
             break
@@ -639,6 +658,9 @@ def draws_check(run_at, cell: dict, factor: int | None = None, rounds: int | Non
             break
     path = " → ".join([f"{cell['llc']:.4g} at {cell['draws']}"] + [f"{r['llc']:.4g} at {r['draws']}" for r in out
                                                                    if r.get("healthy", True)])
+    unmixed = [f"{r['draws']} draws: {'; '.join(r['unmixed'])}" for r in out if r.get("unmixed")]
+    if unmixed:   # an agreement that did not count must not read as a number that moved
+        path += f"; counted as moving, not mixed at {', '.join(unmixed)}"
     if not out or not out[-1].get("healthy", True):
         warning = f"DRAWS CHECK FAILED: the {factor}× longer run at the chosen cell was not healthy ({path})"
     elif stopped:
@@ -659,6 +681,29 @@ def draws_check(run_at, cell: dict, factor: int | None = None, rounds: int | Non
     return {"moved": moved, "row": longest, "warning": warning, "stopped": stopped,
             "evidence": {"factor": factor, "rounds": out, "converged": bool(out and out[-1].get("agree")),
                          "stopped": stopped, "budget_steps": budget}}
+
+
+def chain_steps(row: dict) -> int:
+    """Steps a run's chains have taken since their start (burn-in and draws; a continued run's
+    burn-in counts the steps of the runs it continues)."""
+    return int(row.get("chain_steps") or int(row["draws"]) + int(row["burn_in"]))
+
+
+def continued_burn_in(age: int, burn_in: int, sampler: str) -> int:
+    """The burn-in left to a run of `burn_in` steps that continues chains already `age` steps old.
+
+    A run 4× as long as the pilot at the same cell is the pilot's chains run on: its first
+    draw.age + burn steps need not be paid again (a fresh run with the pilot's seed used to repeat
+    them exactly). RMSProp-SGLD restarts its running mean of g² at zero, which makes its first
+    steps up to 1/(1 − α)^½ = 10× too long; RMSPROP_REWARM steps re-warm it (within 2.5 %).
+
+        >>> continued_burn_in(1500, 2000, "sgld"), continued_burn_in(1500, 2000, "rmsprop_sgld")
+        (500, 500)
+        >>> continued_burn_in(3000, 2000, "sgld"), continued_burn_in(3000, 2000, "rmsprop_sgld")
+        (0, 300)
+    """
+    left = max(int(burn_in) - int(age), 0)
+    return max(left, RMSPROP_REWARM) if sampler == "rmsprop_sgld" else left
 
 
 def draws_check_budget(cell: dict, factor: int | None = None, rounds: int | None = None) -> int:
@@ -1059,12 +1104,22 @@ def _calibrate_at_gamma(model, loss_fn, data, *, gamma: float, nbeta=None, terms
     last = {}
 
     relaxed: dict = {}   # (sampler, γ) -> [chains, D] end points of the run that paid the relaxation
+    ends: dict = {}      # id(row) -> [chains, D] end points of that run's chains (for `extend`)
 
-    def run(role, eps, g, B_, ch, samp, mala=False, draws_=None, burn_=None, warm_from=None):
+    def run(role, eps, g, B_, ch, samp, mala=False, draws_=None, burn_=None, warm_from=None, extend=None):
         """One estimate_llc run and its sweep row. warm_from: a γ whose relaxed end points this
-        run starts from while it still pays its own γ's relaxation (the γ ÷3 check)."""
+        run starts from while it still pays its own γ's relaxation (the γ ÷3 check). extend: a
+        row at the same settings whose chains this run continues (the draws check): burn_ counts
+        from their start (`continued_burn_in`), and fresh noise and batches are drawn (its seed
+        would replay the first run's)."""
         d_, b_ = draws_ or draws, burn_ if burn_ is not None else burn_in
         start = relaxed.get((samp, g)) if warm_start else None
+        age, run_seed = 0, seed
+        W_end = ends.get(id(extend)) if extend is not None else None
+        if W_end is not None and bool(torch.isfinite(W_end).all()):
+            start, age = W_end, chain_steps(extend)
+            b_ = continued_burn_in(age, b_, samp)
+            run_seed = derive_seed(seed, "continued", age)
         pay_floor = start is None
         if warm_start and start is None and warm_from is not None:
             start = relaxed.get((samp, warm_from))
@@ -1073,21 +1128,27 @@ def _calibrate_at_gamma(model, loss_fn, data, *, gamma: float, nbeta=None, terms
         eps_flat = flat_step(eps, samp, probe_w_star[1]["sq"], min(int(B_), n))
         if burn_floor is not None and pay_floor and not mala:   # MALA's full batch: only from a warm start
             b_ = max(b_, min(burn_floor(eps_flat, g), burn_cap or b_))
-        key = (float(eps), float(g), int(B_), int(ch), samp, bool(mala), int(d_), int(b_), start is not None)
+        key = (float(eps), float(g), int(B_), int(ch), samp, bool(mala), int(d_), int(b_), start is not None, age)
         if reuse is not None and key in reuse:
             row, r = copy.deepcopy(reuse[key][0]), reuse[key][1]
             row["role"] = role
             rows.append(row)
             last["r"] = r
+            ends[id(row)] = r.final_weights
             if progress:
                 print(f"  {role:12s} {samp} ε={eps:.3g} γ={g:g} B={B_} draws={d_}+{b_}: λ̂={row['llc']:.4g} "
                       "(reused)", flush=True)
             return row
         r = estimate_llc(model, loss_fn, data, epsilon=eps, gamma=g, batch_size=B_, chains=ch,
-                         draws=d_, burn_in=b_, mala=mala, sampler=samp, init_weights=start, **base)
+                         draws=d_, burn_in=b_, mala=mala, sampler=samp, init_weights=start,
+                         **{**base, "seed": run_seed})
         cost = per_step(ch, r.hyperparameters["batch_size"]) * r.timing["steps"] * (2 if mala else 1)
         row = _row(r, role, cost)
         row["warm_start"] = start is not None
+        # a continued run's burn-in, as a fresh run's would read: its chains' steps before the first draw
+        row["continued"], row["burn_in"] = age > 0, age + b_
+        row["chain_steps"] = age + b_ + d_
+        ends[id(row)] = r.final_weights
         row["flat_step"] = eps_flat     # the step along flat directions (rule step 8's relaxation)
         rows.append(row)
         last["r"] = r
@@ -1097,7 +1158,8 @@ def _calibrate_at_gamma(model, loss_fn, data, *, gamma: float, nbeta=None, terms
                 and _healthy(row) and torch.isfinite(r.final_weights).all()):
             relaxed[(samp, g)] = r.final_weights.detach().cpu()
         if progress:
-            print(f"  {role:12s} {samp} ε={eps:.3g} γ={g:g} B={B_} draws={d_}+{b_}{' warm' if start is not None else ''}: "
+            how = f" continued from {age}" if age else " warm" if start is not None else ""
+            print(f"  {role:12s} {samp} ε={eps:.3g} γ={g:g} B={B_} draws={d_}+{b_}{how}: "
                   f"λ̂={row['llc']:.4g} ± {row['llc_se']:.2g} R̂={row['rhat']:.3f} ESS={row['ess_bulk']:.0f} "
                   f"({r.timing['total_s']:.0f} s)", flush=True)
         return row
@@ -1347,8 +1409,9 @@ def _calibrate_at_gamma(model, loss_fn, data, *, gamma: float, nbeta=None, terms
         # far the chains wander); the localised calibration spends that budget instead
         stop = ((lambda row: regamma_for_unrelaxed(int(row["draws"]) + int(row["burn_in"]), eps_flat, gamma, budget)
                  is not None) if stop_unlocalised else None)
-        conv = draws_check(lambda d, b: run("draws_check", chosen["epsilon"], gamma, int(chosen["batch_size"]),
-                                            PILOT_CHAINS, sampler_used, draws_=d, burn_=b), chosen, stop=stop)
+        conv = draws_check(lambda d, b, prev: run("draws_check", chosen["epsilon"], gamma, int(chosen["batch_size"]),
+                                                  PILOT_CHAINS, sampler_used, draws_=d, burn_=b, extend=prev),
+                           chosen, stop=stop)
         ev_checks["draws"] = conv["evidence"]
         # still moving at its longest run: the batch and γ checks are not run (below), and its line says so
         unsettled = conv["moved"] and not conv["stopped"] and not conv["evidence"]["converged"]
