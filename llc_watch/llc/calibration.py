@@ -603,7 +603,8 @@ def draws_check(run_at, cell: dict, factor: int | None = None, rounds: int | Non
     from w* (`continued_burn_in`). Up to `rounds` times, while the longer run disagrees with the
     shorter (`_agree`: 2 combined se + 5 %) or has not mixed by the pilots' standard
     (`unmixed_reasons`: an unmixed run's se is itself unreliable, so its agreement is no evidence;
-    188 weights: 15.2 ± 0.4 at R̂ 1.17 "agreed" with 16.7 ± 1.1, for a true 29.5). Returns {"moved":
+    188 weights, ε = 3e-7, 100-draw pilots: 15.2 ± 0.4 at R̂ 1.17 "agreed" with 16.7 ± 1.1, for a
+    true 29.5). Returns {"moved":
     whether any round disagreed, "row": the longest healthy run (None if none), "evidence": each round, and
     "warning"}. A moved λ̂ that agrees in a later round has converged at that length; one that
     never agrees is NOT CONVERGED, its error of unknown sign (low while chains still spread from w*,
@@ -692,9 +693,9 @@ def chain_steps(row: dict) -> int:
 def continued_burn_in(age: int, burn_in: int, sampler: str) -> int:
     """The burn-in left to a run of `burn_in` steps that continues chains already `age` steps old.
 
-    A run 4× as long as the pilot at the same cell is the pilot's chains run on: its first
-    draw.age + burn steps need not be paid again (a fresh run with the pilot's seed used to repeat
-    them exactly). RMSProp-SGLD restarts its running mean of g² at zero, which makes its first
+    A run 4× as long as the pilot at the same cell is the pilot's chains run on: the `age` steps
+    they have taken need not be paid again (a fresh run with the pilot's seed used to repeat them
+    exactly, step for step). RMSProp-SGLD restarts its running mean of g² at zero, which makes its first
     steps up to 1/(1 − α)^½ = 10× too long; RMSPROP_REWARM steps re-warm it (within 2.5 %).
 
         >>> continued_burn_in(1500, 2000, "sgld"), continued_burn_in(1500, 2000, "rmsprop_sgld")
