@@ -142,7 +142,6 @@ CALIBRATION_TABLE = register_table(TableSchema("calibration", "calibration_sweep
     Column("warm_start", "bool", "the cell started where an earlier run's chains ended, not at w*", **_O),
     Column("continued", "bool", "the run continued the chains of the shorter run it lengthens (the draws "
            "check); its burn_in counts their steps", **_O),
-    Column("chain_steps", "int", "steps the run's chains have taken since their start (burn_in + draws)", **_O),
     Column("status", "str", "this checkpoint's verdict: plateau, extrapolated, untrusted", **_O),
     Column("choice", "json", "this checkpoint's chosen estimate_llc settings", **_O),
     Column("cal_llc", "float", "the calibration's own λ̂ at this checkpoint", **_O),

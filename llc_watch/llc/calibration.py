@@ -684,12 +684,6 @@ def draws_check(run_at, cell: dict, factor: int | None = None, rounds: int | Non
                          "stopped": stopped, "budget_steps": budget}}
 
 
-def chain_steps(row: dict) -> int:
-    """Steps a run's chains have taken since their start (burn-in and draws; a continued run's
-    burn-in counts the steps of the runs it continues)."""
-    return int(row.get("chain_steps") or int(row["draws"]) + int(row["burn_in"]))
-
-
 def continued_burn_in(age: int, burn_in: int, sampler: str) -> int:
     """The burn-in left to a run of `burn_in` steps that continues chains already `age` steps old.
 
@@ -1118,7 +1112,8 @@ def _calibrate_at_gamma(model, loss_fn, data, *, gamma: float, nbeta=None, terms
         age, run_seed = 0, seed
         W_end = ends.get(id(extend)) if extend is not None else None
         if W_end is not None and bool(torch.isfinite(W_end).all()):
-            start, age = W_end, chain_steps(extend)
+            # the steps its chains have run: a continued row's burn_in counts the runs before it
+            start, age = W_end, int(extend["burn_in"]) + int(extend["draws"])
             b_ = continued_burn_in(age, b_, samp)
             run_seed = derive_seed(seed, "continued", age)
         pay_floor = start is None
@@ -1148,7 +1143,6 @@ def _calibrate_at_gamma(model, loss_fn, data, *, gamma: float, nbeta=None, terms
         row["warm_start"] = start is not None
         # a continued run's burn-in, as a fresh run's would read: its chains' steps before the first draw
         row["continued"], row["burn_in"] = age > 0, age + b_
-        row["chain_steps"] = age + b_ + d_
         ends[id(row)] = r.final_weights
         row["flat_step"] = eps_flat     # the step along flat directions (rule step 8's relaxation)
         rows.append(row)
