@@ -108,6 +108,8 @@ def test_analysis_options_come_from_the_settings_dataclasses(capsys):
      "does not use observe_size, precision: leave them unset, or use method grid"),
     (["calibrate", "RUN", "--sampler", "hmc"], "sampler='hmc': must be one of auto, sgld, rmsprop_sgld"),
     (["calibrate", "RUN", "--method", "grid", "--backend", "devinterp"], "a calibration does not use backend"),
+    (["calibrate", "RUN", "--method", "grid", "--all-checks"], "all_checks=True: runs more of method auto's checks"),
+    (["calibrate", "RUN", "--no-checks", "--all-checks"], "it needs method auto and checks on"),
     (["llc", "RUN", "--backend", "devinterp", "--observe-size", "64"],
      "the devinterp backend does not use observe_size"),
 ])

@@ -383,6 +383,51 @@ def test_a_draws_check_that_never_settled_stays_untrusted_with_no_second_test(mo
                                                "whatever they read)"), cal.warnings
 
 
+def _forced_settled_plateau(status):
+    def settled(run_at, long):
+        return {"row": long, "llc": float(long["llc"]), "llc_se": float(long["llc_se"]), "status": status,
+                "evidence": {"forced": status}, "warning": f"SETTLED PLATEAU TEST (forced: {status})"}
+    return settled
+
+
+def test_an_already_untrusted_status_skips_the_batch_and_gamma_checks_unless_all_are_asked_for(monkeypatch):
+    # λ̂ moved with draws, settled, and the plateau test at that length said untrusted: the batch
+    # and γ checks cannot change the status, so by default they are not run (on the 188-weight
+    # minimal DLN 1.5 of 4.3 estimates); the predicted gradient-noise bias stands in for the batch
+    # check; checks="all" runs them for their warnings, and the status stays untrusted either way
+    from llc_watch.llc import calibration
+    model, loss_fn, data, lam = exact.make_regular(3, 2000)
+    monkeypatch.setattr(calibration, "draws_check", _forced_draws_check(True))
+    monkeypatch.setattr(calibration, "settled_plateau", _forced_settled_plateau("untrusted"))
+    kw = dict(draws=300, seed=0, sampler="sgld", gamma=1.0, batch_size=500)   # (< n: a batch check to skip)
+    cal = calibrate_llc(model, loss_fn, data, checks=True, **kw)
+    roles = set(cal.sweep["role"])
+    assert cal.status == "untrusted" and not roles & {"batch_check", "gamma_check", "gamma_check_short"}, roles
+    ev = cal.evidence["checks"]
+    assert "UNTRUSTED before this check" in ev["batch"]["skipped"] and "checks='all'" in ev["gamma"]["skipped"]
+    assert ev["batch"]["predicted_bias"] == pytest.approx(cal.evidence["noise_bias"])   # B, ε as chosen
+    line = [w for w in cal.warnings if w.startswith("the batch and γ checks were not run")]
+    assert len(line) == 1 and f"batch {cal.choice['batch_size']}" in line[0], cal.warnings
+    assert "mala_check" in roles and ev["failed"] == []        # MALA's short run is still made
+    full = calibrate_llc(model, loss_fn, data, checks="all", **kw)
+    roles_all = set(full.sweep["role"])
+    assert {"batch_check", "gamma_check"} <= roles_all and full.status == "untrusted"
+    assert "agree" in full.evidence["checks"]["batch"] and "agree" in full.evidence["checks"]["gamma"]
+    assert not any(w.startswith("the batch and γ checks were not run") for w in full.warnings)
+    # the runs before the checks are the same runs: the skip changed only what came after
+    before = cal.sweep[~cal.sweep["role"].isin(["mala_check"])].reset_index(drop=True)
+    same = full.sweep[full.sweep["role"].isin(set(before["role"]))].reset_index(drop=True)
+    assert list(before["llc"]) == list(same["llc"])
+    assert full.evidence["cost"]["ratio"] > cal.evidence["cost"]["ratio"]
+
+
+def test_calibrate_llc_refuses_an_unknown_checks_value():
+    from llc_watch.llc import LLCError
+    model, loss_fn, data, _ = exact.make_regular(3, 200)
+    with pytest.raises(LLCError, match="checks='some'"):
+        calibrate_llc(model, loss_fn, data, checks="some")
+
+
 def test_a_chosen_cell_that_fails_a_required_check_is_untrusted():
     # issue 10's rule requires λ̂ insensitive to γ at the chosen cell. A regular model (d = 3,
     # nβ·h ≈ 260) localised at γ = 300, comparable to its curvature, has a plateau in ε, but

@@ -53,7 +53,9 @@ class CalibrationSettings(LLCSettings):
     method: str = "auto"              # auto: calibrate_llc's rule (plateau in ε, batch from the gradient
                                       # noise, checks); grid: the ε × nβ × γ sweep below
     pilot_draws: Optional[int] = None  # auto: pilot draws per rung of the ε ladder; None: calibrate_llc's own
-    checks: bool = True               # auto: run the batch ×2, γ ×3 (÷3 where localised) and MALA checks at the chosen cell
+    checks: bool = True               # auto: run the draws check and the batch ×2, γ ×3 (÷3 where localised) and MALA checks at the chosen cell
+    all_checks: bool = False          # auto: run the batch and γ checks also where the status is already untrusted
+                                      # (they cannot change it; run for their warnings)
     sampler: str = "auto"             # auto: SGLD, then RMSProp-SGLD where SGLD finds no plateau; sgld |
                                       # rmsprop_sgld: that sampler's ladder only (grid: auto is sgld)
     batch_size: Optional[int] = None  # None: auto chooses it from the gradient-noise bias (grid: 32); a number
@@ -83,6 +85,8 @@ class CalibrationSettings(LLCSettings):
         if self.gammas is not None and (not self.gammas or not all(
                 g is not None and math.isfinite(g) and g >= 0 for g in self.gammas)):
             self._fail("gammas", "give finite values >= 0")
+        if self.all_checks and (self.method != "auto" or not self.checks):
+            self._fail("all_checks", "runs more of method auto's checks: it needs method auto and checks on")
         if self.method == "auto":
             self._check_auto()
 
@@ -108,7 +112,7 @@ class CalibrationSettings(LLCSettings):
         return {"sampler": self.sampler, "batch_size": self.batch_size, "burn_in": self.burn_in,
                 "draws": self.pilot_draws, "epsilons": None if self.epsilons is None else list(self.epsilons),
                 "gamma": one(self.gammas), "nbeta": nbeta, "chains": self.chains, "seed": self.seed,
-                "checks": self.checks}
+                "checks": ("all" if self.all_checks else True) if self.checks else False}
 
 
 _GRID_POINT = ("epsilon", "nbeta", "gamma")
@@ -236,7 +240,7 @@ class CalibrationAnalysis(Analysis):
         if d["epsilons"] is not None:
             d["epsilons"] = sorted(d["epsilons"])
         if d["method"] == "grid":
-            for k in ("pilot_draws", "checks"):
+            for k in ("pilot_draws", "checks", "all_checks"):
                 d.pop(k)
         # (auto keeps its None / "auto" entries: they stand over the LLC defaults the job merges in)
         return d
