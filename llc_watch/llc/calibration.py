@@ -1447,6 +1447,7 @@ def _calibrate_at_gamma(model, loss_fn, data, *, gamma: float, nbeta=None, terms
                 warnings.append(f"UNTRUSTED: the ladder's {ladder_status} compared pilots that were still moving "
                                 "with draws, so the ε-bias at the chosen ε is unmeasured")
     B = int(chosen["batch_size"])
+    bias = noise_bias(chosen["epsilon"], nb, gv["v"], D, B, n)   # the gradient-noise bias at the chosen cell
     failed_checks = []   # the rule's requirements at the chosen cell; any failure denies trust
     if checks and chosen["comparable"] and not stopped_for_localisation:   # (an unmixed cell: nothing to measure)
         # Not converged in draws: the status is UNTRUSTED whatever the batch and γ checks read, and
@@ -1468,11 +1469,10 @@ def _calibrate_at_gamma(model, loss_fn, data, *, gamma: float, nbeta=None, terms
                         "(checks='all' runs it for its warning)")
             ev_checks["gamma"] = {"skipped": skip_why}
             if B < n:   # (at the full batch there is no batch check to skip)
-                predicted = noise_bias(chosen["epsilon"], nb, gv["v"], D, B, n)
-                ev_checks["batch"] = {"skipped": skip_why, "predicted_bias": predicted}
+                ev_checks["batch"] = {"skipped": skip_why, "predicted_bias": bias}
                 warnings.append(f"the batch and γ checks were not run (the status is UNTRUSTED whatever they read; "
                                 f"checks='all' runs them): the gradient-noise bias predicted at batch {B} is "
-                                f"{predicted:+.3g} ({predicted / max(abs(chosen['llc']), 1e-12):+.1%} of λ̂)")
+                                f"{bias:+.3g} ({bias / max(abs(chosen['llc']), 1e-12):+.1%} of λ̂)")
             else:
                 warnings.append("the γ check was not run (the status is UNTRUSTED whatever it reads; checks='all' "
                                 "runs it); the batch is the whole data set")
@@ -1555,7 +1555,6 @@ def _calibrate_at_gamma(model, loss_fn, data, *, gamma: float, nbeta=None, terms
     sweep["comparable"] = sweep["comparable"].fillna(False).astype(bool) if "comparable" in sweep else False
     one = per_step(chains, B) * (final_burn + final_draws)
     cal_cost = float(sweep["grad_evals"].sum())
-    bias = noise_bias(chosen["epsilon"], nb, gv["v"], D, B, n)
     evidence = {
         "nbeta": nb, "nbeta_rule": nb_rule, "n": n, "h_max": h_max, "grad_var_per_example": gv["v"],
         "curvature": curv, "epsilon_top": eps_top, "ladder": ladder, "probes": res["probes"],
