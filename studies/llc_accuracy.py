@@ -16,6 +16,8 @@ estimate of the same quantity at finite n: it is drawn because that is what a us
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import math
 import os
 import sys
@@ -84,27 +86,72 @@ def devinterp_default(model, data, device):
     return float(out.llc_mean)
 
 
-def run_case(name, device="cpu", devinterp=True, threads=1, progress=False, gamma=None):
+def code_key() -> str:
+    """A hash of the estimator's source (llc_watch/llc): a saved calibration is reused only by the
+    code that made it, so a changed rule never finishes with a stale choice."""
+    h = hashlib.sha256()
+    for f in sorted((ROOT / "llc_watch" / "llc").glob("*.py")):
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def saved_calibration(path: Path, key: dict) -> dict | None:
+    """The calibration saved at `path` when it was made for `key` (case, code, γ, device, seed),
+    else None with one line saying why it is not used."""
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        if saved["key"] == key:
+            return saved
+        why = "it was made for " + ", ".join(f"{k}={saved['key'].get(k)!r}" for k in key if saved["key"].get(k) != key[k])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        why = f"it is unreadable ({type(e).__name__})"
+    print(f"{key['case']}: calibrating again: the saved calibration {path} is not used: {why}", flush=True)
+    return None
+
+
+def run_case(name, device="cpu", devinterp=True, threads=1, progress=False, gamma=None, cal_dir=None,
+             recalibrate=False):
+    """One case's table row. With `cal_dir` the calibration is saved there (cal_dir/NAME.json, atomically)
+    as soon as it ends, and a saved one made by the same code for the same case, γ and device is
+    reused: the large cases calibrate for one to two hours, and a stop during the final estimate
+    then loses only the estimate."""
     import torch
     torch.set_num_threads(threads)
+    from llc_watch.io import atomic_write_json
     from llc_watch.llc import estimate_llc, exact
     from llc_watch.llc.calibration import calibrate_llc
+    from llc_watch.llc.estimator import _json_safe
     model, loss_fn, data, lam = make(name)
     fam = CASES[name][0]
     n_params = sum(p.numel() for p in model.parameters())
+    key = dict(case=name, code=code_key(), gamma=gamma, device=device, seed=0)
+    path = Path(cal_dir) / f"{name}.json" if cal_dir else None
+    saved = None if path is None or recalibrate else saved_calibration(path, key)
+    if saved is not None:
+        choice, status, cal_warnings, cost, t_cal = (saved["choice"], saved["status"], saved["warnings"],
+                                                     saved["cost_ratio"], saved["calib_s"])
+        print(f"{name}: calibration reused from {path} (made in {t_cal:.0f} s): {saved['summary']}", flush=True)
+    else:
+        t0 = time.perf_counter()
+        cal = calibrate_llc(model, loss_fn, data, gamma=gamma, device=device, seed=0, progress=progress)
+        t_cal = time.perf_counter() - t0
+        choice, status, cal_warnings, cost = cal.choice, cal.status, cal.warnings, cal.evidence["cost"]["ratio"]
+        if path is not None:
+            atomic_write_json(path, _json_safe(dict(key=key, choice=choice, status=status, warnings=cal_warnings,
+                                                    cost_ratio=cost, calib_s=t_cal, summary=cal.summary(),
+                                                    llc=cal.llc, llc_stderr=cal.llc_stderr)))
+        if progress:   # the final estimate of a large case can take as long again: say where the calibration ended
+            print(f"{name}: calibrated in {t_cal:.0f} s: {cal.summary()}", flush=True)
     t0 = time.perf_counter()
-    cal = calibrate_llc(model, loss_fn, data, gamma=gamma, device=device, seed=0, progress=progress)
-    t_cal = time.perf_counter() - t0
-    if progress:   # the final estimate of a large case can take as long again: say where the calibration ended
-        print(f"{name}: calibrated in {t_cal:.0f} s: {cal.summary()}", flush=True)
-    t0 = time.perf_counter()
-    r = estimate_llc(model, loss_fn, data, **{**cal.choice, "device": device, "seed": 1})
+    r = estimate_llc(model, loss_fn, data, **{**choice, "device": device, "seed": 1})
     t_est = time.perf_counter() - t0
     target, target_kind = lam, "λ"
     if fam == "nc":   # the finite-n expectation under the localised posterior at the chosen γ
         x, y = data
         target = exact.normal_crossing_expected_llc(CASES[name][1]["ks"], r.hyperparameters["nbeta"],
-                                                    cal.choice["gamma"], float((x * x).mean()),
+                                                    choice["gamma"], float((x * x).mean()),
                                                     float((x * y).mean()))
         target_kind = "quadrature"
     dv = float("nan")
@@ -115,17 +162,17 @@ def run_case(name, device="cpu", devinterp=True, threads=1, progress=False, gamm
             print(f"{name}: devinterp failed: {type(e).__name__}: {e}", flush=True)
     row = dict(case=name, family=fam, params=n_params, n=len(data[0]), true_llc=lam, target=target,
                target_kind=target_kind, llc=r.llc_mean, llc_se=r.llc_stderr,
-               rel_error=(r.llc_mean - target) / target, valid=r.valid, status=cal.status,
-               cal_warnings=len(cal.warnings), est_warnings=len(r.warnings),
-               sampler=cal.choice["sampler"], epsilon=cal.choice["epsilon"], gamma=cal.choice["gamma"],
-               batch=cal.choice["batch_size"],
-               draws=cal.choice["draws"], cost_ratio=cal.evidence["cost"]["ratio"],
+               rel_error=(r.llc_mean - target) / target, valid=r.valid, status=status,
+               cal_warnings=len(cal_warnings), est_warnings=len(r.warnings),
+               sampler=choice["sampler"], epsilon=choice["epsilon"], gamma=choice["gamma"],
+               batch=choice["batch_size"],
+               draws=choice["draws"], cost_ratio=cost,
                calib_s=t_cal, estimate_s=t_est, devinterp_llc=dv,
                devinterp_rel_error=(dv - lam) / lam if math.isfinite(dv) else float("nan"))
     print(f"{name}: λ={lam:g} target={target:.4g} λ̂={r.llc_mean:.4g}±{r.llc_stderr:.2g} "
-          f"({100 * row['rel_error']:+.1f} %) {cal.status} {cal.choice['sampler']} devinterp={dv:.4g} "
+          f"({100 * row['rel_error']:+.1f} %) {status} {choice['sampler']} devinterp={dv:.4g} "
           f"[{t_cal:.0f}+{t_est:.0f} s]", flush=True)
-    for w in cal.warnings + r.warnings:
+    for w in list(cal_warnings) + r.warnings:
         print(f"   {name}: {w}", flush=True)
     return row
 
@@ -198,21 +245,30 @@ def main(argv=None):
     p.add_argument("--out", default=str(ROOT / "figures" / "llc_accuracy"))
     p.add_argument("--fresh", action="store_true",
                    help="start the table over (default: rerun cases replace their rows, the others stay)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per case (default 1)")
+    p.add_argument("--recalibrate", action="store_true",
+                   help="calibrate again even where OUT.calibrations/CASE.json holds this code's calibration "
+                        "(default: reuse it, so a stopped run loses only its final estimate)")
     a = p.parse_args(argv)
+    if a.threads < 1:
+        p.error(f"--threads must be at least 1, got {a.threads}")
     names = (a.cases.split(",") if a.cases else
              [k for k, v in CASES.items() if v[3] or not a.quick])
     unknown = set(names) - set(CASES)
     if unknown:
         p.error(f"unknown case(s) {sorted(unknown)}; known: {list(CASES)}")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
+    out = Path(a.out)
+    cal_dir = out.parent / (out.name + ".calibrations")
+    k = len(names)
     if a.jobs > 1:
         with ProcessPoolExecutor(a.jobs) as ex:
-            rows = list(ex.map(run_case, names, [a.device] * len(names), [not a.no_devinterp] * len(names),
-                               [1] * len(names), [a.progress] * len(names), [a.gamma] * len(names)))
+            rows = list(ex.map(run_case, names, [a.device] * k, [not a.no_devinterp] * k, [a.threads] * k,
+                               [a.progress] * k, [a.gamma] * k, [cal_dir] * k, [a.recalibrate] * k))
     else:
-        rows = [run_case(nm, a.device, not a.no_devinterp, progress=a.progress, gamma=a.gamma) for nm in names]
+        rows = [run_case(nm, a.device, not a.no_devinterp, a.threads, a.progress, a.gamma, cal_dir, a.recalibrate)
+                for nm in names]
     df = pd.DataFrame(rows)
-    out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     import fcntl
     from llc_watch.io import atomic_write_csv
