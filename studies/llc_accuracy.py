@@ -6,6 +6,10 @@ and deep linear networks (10² to 10⁴⁺ weights), with devinterp 2's `llc()` 
     nice -n 10 python studies/llc_accuracy.py --jobs 8            # every case, one process each
     python studies/llc_accuracy.py --cases dln_100 --device cuda  # one case on a GPU
 
+Each case's calibration is saved as it ends (figures/llc_accuracy.calibrations/CASE.json) and reused by
+a rerun of the same code (--recalibrate to redo it): a stop during a large case's final estimate loses
+only the estimate.
+
 Writes figures/llc_accuracy.png (estimate against truth, both estimators, a ±15 % band) and
 figures/llc_accuracy.csv, and prints a markdown table. devinterp's `llc()` needs lr and n_beta:
 we pass n_beta = devinterp.utils.default_nbeta(32) = 32/log 32 (its documented default) and

@@ -259,3 +259,42 @@ def test_a_malformed_llc_option_is_one_line_and_exit_2(study, capsys, tmp_path):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "--llc 'chains': give key=number" in err.strip().splitlines()[-1] and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------------------------------
+# llc_accuracy: a saved calibration is reused, and only by the code and case that made it
+
+def test_llc_accuracy_reuses_a_saved_calibration_and_only_its_own(tmp_path, monkeypatch, capsys):
+    import llc_watch.llc.calibration as calibration
+    accuracy = importlib.import_module("llc_accuracy")
+    calls = []
+
+    def fake_calibrate(model, loss_fn, data, gamma=None, **kw):   # the real one takes ~30 s here
+        calls.append(gamma)
+        choice = dict(epsilon=1.234567891e-4, gamma=gamma or 1.0, nbeta=263.1, batch_size=64, draws=60,
+                      burn_in=20, sampler="sgld", chains=2)
+        return calibration.Calibration(choice, pd.DataFrame(), {"cost": {"ratio": 1.5}},
+                                       ["UNTRUSTED: planted"], "untrusted", 1.5, 0.1)
+
+    monkeypatch.setattr(calibration, "calibrate_llc", fake_calibrate)
+    run = lambda **kw: accuracy.run_case("regular_d3", devinterp=False, cal_dir=tmp_path, **kw)  # noqa: E731
+    first = run()
+    saved = json.loads((tmp_path / "regular_d3.json").read_text())
+    assert len(calls) == 1 and saved["choice"]["epsilon"] == 1.234567891e-4 and saved["status"] == "untrusted"
+    again = run()                                       # reused: the same choice, so the same estimate
+    assert len(calls) == 1 and "calibration reused from" in capsys.readouterr().out
+    keep = ("llc", "llc_se", "status", "cal_warnings", "epsilon", "gamma", "batch", "draws", "cost_ratio", "calib_s")
+    assert {k: again[k] for k in keep} == {k: first[k] for k in keep}
+    run(gamma=10.0)                                     # another γ: its own calibration
+    assert calls == [None, 10.0] and "made for gamma=None" in capsys.readouterr().out
+    run(gamma=10.0, recalibrate=True)
+    assert calls == [None, 10.0, 10.0]
+    (tmp_path / "regular_d3.json").write_text("{not json")    # a torn or edited file: one line, calibrate again
+    run(gamma=10.0)
+    out = capsys.readouterr().out
+    assert len(calls) == 4 and "is not used: it is unreadable (JSONDecodeError)" in out and "Traceback" not in out
+    saved = json.loads((tmp_path / "regular_d3.json").read_text())
+    saved["key"]["code"] = "0" * 16                    # made by other code: never finished with its choice
+    (tmp_path / "regular_d3.json").write_text(json.dumps(saved))
+    run(gamma=10.0)
+    assert len(calls) == 5 and "made for code='0000000000000000'" in capsys.readouterr().out
