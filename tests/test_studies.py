@@ -276,15 +276,28 @@ def test_llc_accuracy_reuses_a_saved_calibration_and_only_its_own(tmp_path, monk
         return calibration.Calibration(choice, pd.DataFrame(), {"cost": {"ratio": 1.5}},
                                        ["UNTRUSTED: planted"], "untrusted", 1.5, 0.1)
 
+    import llc_watch.llc as llc_pkg
+    given, real_estimate = [], llc_pkg.estimate_llc
+
+    def estimate(*a, **kw):
+        given.append(kw)
+        return real_estimate(*a, **kw)
+
     monkeypatch.setattr(calibration, "calibrate_llc", fake_calibrate)
+    monkeypatch.setattr(llc_pkg, "estimate_llc", estimate)
     run = lambda **kw: accuracy.run_case("regular_d3", devinterp=False, cal_dir=tmp_path, **kw)  # noqa: E731
     first = run()
     saved = json.loads((tmp_path / "regular_d3.json").read_text())
     assert len(calls) == 1 and saved["choice"]["epsilon"] == 1.234567891e-4 and saved["status"] == "untrusted"
     again = run()                                       # reused: the same choice, so the same estimate
     assert len(calls) == 1 and "calibration reused from" in capsys.readouterr().out
-    keep = ("llc", "llc_se", "status", "cal_warnings", "epsilon", "gamma", "batch", "draws", "cost_ratio", "calib_s")
+    assert given[1] == given[0]                         # the estimate is given the very same settings
+    keep = ("status", "cal_warnings", "epsilon", "gamma", "batch", "draws", "cost_ratio", "calib_s")
     assert {k: again[k] for k in keep} == {k: first[k] for k in keep}
+    # and lands on the same λ̂ up to the last bits of float32 sums, which vary between two calls in one
+    # process (seen: 3e-6 of λ̂, 1 run in 5; the BLAS's buffer alignment is the likely cause), far
+    # inside its standard error
+    assert abs(again["llc"] - first["llc"]) < 1e-3 * first["llc_se"]
     run(gamma=10.0)                                     # another γ: its own calibration
     assert calls == [None, 10.0] and "made for gamma=None" in capsys.readouterr().out
     run(gamma=10.0, recalibrate=True)
@@ -298,3 +311,13 @@ def test_llc_accuracy_reuses_a_saved_calibration_and_only_its_own(tmp_path, monk
     (tmp_path / "regular_d3.json").write_text(json.dumps(saved))
     run(gamma=10.0)
     assert len(calls) == 5 and "made for code='0000000000000000'" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,says", [(["--threads", "0"], "--threads must be at least 1, got 0"),
+                                       (["--cases", "dln_nope"], "unknown case(s) ['dln_nope']")])
+def test_llc_accuracy_refuses_a_bad_argument_in_one_line(argv, says, capsys):
+    accuracy = importlib.import_module("llc_accuracy")
+    with pytest.raises(SystemExit) as e:
+        accuracy.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and says in err.strip().splitlines()[-1] and "Traceback" not in err
