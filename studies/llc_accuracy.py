@@ -100,7 +100,7 @@ def code_key() -> str:
 
 
 def saved_calibration(path: Path, key: dict) -> dict | None:
-    """The calibration saved at `path` when it was made for `key` (case, code, γ, device, seed),
+    """The calibration saved at `path` when it was made for `key` (case and its spec, code, γ, device, seed),
     else None with one line saying why it is not used."""
     if not path.exists():
         return None
@@ -108,7 +108,8 @@ def saved_calibration(path: Path, key: dict) -> dict | None:
         saved = json.loads(path.read_text())
         if saved["key"] == key:
             return saved
-        why = "it was made for " + ", ".join(f"{k}={saved['key'].get(k)!r}" for k in key if saved["key"].get(k) != key[k])
+        made = saved["key"]
+        why = "it was made for " + ", ".join(f"{k}={made.get(k)!r}" for k in key if made.get(k) != key[k])
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         why = f"it is unreadable ({type(e).__name__})"
     print(f"{key['case']}: calibrating again: the saved calibration {path} is not used: {why}", flush=True)
@@ -118,7 +119,7 @@ def saved_calibration(path: Path, key: dict) -> dict | None:
 def run_case(name, device="cpu", devinterp=True, threads=1, progress=False, gamma=None, cal_dir=None,
              recalibrate=False):
     """One case's table row. With `cal_dir` the calibration is saved there (cal_dir/NAME.json, atomically)
-    as soon as it ends, and a saved one made by the same code for the same case, γ and device is
+    as soon as it ends, and a saved one made by the same code for the same case (name and spec), γ and device is
     reused: the large cases calibrate for one to two hours, and a stop during the final estimate
     then loses only the estimate."""
     import torch
@@ -130,7 +131,7 @@ def run_case(name, device="cpu", devinterp=True, threads=1, progress=False, gamm
     model, loss_fn, data, lam = make(name)
     fam = CASES[name][0]
     n_params = sum(p.numel() for p in model.parameters())
-    key = dict(case=name, code=code_key(), gamma=gamma, device=device, seed=0)
+    key = dict(case=name, spec=repr(CASES[name][:3]), code=code_key(), gamma=gamma, device=device, seed=0)
     path = Path(cal_dir) / f"{name}.json" if cal_dir else None
     saved = None if path is None or recalibrate else saved_calibration(path, key)
     if saved is not None:

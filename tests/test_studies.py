@@ -311,6 +311,9 @@ def test_llc_accuracy_reuses_a_saved_calibration_and_only_its_own(tmp_path, monk
     (tmp_path / "regular_d3.json").write_text(json.dumps(saved))
     run(gamma=10.0)
     assert len(calls) == 5 and "made for code='0000000000000000'" in capsys.readouterr().out
+    monkeypatch.setitem(accuracy.CASES, "regular_d3", ("regular", dict(d=3), 4000, True))   # a redefined case
+    run(gamma=10.0)
+    assert len(calls) == 6 and "made for spec=\"('regular', {'d': 3}, 2000)\"" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv,says", [(["--threads", "0"], "--threads must be at least 1, got 0"),
