@@ -177,7 +177,7 @@ def run_case(name, device="cpu", devinterp=True, threads=1, progress=False, gamm
     print(f"{name}: λ={lam:g} target={target:.4g} λ̂={r.llc_mean:.4g}±{r.llc_stderr:.2g} "
           f"({100 * row['rel_error']:+.1f} %) {status} {choice['sampler']} devinterp={dv:.4g} "
           f"[{t_cal:.0f}+{t_est:.0f} s]", flush=True)
-    for w in list(cal_warnings) + r.warnings:
+    for w in cal_warnings + r.warnings:
         print(f"   {name}: {w}", flush=True)
     return row
 

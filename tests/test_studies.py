@@ -265,9 +265,10 @@ def test_a_malformed_llc_option_is_one_line_and_exit_2(study, capsys, tmp_path):
 # llc_accuracy: a saved calibration is reused, and only by the code and case that made it
 
 def test_llc_accuracy_reuses_a_saved_calibration_and_only_its_own(tmp_path, monkeypatch, capsys):
+    import llc_watch.llc as llc_pkg
     import llc_watch.llc.calibration as calibration
     accuracy = importlib.import_module("llc_accuracy")
-    calls = []
+    calls, given, real_estimate = [], [], llc_pkg.estimate_llc
 
     def fake_calibrate(model, loss_fn, data, gamma=None, **kw):   # the real one takes ~30 s here
         calls.append(gamma)
@@ -275,9 +276,6 @@ def test_llc_accuracy_reuses_a_saved_calibration_and_only_its_own(tmp_path, monk
                       burn_in=20, sampler="sgld", chains=2)
         return calibration.Calibration(choice, pd.DataFrame(), {"cost": {"ratio": 1.5}},
                                        ["UNTRUSTED: planted"], "untrusted", 1.5, 0.1)
-
-    import llc_watch.llc as llc_pkg
-    given, real_estimate = [], llc_pkg.estimate_llc
 
     def estimate(*a, **kw):
         given.append(kw)
