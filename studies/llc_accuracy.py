@@ -39,7 +39,7 @@ CASES = {
     "regular_d20": ("regular", dict(d=20), 20000, True),
     "normal_crossing_1_2": ("nc", dict(ks=[1, 2]), 2000, True),
     "rrr_4_3_5_r0": ("rrr", dict(M=4, H=3, N=5, r=0), 2000, True),
-    "rrr_5_2_4_r1": ("rrr", dict(M=5, H=2, N=4, r=1), 2000, False),
+    "rrr_5_2_4_r1": ("rrr", dict(M=5, H=2, N=4, r=1), 2000, True),
     "dln_5_4_3_5_r1": ("dln", dict(widths=[5, 4, 3, 5], r=1), 20000, True),
     "dln_10_8_6_10_r2": ("dln", dict(widths=[10, 8, 6, 10], r=2), 20000, True),
     "dln_16x5_r4": ("dln", dict(widths=[16] * 5, r=4), 100000, False),               # 1,024 weights
