@@ -322,3 +322,35 @@ def test_llc_accuracy_refuses_a_bad_argument_in_one_line(argv, says, capsys):
         accuracy.main(argv)
     err = capsys.readouterr().err
     assert e.value.code == 2 and says in err.strip().splitlines()[-1] and "Traceback" not in err
+
+
+# dln_long_chains: the stationary λ̂ (windows after two relaxations) and its line to ε → 0
+
+def test_dln_long_chains_stationary_windows_and_extrapolation(capsys):
+    import re
+    from llc_watch.llc.calibration import extrapolate_to_zero
+    chains = importlib.import_module("dln_long_chains")
+    t = np.concatenate([np.zeros((3, 4000)), np.full((3, 6000), 2.0)], 1)
+    assert np.allclose(chains.stationary_llc(t, 1500.0), 2.0)       # from step 3,000: window 4,000–10,000
+    assert np.allclose(chains.stationary_llc(t, 400.0), 4 / 3)      # from 800: 3,000 steps of 0, 6,000 of 2
+    assert chains.stationary_llc(t, 6000.0) is None                 # two relaxations outlast the run
+    chains.main(["--widths", "3,2,3", "--rank", "1", "--n", "2000", "--sampler", "sgld", "--batch", "256",
+                 "--gamma", "100", "--epsilon", "1e-4,3e-4", "--draws", "1500"])
+    out = capsys.readouterr().out
+    st = [float(m) for m in re.findall(r"stationary λ̂ \(windows from 2 relaxations on\): per chain [^;]*; "
+                                       r"([0-9.]+) ± ", out)]
+    se = [float(m) for m in re.findall(r"per chain [^;]*; [0-9.]+ ± ([0-9.]+)", out)]
+    assert len(st) == 2 and all(0 < v < 10 for v in st)
+    line = re.search(r"extrapolated to ε → 0: (-?[0-9.]+) ± ([0-9.]+)", out)
+    l0, s0 = extrapolate_to_zero([1e-4, 3e-4], st, se)
+    # from the printed (2-decimal) values: the line through ε and 3ε reads (3·λ̂₁ − λ̂₂)/2 at 0, so
+    # the rounding (±0.005 each, ±0.005 printed) moves it by at most 0.015; 0.03 allows twice that
+    assert line and abs(float(line.group(1)) - l0) < 0.03 and abs(float(line.group(2)) - s0) < 0.03
+
+
+def test_dln_long_chains_refuses_a_bad_epsilon_in_one_line(capsys):
+    chains = importlib.import_module("dln_long_chains")
+    with pytest.raises(SystemExit) as e:
+        chains.main(["--epsilon", "1e-4,-3"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--epsilon" in err and "positive numbers" in err and "Traceback" not in err
