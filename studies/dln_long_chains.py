@@ -130,8 +130,9 @@ def main(argv=None):
         # after a few of its relaxation times 2/(εγ) steps
         # RMSProp-SGLD's step along them is ε·P, larger than its ε (`flat_step`)
         eps_f = flat_step(eps, a.sampler, sq, min(a.batch, a.n))
+        relax = relaxation_steps(eps_f, gamma)
         print(f"flat directions: stationary spread 1/√γ = {gamma ** -0.5:.3g} per weight against w*'s rms "
-              f"{w_rms:.3g}; their step {eps_f:.3g}, relaxation 2/(εγ) = {relaxation_steps(eps_f, gamma):,.0f} steps, "
+              f"{w_rms:.3g}; their step {eps_f:.3g}, relaxation 2/(εγ) = {relax:,.0f} steps, "
               f"the run {steps:,} (εγ·steps/2 = {eps_f * gamma * steps / 2:.2g})")
         print(f"top curvature h at w*: {h0:.3g} (ε·nβ·h = {eps * nb * h0:.3g}); at the chains' ends: "
               f"{', '.join(f'{h:.3g}' for h in h_end)} (ε·nβ·h up to {eps * nb * max(h_end):.3g})")
@@ -139,7 +140,6 @@ def main(argv=None):
         print("| steps (burn-in included) | nβ·(L − L(w*)) per chain | mean |\n|---|---|---:|")
         for lo, hi, m in running_llc(traces):
             print(f"| {lo:,}–{hi:,} | {', '.join(f'{v:.1f}' for v in m)} | {m.mean():.1f} |", flush=True)
-        relax = relaxation_steps(eps_f, gamma)
         st = stationary_llc(traces, relax, LOCALISE_RELAXATIONS)
         if st is None:
             print(f"stationary λ̂: none (no whole window starts after {LOCALISE_RELAXATIONS} relaxations, "
