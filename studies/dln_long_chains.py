@@ -107,7 +107,7 @@ def main(argv=None):
     h0 = top_curvature(loss_of, flat, probe_batch)
     w_rms = float(flat.w_star.pow(2).mean().sqrt())
     sq = gradient_variance(loss_of, flat, src, dev)["sq"] if a.sampler == "rmsprop_sgld" else None
-    stationary = {}   # γ -> [(ε, per-chain stationary λ̂)]
+    stationary = {}   # γ -> [(ε, stationary λ̂, its standard error over chains)]
     for gamma, eps in [(g, e) for g in a.gamma for e in a.epsilon]:
         t0 = time.perf_counter()
         r = estimate_llc(model, loss_fn, data, epsilon=eps, gamma=gamma, batch_size=a.batch,
@@ -145,18 +145,17 @@ def main(argv=None):
             print(f"stationary λ̂: none (no whole window starts after {LOCALISE_RELAXATIONS} relaxations, "
                   f"{LOCALISE_RELAXATIONS * relax:,.0f} steps)")
         else:
+            m, se = float(st.mean()), float(st.std(ddof=1) / np.sqrt(st.size)) if st.size > 1 else float("nan")
             print(f"stationary λ̂ (windows from {LOCALISE_RELAXATIONS} relaxations on): per chain "
-                  f"{', '.join(f'{v:.2f}' for v in st)}; {st.mean():.2f} ± {st.std(ddof=1) / np.sqrt(st.size):.2f}"
-                  f" ({100 * (st.mean() - lam) / lam:+.1f} %)", flush=True)
-            stationary.setdefault(gamma, []).append((eps, st))
+                  f"{', '.join(f'{v:.2f}' for v in st)}; {m:.2f} ± {se:.2f} ({100 * (m - lam) / lam:+.1f} %)", flush=True)
+            stationary.setdefault(gamma, []).append((eps, m, se))
     # why: at the minimal point λ̂'s stationary value moves with ε (the step's bias); a straight
     # line through the stationary values, not through short pilots, is what ε → 0 should read
     for gamma, pts in stationary.items():
         if len(pts) >= 2:
-            e = [p[0] for p in pts]
-            m = [float(p[1].mean()) for p in pts]
-            se = [float(p[1].std(ddof=1) / np.sqrt(p[1].size)) if p[1].size > 1 else abs(float(p[1].mean())) for p in pts]
-            l0, s0 = extrapolate_to_zero(e, m, se)
+            e, m, se = zip(*pts)
+            # one chain has no spread: weigh it by its own size, as the calibration's ladder does
+            l0, s0 = extrapolate_to_zero(e, m, [x if np.isfinite(x) else abs(v) for x, v in zip(se, m)])
             print(f"\nγ = {gamma:g}: stationary λ̂ {', '.join(f'{v:.2f} at ε = {x:g}' for x, v in zip(e, m))}; "
                   f"extrapolated to ε → 0: {l0:.2f} ± {s0:.2f} ({100 * (l0 - lam) / lam:+.1f} %, λ = {lam})")
 
