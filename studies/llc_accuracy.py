@@ -223,12 +223,42 @@ def figure(df, ax=None):
     return ax
 
 
+FINITE_N = ROOT / "figures" / "llc_finite_n_targets.csv"
+
+
+def with_finite_n(df, path=FINITE_N):
+    """df with finite_n_target, finite_n_se and finite_n_error (our λ̂'s relative error against that
+    target) where studies/finite_n_targets.py has the case at the same γ; NaN elsewhere. The finite-n
+    target is what an exact sampler reads at the case's nβ and γ (llc_watch.llc.finite_n): the part of
+    an error against λ that no sampler can remove is its gap to λ.
+
+        >>> import pandas as pd
+        >>> df = pd.DataFrame({"case": ["a", "b"], "gamma": [1.0, 1.0], "llc": [8.0, 2.0]})
+        >>> t = pd.DataFrame({"case": ["a", "b"], "gamma": [1.0, 10.0], "target": [7.0, 2.0], "target_se": [.1, .1]})
+        >>> with_finite_n(df, t)["finite_n_error"].round(3).tolist()      # b's target is at another γ
+        [0.143, nan]
+    """
+    import pandas as pd
+    if not isinstance(path, pd.DataFrame) and not Path(path).exists():
+        return df.assign(finite_n_target=float("nan"), finite_n_se=float("nan"), finite_n_error=float("nan"))
+    t = path if isinstance(path, pd.DataFrame) else pd.read_csv(path)
+    t = t[["case", "gamma", "target", "target_se"]].rename(columns={"target": "finite_n_target",
+                                                                   "target_se": "finite_n_se"})
+    out = df.drop(columns=["finite_n_target", "finite_n_se", "finite_n_error"], errors="ignore")
+    out = out.merge(t, on=["case", "gamma"], how="left")
+    return out.assign(finite_n_error=(out["llc"] - out["finite_n_target"]) / out["finite_n_target"])
+
+
 def table(df) -> str:
-    lines = ["| case | params | n | target | λ̂ ± se | error | status | sampler | devinterp defaults | cost × | s |",
-             "|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|"]
+    df = with_finite_n(df)
+    lines = ["| case | params | n | target | λ̂ ± se | error | finite-n target (HMC) | error against it | status | "
+             "sampler | devinterp defaults | cost × | s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|"]
     for _, r in df.iterrows():
+        fin = (f"{r['finite_n_target']:.4g} ± {r['finite_n_se']:.2g} | {100 * r['finite_n_error']:+.1f} %"
+               if math.isfinite(r["finite_n_target"]) else "– | –")
         lines.append(f"| {r['case']} | {r['params']} | {r['n']} | {r['target']:.4g} ({r['target_kind']}) | "
-                     f"{r['llc']:.4g} ± {r['llc_se']:.2g} | {100 * r['rel_error']:+.1f} % | {r['status']} | "
+                     f"{r['llc']:.4g} ± {r['llc_se']:.2g} | {100 * r['rel_error']:+.1f} % | {fin} | {r['status']} | "
                      f"{r.get('sampler', 'sgld')} | "
                      f"{r['devinterp_llc']:.3g} | {r['cost_ratio']:.1f} | {r['calib_s'] + r['estimate_s']:.0f} |")
     return "\n".join(lines)
@@ -251,6 +281,9 @@ def main(argv=None):
     p.add_argument("--fresh", action="store_true",
                    help="start the table over (default: rerun cases replace their rows, the others stay)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per case (default 1)")
+    p.add_argument("--table", action="store_true",
+                   help="run nothing: print the table from OUT.csv (with the finite-n targets of "
+                        "studies/finite_n_targets.py where it has them) and redraw OUT.png")
     p.add_argument("--recalibrate", action="store_true",
                    help="calibrate again even where OUT.calibrations/CASE.json holds this code's calibration "
                         "(default: reuse it, so a stopped run loses only its final estimate)")
@@ -264,6 +297,10 @@ def main(argv=None):
         p.error(f"unknown case(s) {sorted(unknown)}; known: {list(CASES)}")
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
     out = Path(a.out)
+    if a.table:
+        if not out.with_suffix(".csv").exists():
+            p.error(f"--table: {out.with_suffix('.csv')} does not exist; run some cases first")
+        return report(pd.read_csv(out.with_suffix(".csv")), out, names if a.cases or a.quick else None)
     cal_dir = out.parent / (out.name + ".calibrations")
     k = len(names)
     if a.jobs > 1:
@@ -282,9 +319,16 @@ def main(argv=None):
         if not a.fresh and out.with_suffix(".csv").exists():   # cases run at other times keep their rows
             df = merge_rows(pd.read_csv(out.with_suffix(".csv")), df)
         atomic_write_csv(out.with_suffix(".csv"), df)
+    report(df, out)
+
+
+def report(df, out: Path, cases=None) -> None:
+    """Redraw OUT.png from the whole table; print the table (of `cases`, default all) and its worst cases."""
     ax = figure(df)
     ax.figure.tight_layout()
     ax.figure.savefig(out.with_suffix(".png"), dpi=130)
+    if cases is not None:
+        df = df[df["case"].isin(cases)].reset_index(drop=True)
     print(table(df))
     worst = df.loc[df["rel_error"].abs().idxmax()]
     print(f"\nworst case: {worst['case']} {100 * worst['rel_error']:+.1f} % ({worst['status']})")
@@ -292,6 +336,10 @@ def main(argv=None):
     if len(ok):
         w = ok.loc[ok["rel_error"].abs().idxmax()]
         print(f"worst case the calibration trusted: {w['case']} {100 * w['rel_error']:+.1f} %")
+    fin = with_finite_n(df).dropna(subset=["finite_n_target"])
+    if len(fin):
+        w = fin.loc[fin["finite_n_error"].abs().idxmax()]
+        print(f"against the finite-n targets ({len(fin)} case{'s' * (len(fin) != 1)}): worst {w['case']} {100 * w['finite_n_error']:+.1f} %")
 
 
 if __name__ == "__main__":

@@ -354,3 +354,63 @@ def test_dln_long_chains_refuses_a_bad_epsilon_in_one_line(capsys):
         chains.main(["--epsilon", "1e-4,-3"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "--epsilon" in err and "positive numbers" in err and "Traceback" not in err
+
+
+# finite_n_targets: the accuracy cases' finite-n targets by exact HMC (llc_watch.llc.finite_n)
+
+def test_finite_n_targets_writes_resumes_and_scans(tmp_path, capsys):
+    import doctest
+    ft = importlib.import_module("finite_n_targets")
+    assert doctest.testmod(ft).failed == 0
+    out = tmp_path / "t.csv"
+    argv = ["--cases", "rrr_5_2_4_r1", "--iters", "60", "--chains", "2", "--out", str(out)]
+    ft.main(argv)
+    row = pd.read_csv(out).iloc[0]
+    assert row["case"] == "rrr_5_2_4_r1" and row["true_llc"] == 5.5 and row["n"] == 2000
+    assert row["gamma"] == ft.chosen_gamma("rrr_5_2_4_r1") and 0 < row["target"] < 27 / 2 and row["target_se"] > 0
+    capsys.readouterr()
+    ft.main(argv)                                  # done with the same settings: skipped, not rerun
+    assert "already with these settings" in capsys.readouterr().out and len(pd.read_csv(out)) == 1
+    scan = tmp_path / "s.csv"
+    ft.main(["--cases", "rrr_5_2_4_r1", "--iters", "60", "--chains", "2", "--scan-n", "500,1000",
+             "--scan-gamma", "1,10", "--out", str(scan)])
+    df = pd.read_csv(scan)
+    assert sorted(zip(df["n"], df["gamma"])) == [(500, 1.0), (500, 10.0), (1000, 1.0), (1000, 10.0)]
+    assert np.allclose(df["nbeta"], df["n"] / np.log(df["n"]))
+    assert "finite-n target by n (rows) and γ (columns)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,says", [(["--cases", "regular_d3"], "not a linear case"),
+                                       (["--iters", "10"], "--iters must be at least 50"),
+                                       (["--scan-n", "2e4"], "--scan-n runs one case"),
+                                       (["--cases", "dln_5_4_3_5_r1", "--scan-gamma", "0"], "positive numbers")])
+def test_finite_n_targets_refuses_a_bad_argument_in_one_line(argv, says, capsys):
+    ft = importlib.import_module("finite_n_targets")
+    with pytest.raises(SystemExit) as e:
+        ft.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and says in err.strip().splitlines()[-1] and "Traceback" not in err
+
+
+def test_llc_accuracy_table_joins_finite_n_targets_at_the_same_gamma(tmp_path, monkeypatch, capsys):
+    accuracy = importlib.import_module("llc_accuracy")
+    rows = pd.DataFrame({"case": ["rrr_5_2_4_r1", "dln_5_4_3_5_r1"], "params": [18, 47], "n": [2000, 20000],
+                         "true_llc": [5.5, 7.5], "target": [5.5, 7.5], "target_kind": ["λ", "λ"],
+                         "llc": [6.0, 8.4], "llc_se": [0.1, 0.3], "rel_error": [0.5 / 5.5, 0.9 / 7.5],
+                         "status": ["extrapolated"] * 2, "sampler": ["rmsprop_sgld"] * 2, "gamma": [1.0, 1.0],
+                         "devinterp_llc": [1.0, 0.4], "cost_ratio": [2.0, 3.0], "calib_s": [1.0, 2.0],
+                         "estimate_s": [1.0, 1.0]})
+    out = tmp_path / "acc"
+    rows.to_csv(out.with_suffix(".csv"), index=False)
+    targets = tmp_path / "t.csv"
+    pd.DataFrame({"case": ["rrr_5_2_4_r1", "dln_5_4_3_5_r1"], "gamma": [1.0, 10.0], "target": [5.0, 6.0],
+                  "target_se": [0.05, 0.05]}).to_csv(targets, index=False)
+    monkeypatch.setattr(accuracy, "FINITE_N", targets)
+    monkeypatch.setattr(accuracy.with_finite_n, "__defaults__", (targets,))
+    accuracy.main(["--table", "--out", str(out)])
+    text = capsys.readouterr().out
+    rrr = next(line for line in text.splitlines() if line.startswith("| rrr_5_2_4_r1"))
+    dln = next(line for line in text.splitlines() if line.startswith("| dln_5_4_3_5_r1"))
+    assert "| 5 ± 0.05 | +20.0 % |" in rrr and "| – | – |" in dln     # dln's target is at another γ
+    assert "against the finite-n targets (1 case): worst rrr_5_2_4_r1 +20.0 %" in text
+    assert out.with_suffix(".png").exists()

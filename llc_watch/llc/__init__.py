@@ -13,10 +13,11 @@ Modules, each about one thing:
     estimator    estimate_llc -> LLCResult
     diagnostics  failed chains, split-R̂, ESS, drift, validity rule
     exact        exact learning coefficients and models that have them
+    finite_n     what an exact sampler reads at finite n and γ, for linear networks (exact HMC)
     calibration  calibrate_llc: settings at which the LLC is right, with the evidence
     calibrate    ε × nβ × γ sweeps and the grid selection rule
 """
-from . import diagnostics, exact
+from . import diagnostics, exact, finite_n
 from .calibrate import CalibrationError, choose, sweep
 from .calibration import Calibration, calibrate_llc
 from .estimator import LLCError, LLCResult, default_nbeta, devinterp_nbeta, estimate_llc, select_params
@@ -25,4 +26,4 @@ from .sampler import SGLDSettings, SamplerError
 __all__ = ["estimate_llc", "LLCResult", "LLCError", "SamplerError", "SGLDSettings",
            "default_nbeta", "devinterp_nbeta", "select_params",
            "calibrate_llc", "sweep", "choose", "Calibration", "CalibrationError",
-           "diagnostics", "exact"]
+           "diagnostics", "exact", "finite_n"]

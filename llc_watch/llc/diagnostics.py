@@ -189,6 +189,16 @@ def ess_tail(x: np.ndarray) -> float:
     return float(min(out))
 
 
+def ess_mean(x: np.ndarray) -> float:
+    """ESS of the mean: the split chains' ESS without rank normalisation (arviz's method="mean").
+    The one for a mean's Monte Carlo error; the bulk ESS describes the ranks and reads high for a
+    heavy right tail, such as nβ·(L − L(w*)) at a singular w*."""
+    x = np.asarray(x, dtype=float)
+    if x.ndim != 2 or x.shape[1] < 8 or not np.isfinite(x).all() or np.ptp(x) == 0:
+        return float("nan")
+    return _ess(_split(x))
+
+
 ess = ess_bulk      # the old name; now the bulk ESS of Vehtari et al.
 
 
