@@ -34,6 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "studies"))
+from dln_long_chains import _positives  # noqa: E402  (the same comma-list argument)
 
 OUT = ROOT / "figures" / "llc_finite_n_targets.csv"
 SCAN_OUT = ROOT / "figures" / "llc_finite_n_scan.csv"
@@ -60,29 +61,14 @@ def chosen_gamma(case: str, table=None) -> float:
     return float(row["gamma"].iloc[0]) if len(row) else float(GAMMA_START)
 
 
-def make_at(case: str, n: int | None = None):
-    """The case's model and data, at its own n or another (same widths, rank, point and seed).
-
-        >>> make_at("dln_5_4_3_5_r1", 300)[2][0].shape
-        torch.Size([300, 5])
-    """
-    from llc_accuracy import CASES, make
-    if n is None:
-        return make(case)
-    from llc_watch.llc import exact
-    fam, kw, _, _ = CASES[case]
-    if fam == "rrr":
-        return exact.make_rrr(kw["M"], kw["H"], kw["N"], kw["r"], int(n), seed=0)
-    return exact.make_dln(kw["widths"], kw["r"], int(n), seed=0, point=kw.get("point", "minimal"))
-
-
 def run_case(case: str, gamma: float, iters: int, chains: int, seed: int, progress: bool,
              n: int | None = None) -> dict:
     import torch
     torch.set_num_threads(1)
+    from llc_accuracy import make
     from llc_watch.llc import default_nbeta
     from llc_watch.llc.finite_n import linear_expected_llc
-    model, _, (x, _), lam = make_at(case, n)
+    model, _, (x, _), lam = make(case, n)
     nb = default_nbeta(len(x))
     t = linear_expected_llc(model, x, nb, gamma, chains=chains, iters=iters, seed=seed, progress=progress)
     row = dict(case=case, params=sum(p.numel() for p in model.parameters()), n=len(x), nbeta=nb, gamma=gamma,
@@ -123,19 +109,15 @@ def table(df) -> str:
     return "\n".join(lines)
 
 
-def _positives(text: str) -> list[float]:
-    """'2e4,2e5' -> [20000.0, 200000.0]; anything else is argparse's one-line error.
+def done_alike(prev, **settings) -> bool:
+    """Whether `prev` (the CSV's rows for one case, or one case, n and γ) holds a run with these settings.
 
-        >>> _positives("2e4,2e5")
-        [20000.0, 200000.0]
+        >>> import pandas as pd
+        >>> prev = pd.DataFrame({"iters": [400], "chains": [4]})
+        >>> done_alike(prev, iters=400, chains=4), done_alike(prev, iters=1000, chains=4)
+        (True, False)
     """
-    try:
-        out = [float(v) for v in text.split(",")]
-    except ValueError:
-        out = []
-    if not out or not all(0 < v < float("inf") for v in out):
-        raise argparse.ArgumentTypeError(f"{text!r}: give positive numbers separated by commas, e.g. 1,10")
-    return out
+    return bool(len(prev)) and all(prev[k].iloc[0] == v for k, v in settings.items())
 
 
 def scan(case: str, ns: list[int], gammas: list[float], a, out: Path) -> None:
@@ -146,8 +128,7 @@ def scan(case: str, ns: list[int], gammas: list[float], a, out: Path) -> None:
     for n in ns:
         for g in gammas:
             prev = done[(done["case"] == case) & (done["n"] == n) & (done["gamma"] == g)]
-            if len(prev) and not a.redo and all(prev[k].iloc[0] == v for k, v in
-                                                dict(iters=a.iters, chains=a.chains, seed=a.seed).items()):
+            if not a.redo and done_alike(prev, iters=a.iters, chains=a.chains, seed=a.seed):
                 print(f"{case} n={n} γ={g:g}: in {out} already (--redo to run it again)", flush=True)
                 continue
             save(run_case(case, g, a.iters, a.chains, a.seed, a.progress, n=n), out, keys=("case", "n", "gamma"))
@@ -194,10 +175,7 @@ def main(argv=None):
     todo = []
     for c in cases:
         g = chosen_gamma(c, acc)
-        prev = done[done["case"] == c]
-        same = len(prev) and all(prev[k].iloc[0] == v for k, v in
-                                 dict(gamma=g, iters=a.iters, chains=a.chains, seed=a.seed).items())
-        if same and not a.redo:
+        if not a.redo and done_alike(done[done["case"] == c], gamma=g, iters=a.iters, chains=a.chains, seed=a.seed):
             print(f"{c}: in {a.out} already with these settings (--redo to run it again)", flush=True)
             continue
         todo.append((c, g))

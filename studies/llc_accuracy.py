@@ -57,9 +57,11 @@ CASES = {
 }
 
 
-def make(name):
+def make(name, n=None):
+    """The case's (model, loss_fn, data, λ), at its own n or another (same shape, point and seed)."""
     from llc_watch.llc import exact
-    fam, kw, n, _ = CASES[name]
+    fam, kw, n_case, _ = CASES[name]
+    n = n_case if n is None else int(n)
     if fam == "regular":
         return exact.make_regular(kw["d"], n, seed=0)
     if fam == "nc":
@@ -226,11 +228,12 @@ def figure(df, ax=None):
 FINITE_N = ROOT / "figures" / "llc_finite_n_targets.csv"
 
 
-def with_finite_n(df, path=FINITE_N):
+def with_finite_n(df, path=None):
     """df with finite_n_target, finite_n_se and finite_n_error (our λ̂'s relative error against that
     target) where studies/finite_n_targets.py has the case at the same γ; NaN elsewhere. The finite-n
     target is what an exact sampler reads at the case's nβ and γ (llc_watch.llc.finite_n): the part of
-    an error against λ that no sampler can remove is its gap to λ.
+    an error against λ that no sampler can remove is its gap to λ. path: that CSV (default FINITE_N)
+    or its table.
 
         >>> import pandas as pd
         >>> df = pd.DataFrame({"case": ["a", "b"], "gamma": [1.0, 1.0], "llc": [8.0, 2.0]})
@@ -239,6 +242,7 @@ def with_finite_n(df, path=FINITE_N):
         [0.143, nan]
     """
     import pandas as pd
+    path = FINITE_N if path is None else path
     if not isinstance(path, pd.DataFrame) and not Path(path).exists():
         return df.assign(finite_n_target=float("nan"), finite_n_se=float("nan"), finite_n_error=float("nan"))
     t = path if isinstance(path, pd.DataFrame) else pd.read_csv(path)
@@ -250,7 +254,8 @@ def with_finite_n(df, path=FINITE_N):
 
 
 def table(df) -> str:
-    df = with_finite_n(df)
+    if "finite_n_target" not in df.columns:
+        df = with_finite_n(df)
     lines = ["| case | params | n | target | λ̂ ± se | error | finite-n target (HMC) | error against it | status | "
              "sampler | devinterp defaults | cost × | s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|"]
@@ -329,6 +334,7 @@ def report(df, out: Path, cases=None) -> None:
     ax.figure.savefig(out.with_suffix(".png"), dpi=130)
     if cases is not None:
         df = df[df["case"].isin(cases)].reset_index(drop=True)
+    df = with_finite_n(df)
     print(table(df))
     worst = df.loc[df["rel_error"].abs().idxmax()]
     print(f"\nworst case: {worst['case']} {100 * worst['rel_error']:+.1f} % ({worst['status']})")
@@ -336,7 +342,7 @@ def report(df, out: Path, cases=None) -> None:
     if len(ok):
         w = ok.loc[ok["rel_error"].abs().idxmax()]
         print(f"worst case the calibration trusted: {w['case']} {100 * w['rel_error']:+.1f} %")
-    fin = with_finite_n(df).dropna(subset=["finite_n_target"])
+    fin = df.dropna(subset=["finite_n_target"])
     if len(fin):
         w = fin.loc[fin["finite_n_error"].abs().idxmax()]
         print(f"against the finite-n targets ({len(fin)} case{'s' * (len(fin) != 1)}): worst {w['case']} {100 * w['finite_n_error']:+.1f} %")

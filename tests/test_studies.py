@@ -406,7 +406,6 @@ def test_llc_accuracy_table_joins_finite_n_targets_at_the_same_gamma(tmp_path, m
     pd.DataFrame({"case": ["rrr_5_2_4_r1", "dln_5_4_3_5_r1"], "gamma": [1.0, 10.0], "target": [5.0, 6.0],
                   "target_se": [0.05, 0.05]}).to_csv(targets, index=False)
     monkeypatch.setattr(accuracy, "FINITE_N", targets)
-    monkeypatch.setattr(accuracy.with_finite_n, "__defaults__", (targets,))
     accuracy.main(["--table", "--out", str(out)])
     text = capsys.readouterr().out
     rrr = next(line for line in text.splitlines() if line.startswith("| rrr_5_2_4_r1"))
