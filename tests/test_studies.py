@@ -317,9 +317,13 @@ def test_llc_accuracy_reuses_a_saved_calibration_and_only_its_own(tmp_path, monk
 @pytest.mark.parametrize("argv,says", [(["--threads", "0"], "--threads must be at least 1, got 0"),
                                        (["--cases", "dln_nope"], "unknown case(s) ['dln_nope']")])
 def test_llc_accuracy_refuses_a_bad_argument_in_one_line(argv, says, capsys):
-    accuracy = importlib.import_module("llc_accuracy")
+    assert_refused_in_one_line(importlib.import_module("llc_accuracy").main, argv, says, capsys)
+
+
+def assert_refused_in_one_line(main, argv, says, capsys):
+    """main(argv) exits 2 with `says` on the last line of stderr and no traceback."""
     with pytest.raises(SystemExit) as e:
-        accuracy.main(argv)
+        main(argv)
     err = capsys.readouterr().err
     assert e.value.code == 2 and says in err.strip().splitlines()[-1] and "Traceback" not in err
 
@@ -385,11 +389,7 @@ def test_finite_n_targets_writes_resumes_and_scans(tmp_path, capsys):
                                        (["--scan-n", "2e4"], "--scan-n runs one case"),
                                        (["--cases", "dln_5_4_3_5_r1", "--scan-gamma", "0"], "positive numbers")])
 def test_finite_n_targets_refuses_a_bad_argument_in_one_line(argv, says, capsys):
-    ft = importlib.import_module("finite_n_targets")
-    with pytest.raises(SystemExit) as e:
-        ft.main(argv)
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and says in err.strip().splitlines()[-1] and "Traceback" not in err
+    assert_refused_in_one_line(importlib.import_module("finite_n_targets").main, argv, says, capsys)
 
 
 def test_llc_accuracy_table_joins_finite_n_targets_at_the_same_gamma(tmp_path, monkeypatch, capsys):

@@ -169,18 +169,24 @@ def _ess(x: np.ndarray) -> float:
     return float(C * N / tau)
 
 
-def ess_bulk(x: np.ndarray) -> float:
-    """Bulk ESS: the ESS of the rank-normalised split chains."""
+def _ess_input(x) -> np.ndarray | None:
+    """x as float traces [C, N], or None where no ESS can be read (too short, non-finite, constant)."""
     x = np.asarray(x, dtype=float)
     if x.ndim != 2 or x.shape[1] < 8 or not np.isfinite(x).all() or np.ptp(x) == 0:
-        return float("nan")
-    return _ess(_normal_scores(_split(x)))
+        return None
+    return x
+
+
+def ess_bulk(x: np.ndarray) -> float:
+    """Bulk ESS: the ESS of the rank-normalised split chains."""
+    x = _ess_input(x)
+    return float("nan") if x is None else _ess(_normal_scores(_split(x)))
 
 
 def ess_tail(x: np.ndarray) -> float:
     """Tail ESS: the smaller ESS of the split-chain indicators x <= q05 and x <= q95."""
-    x = np.asarray(x, dtype=float)
-    if x.ndim != 2 or x.shape[1] < 8 or not np.isfinite(x).all() or np.ptp(x) == 0:
+    x = _ess_input(x)
+    if x is None:
         return float("nan")
     out = []
     for q in (0.05, 0.95):
@@ -193,10 +199,8 @@ def ess_mean(x: np.ndarray) -> float:
     """ESS of the mean: the split chains' ESS without rank normalisation (arviz's method="mean").
     The one for a mean's Monte Carlo error; the bulk ESS describes the ranks and reads high for a
     heavy right tail, such as nβ·(L − L(w*)) at a singular w*."""
-    x = np.asarray(x, dtype=float)
-    if x.ndim != 2 or x.shape[1] < 8 or not np.isfinite(x).all() or np.ptp(x) == 0:
-        return float("nan")
-    return _ess(_split(x))
+    x = _ess_input(x)
+    return float("nan") if x is None else _ess(_split(x))
 
 
 ess = ess_bulk      # the old name; now the bulk ESS of Vehtari et al.

@@ -74,21 +74,24 @@ def _t(a):
     return np.swapaxes(a, -1, -2)
 
 
+def _heads(ws: list[np.ndarray]) -> list[np.ndarray]:
+    """The products of the first layers: heads[i] = W_i ⋯ W_0 (heads[-1] is the network's map)."""
+    heads = [ws[0]]
+    for W in ws[1:]:
+        heads.append(W @ heads[-1])
+    return heads
+
+
 class _Potential:
     """U(w) = nβ·½ tr(D S Dᵀ) + (γ/2)‖w − w*‖², D = P(w) − P*, for chains stacked on axis 0."""
 
     def __init__(self, w_star: list[np.ndarray], S: np.ndarray, nbeta: float, gamma: float):
         self.w_star, self.S, self.nbeta, self.gamma = [w[None] for w in w_star], S, nbeta, gamma
-        P = w_star[0]
-        for W in w_star[1:]:
-            P = W @ P
-        self.P_star = P
+        self.P_star = _heads(w_star)[-1]
 
     def __call__(self, ws: list[np.ndarray]):
         """(U [C], nβ·(L_n(w) − L_n(w*)) [C], ∇U per layer)."""
-        heads = [ws[0]]                                   # heads[i] = W_i ⋯ W_0
-        for W in ws[1:]:
-            heads.append(W @ heads[-1])
+        heads = _heads(ws)
         DS = (heads[-1] - self.P_star) @ self.S
         excess = self.nbeta * 0.5 * np.einsum("coi,coi->c", DS, heads[-1] - self.P_star)
         grads, tail = [None] * len(ws), None              # tail = W_L ⋯ W_{i+1}
